@@ -1,0 +1,70 @@
+# Every target works from a clean clone: `make install` builds .venv first when needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= var/demo
+DEMO_SYMBOLS ?= 300
+DEMO_START ?= 2005
+DEMO_END ?= 2024
+KAFKA_PORT ?= 9092
+export KAFKA_PORT
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-unit test-integration lint fmt typecheck kafka-up kafka-down kafka-status bench bench-kafka clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv with the `sfa` command and dev tools (fast when nothing changed)
+
+demo: $(STAMP) ## Generate a synthetic market and replay it through the pipeline on a local Dask cluster
+	@mkdir -p $(DEMO_DIR)
+	$(BIN)/sfa generate --symbols $(DEMO_SYMBOLS) --start-year $(DEMO_START) --end-year $(DEMO_END) --seed 7 --output $(DEMO_DIR)/bars.jsonl
+	$(BIN)/sfa replay $(DEMO_DIR)/bars.jsonl --output $(DEMO_DIR)/results.jsonl --errors $(DEMO_DIR)/errors.jsonl --summary
+
+test: $(STAMP) ## Run unit and integration tests (starts a Kafka broker when KAFKA_BOOTSTRAP_SERVERS is unset)
+	$(BIN)/python -m pytest tests
+
+test-unit: $(STAMP) ## Run the fast, pure unit tests only
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: $(STAMP) ## Run the integration tests (real Kafka broker, real Dask)
+	$(BIN)/python -m pytest tests/integration
+
+lint: $(STAMP) ## ruff check + format check + mypy
+	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
+	$(BIN)/mypy service
+
+fmt: $(STAMP) ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix service tests bench
+	$(BIN)/ruff format service tests bench
+
+typecheck: $(STAMP) ## mypy on service/
+	$(BIN)/mypy service
+
+kafka-up: ## Start a one-node Apache Kafka broker (KRaft) on 127.0.0.1:$(KAFKA_PORT)
+	bash scripts/kafka.sh up
+
+kafka-down: ## Stop the broker started by kafka-up
+	bash scripts/kafka.sh down
+
+kafka-status: ## Say whether the broker answers
+	bash scripts/kafka.sh status
+
+bench: $(STAMP) ## Engine, replay and memory benchmarks (ratios measured in one run)
+	$(BIN)/python -m bench.run
+
+bench-kafka: $(STAMP) kafka-up ## End-to-end Kafka throughput and latency against bare consume+decode
+	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) $(BIN)/python -m bench.kafka
+
+clean: ## Remove build artefacts and demo output (keeps .venv and the Kafka cache)
+	rm -rf var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,63 @@
+"""Spring Festival dates (SPEC 2) from a maintained lunar-calendar library.
+
+`lunar-python` (MIT, 6tail) computes the Chinese calendar astronomically; we never
+keep a hand table. The whole 1901..2100 range is computed once and cached, since
+the engine looks dates up for every window of every symbol.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from functools import lru_cache
+
+import numpy as np
+
+__all__ = [
+    "FIRST_YEAR",
+    "LAST_YEAR",
+    "EPOCH",
+    "date_to_day",
+    "day_to_date",
+    "sf_day_table",
+    "spring_festival_date",
+]
+
+FIRST_YEAR = 1901
+LAST_YEAR = 2100
+EPOCH = dt.date(1970, 1, 1)
+_EPOCH_ORDINAL = EPOCH.toordinal()
+
+
+def date_to_day(d: dt.date) -> int:
+    """Day number (days since 1970-01-01): the engine's compact date unit."""
+    return d.toordinal() - _EPOCH_ORDINAL
+
+
+def day_to_date(day: int) -> dt.date:
+    return dt.date.fromordinal(int(day) + _EPOCH_ORDINAL)
+
+
+@lru_cache(maxsize=1)
+def _table() -> tuple[dt.date, ...]:
+    from lunar_python import Lunar  # imported lazily: only this module knows the library
+
+    out = []
+    for year in range(FIRST_YEAR, LAST_YEAR + 1):
+        solar = Lunar.fromYmd(year, 1, 1).getSolar()
+        out.append(dt.date(solar.getYear(), solar.getMonth(), solar.getDay()))
+    return tuple(out)
+
+
+def spring_festival_date(year: int) -> dt.date:
+    """First day of the first lunar month of `year`, for 1901..2100."""
+    if not FIRST_YEAR <= year <= LAST_YEAR:
+        raise ValueError(f"year {year} outside {FIRST_YEAR}..{LAST_YEAR}")
+    return _table()[year - FIRST_YEAR]
+
+
+@lru_cache(maxsize=1)
+def sf_day_table() -> np.ndarray:
+    """int32 day numbers of SF(y); index `y - FIRST_YEAR`. Read-only."""
+    arr = np.array([date_to_day(d) for d in _table()], dtype=np.int32)
+    arr.setflags(write=False)
+    return arr

@@ -1,0 +1,29 @@
+"""The pure engine: numpy/pandas only. No Kafka, Dask, streamz or Prometheus here.
+
+Public surface:
+- `analyze_patterns(items, params) -> list[PatternResult]`: the vectorised heavy part
+  (SPEC 3-4) over many symbols at once; what Dask workers run.
+- `position_and_signal(latest_day, pattern_result, params) -> (Position, Signal | None)`:
+  the cheap part (SPEC 5), recomputed on every emission.
+- `window_year_of(days, window_days) -> int32 array`: the window year of each day or 0.
+"""
+
+from service.engine.types import (
+    ENGINE_VERSION,
+    EngineParams,
+    Pattern,
+    PatternResult,
+    Position,
+    Signal,
+    SymbolWindows,
+)
+
+__all__ = [
+    "ENGINE_VERSION",
+    "EngineParams",
+    "Pattern",
+    "PatternResult",
+    "Position",
+    "Signal",
+    "SymbolWindows",
+]
