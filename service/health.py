@@ -1,0 +1,272 @@
+"""Liveness and readiness (SPEC 10), and the HTTP endpoint serving them next to /metrics.
+
+`Health` is a small pure state holder with an injectable clock, so tests decide "stalled"
+without sleeping. `MetricsServer` is the thin I/O shell: a standard-library
+`ThreadingHTTPServer` in a daemon thread, so a hung scrape can never block the pipeline or
+process exit, and no web framework joins the dependency list for three GET routes.
+
+Liveness is deliberately narrow: the process is "stalled" only when there is work waiting
+(total lag above zero) and no batch finished for `stall_seconds`. An idle pipeline with no
+lag is alive, and an unknown lag (no provider yet, or a provider that raised) never fails
+liveness: a restart is expensive and a metrics glitch is not evidence of a stall.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol, cast
+from urllib.parse import urlsplit
+
+__all__ = ["Exposition", "Health", "HealthLagProvider", "MetricsServer", "Probe"]
+
+#: Lag per (topic, partition) (negative = unknown, ignored), or an already summed total.
+HealthLagProvider = Callable[[], int | Mapping[tuple[str, int], int]]
+
+
+class Exposition(Protocol):
+    """What the endpoint needs from `service.metrics.Metrics` (kept structural so this
+    module never imports the metrics module and both can be imported in any order)."""
+
+    def render_for(self, accept: str | None) -> tuple[bytes, str]: ...
+
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One probe's verdict and the small JSON body that says why."""
+
+    ok: bool
+    body: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> int:
+        return int(HTTPStatus.OK if self.ok else HTTPStatus.SERVICE_UNAVAILABLE)
+
+
+class Health:
+    """What /healthz and /readyz decide from; the pipeline reports into it.
+
+    The stall timer starts at construction, so a process that never finishes its first
+    batch while lag waits is reported stalled too.
+    """
+
+    def __init__(
+        self, stall_seconds: float = 120.0, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if stall_seconds <= 0:
+            raise ValueError(f"stall_seconds must be > 0, got {stall_seconds}")
+        self.stall_seconds = stall_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_batch = clock()
+        self._assigned = False
+        self._dask_ready = False
+        self._fallback = False
+        self._lag: HealthLagProvider | None = None
+
+    def batch_finished(self) -> None:
+        """A batch was committed (or finished for good): the pipeline is making progress."""
+        now = self._clock()
+        with self._lock:
+            self._last_batch = now
+
+    def set_assigned(self, assigned: bool) -> None:
+        """Partitions are (or are no longer) assigned to this consumer."""
+        with self._lock:
+            self._assigned = assigned
+
+    def set_dask_ready(self, ready: bool) -> None:
+        with self._lock:
+            self._dask_ready = ready
+
+    def set_fallback_active(self, active: bool) -> None:
+        """Work runs locally without Dask; that counts as ready (SPEC 10)."""
+        with self._lock:
+            self._fallback = active
+
+    def set_lag_provider(self, provider: HealthLagProvider | None) -> None:
+        """Lag per (topic, partition) (the callable given to `Metrics.set_providers`) or a total."""
+        with self._lock:
+            self._lag = provider
+
+    def total_lag(self) -> int | None:
+        """Sum of known partition lags; None when unknown (no provider, or it raised)."""
+        with self._lock:
+            provider = self._lag
+        if provider is None:
+            return None
+        try:
+            lag = provider()
+            if isinstance(lag, Mapping):
+                return sum(n for n in lag.values() if n > 0)
+            return max(0, int(lag))
+        except Exception:
+            _log.warning("lag provider failed; liveness treats lag as unknown", exc_info=True)
+            return None
+
+    def liveness(self) -> Probe:
+        lag = self.total_lag()
+        now = self._clock()
+        with self._lock:
+            idle = max(0.0, now - self._last_batch)
+        body: dict[str, Any] = {
+            "lag_messages": lag,
+            "seconds_since_batch": round(idle, 3),
+            "stall_seconds": self.stall_seconds,
+        }
+        if lag is not None and lag > 0 and idle > self.stall_seconds:
+            reason = f"{lag} messages waiting and no batch finished for {idle:.0f} s"
+            return Probe(False, {"status": "stalled", **body, "reason": reason})
+        if lag is None:
+            reason = "lag unknown; not judged stalled"
+        elif lag == 0:
+            reason = "no lag"
+        else:
+            reason = "batches are finishing"
+        return Probe(True, {"status": "ok", **body, "reason": reason})
+
+    def readiness(self) -> Probe:
+        with self._lock:
+            assigned, dask_ready, fallback = self._assigned, self._dask_ready, self._fallback
+        body: dict[str, Any] = {
+            "assigned": assigned,
+            "dask_ready": dask_ready,
+            "fallback_active": fallback,
+        }
+        missing = []
+        if not assigned:
+            missing.append("no partitions assigned")
+        if not (dask_ready or fallback):
+            missing.append("Dask not reachable and local fallback not active")
+        if missing:
+            return Probe(False, {"status": "not_ready", **body, "reason": "; ".join(missing)})
+        return Probe(True, {"status": "ready", **body, "reason": "ready"})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], metrics: Exposition, health: Health) -> None:
+        super().__init__(address, _Handler)
+        self.metrics = metrics
+        self.health = health
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        _log.warning("metrics endpoint error from %s", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    timeout = 10  # a stuck client must not pin a thread forever
+    server_version = "sfa"
+
+    def do_GET(self) -> None:
+        self._respond(head=False)
+
+    def do_HEAD(self) -> None:
+        self._respond(head=True)
+
+    def _respond(self, *, head: bool) -> None:
+        server = cast(_Server, self.server)
+        path = urlsplit(self.path).path
+        try:
+            if path == "/metrics":
+                body, content_type = server.metrics.render_for(self.headers.get("Accept"))
+                self._send(HTTPStatus.OK, body, content_type, head)
+            elif path == "/healthz":
+                self._send_probe(server.health.liveness(), head)
+            elif path == "/readyz":
+                self._send_probe(server.health.readiness(), head)
+            else:
+                self._send_json(HTTPStatus.NOT_FOUND, {"reason": f"no route {path}"}, head)
+        except Exception:
+            _log.exception("metrics endpoint failed on %s", path)
+            self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"reason": "internal error"}, head)
+
+    def _send_probe(self, probe: Probe, head: bool) -> None:
+        self._send_json(HTTPStatus(probe.status), probe.body, head)
+
+    def _send_json(self, status: HTTPStatus, body: Mapping[str, Any], head: bool) -> None:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        self._send(status, data, "application/json", head)
+
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str, head: bool) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Every scrape would otherwise print a line to stderr, outside the JSON log.
+        _log.debug("http %s " + format, self.address_string(), *args)
+
+
+class MetricsServer:
+    """Serves /metrics, /healthz and /readyz on `host:port`; port 0 turns it off (SPEC 10).
+
+    `start()` and `stop()` are idempotent; use it as a context manager in tests.
+    """
+
+    def __init__(
+        self, metrics: Exposition, health: Health, port: int, host: str = "0.0.0.0"
+    ) -> None:
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be within 0..65535, got {port}")
+        self._metrics = metrics
+        self._health = health
+        self._requested_port = port
+        self._host = host
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._requested_port != 0
+
+    @property
+    def port(self) -> int:
+        """The bound port while running, else 0."""
+        return 0 if self._server is None else int(self._server.server_address[1])
+
+    def start(self) -> None:
+        if not self.enabled or self._server is not None:
+            return
+        server = _Server((self._host, self._requested_port), self._metrics, self._health)
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name=f"sfa-metrics-{self._requested_port}",
+            daemon=True,
+        )
+        thread.start()
+        self._server, self._thread = server, thread
+        _log.info("metrics endpoint listening", extra={"host": self._host, "port": self.port})
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()  # returns once serve_forever has left its loop
+        server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> MetricsServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
