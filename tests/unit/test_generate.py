@@ -65,7 +65,9 @@ def test_seed_changes_prices_not_calendar() -> None:
 
 def test_stdout_is_the_default_output(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
     assert _cli("--symbols", "2", "--start-year", "2020", "--end-year", "2020") == 0
-    assert capsysbinary.readouterr().out == _market(2, 2020, 2020, 0)
+    captured = capsysbinary.readouterr()
+    assert captured.out == _market(2, 2020, 2020, 0)
+    assert captured.err == b""  # no progress bar when stderr is not a terminal
 
 
 def test_bad_ranges_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
