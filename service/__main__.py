@@ -1,0 +1,68 @@
+"""`sfa`: run | replay | generate | produce | recommend.
+
+Settings are read once, before anything starts; a bad value prints one line naming
+the variable and exits 2. Unreadable inputs exit 1 with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from service import __version__
+from service.errors import ConfigError, SfaError
+
+__all__ = ["main"]
+
+# command -> (module, help). Modules load lazily so `sfa --help` stays fast.
+_COMMANDS = {
+    "run": ("service.runner", "consume bars from Kafka and publish results (the service)"),
+    "replay": ("service.replay", "run bar files through the pipeline on a local Dask cluster"),
+    "generate": ("service.generate", "write a deterministic synthetic market as JSONL"),
+    "produce": ("service.produce", "load bar files into a Kafka topic, keyed by symbol"),
+    "recommend": ("service.recommend", "sizing advice for a batch analysis (original API)"),
+}
+_NEEDS_SETTINGS = {"run", "replay", "produce"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sfa",
+        description="Spring Festival alignment of daily stock bars: streaming service and tools. "
+        "Configuration comes from the environment (SPEC section 9: SFA_*, KAFKA_*, DASK_*).",
+    )
+    parser.add_argument("--version", action="version", version=f"sfa {__version__}")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in _COMMANDS.items():
+        sub = subs.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).add_arguments(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(_COMMANDS[args.command][0])
+    try:
+        if args.command in _NEEDS_SETTINGS:
+            from service.logs import setup_logging
+            from service.settings import load_settings
+
+            settings = load_settings()
+            setup_logging(settings.log_level, json=args.command == "run")
+            return int(module.run(args, settings))
+        return int(module.run(args))
+    except ConfigError as exc:
+        print(f"sfa: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except SfaError as exc:
+        print(f"sfa: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("sfa: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""The one streamz graph shared by `sfa replay` and `sfa run`.
+
+    source -> prepare (decode, validate, update state, snapshot)
+           -> dispatch (scatter the stale symbols' windows to Dask in chunks, submit)
+           -> buffer(SFA_MAX_INFLIGHT_BATCHES)
+           -> collect (gather the chunks' patterns; retries and fallback live in the
+              compute handle)
+           -> finalize (position and signal for every touched symbol, encode results)
+           -> deliver (the sink: a file, or one Kafka transaction per batch)
+
+Batches are formed *before* the graph (the Kafka consumer's bounded `consume`, the
+file reader's line batches): one streamz element per batch, never per message, since
+a per-element hop costs microseconds and the hot path is per message.
+
+Ordering: `prepare` runs in batch order and snapshots what the batch's results need
+(latest, bars held, input position), so later batches can be applied while earlier ones
+are still on the workers; `map_async(parallelism=1)` keeps `finalize`/`deliver` in batch
+order, and only `finalize` writes the pattern cache, so a batch that changed no closed
+window reuses exactly the pattern its predecessor left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from streamz import Stream
+
+from service.codec import DecodedBatch, Reject, decode_batch, encode_pattern_part, encode_result
+from service.engine import EngineParams, PatternResult, SymbolWindows, position_and_signal
+from service.settings import Settings
+from service.state import StateStore
+from service.tasks import ChunkResult
+
+__all__ = ["BatchOutput", "BatchSink", "Compute", "Pipeline", "RawBatch"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class RawBatch:
+    """Messages as they came, plus where each came from (files or Kafka)."""
+
+    values: list[bytes]
+    closed_at: float = field(default_factory=time.monotonic)
+    # files
+    file: str | None = None
+    lines: list[int] | None = None
+    # Kafka (parallel to values)
+    topic: str | None = None
+    partitions: list[int] | None = None
+    offsets: list[int] | None = None
+    timestamps_ms: list[int] | None = None
+
+    def input_ref(self, index: int) -> dict[str, Any] | None:
+        """SPEC 6 `input`: the message position in Kafka mode, null for files."""
+        if self.offsets is None or self.partitions is None:
+            return None
+        return {
+            "topic": self.topic,
+            "partition": self.partitions[index],
+            "offset": self.offsets[index],
+        }
+
+    def next_offsets(self) -> dict[tuple[str, int], int]:
+        """Per partition, the offset to commit once this batch is delivered."""
+        out: dict[tuple[str, int], int] = {}
+        if self.offsets is None or self.partitions is None or self.topic is None:
+            return out
+        for partition, offset in zip(self.partitions, self.offsets, strict=True):
+            key = (self.topic, partition)
+            if offset + 1 > out.get(key, -1):
+                out[key] = offset + 1
+        return out
+
+
+@dataclass(slots=True)
+class _Touched:
+    """Per symbol, what its result needs from the state as it was right after the batch."""
+
+    symbol: str
+    latest: int
+    bars: int
+    message_index: int
+
+
+@dataclass(slots=True)
+class _Prepared:
+    seq: int
+    raw: RawBatch
+    decoded: DecodedBatch
+    touched: list[_Touched]
+    chunks: list[list[SymbolWindows]]
+    state_records: list[tuple[bytes, bytes]]
+    prepared_at: float
+    pending: Awaitable[list[ChunkResult]] | None = None
+
+
+@dataclass(slots=True)
+class BatchOutput:
+    """Everything one batch produces; the sink commits it as a unit."""
+
+    seq: int
+    raw: RawBatch
+    results: list[tuple[str, bytes]]
+    rejects: list[Reject]
+    state_records: list[tuple[bytes, bytes]]
+    n_bars: int
+    statuses: Counter[str]
+    executed_by: frozenset[str]
+    analysed: int
+    timings: dict[str, float]
+
+
+class BatchSink(Protocol):
+    """Where a finished batch goes. Called in batch order, one call at a time."""
+
+    async def write(self, out: BatchOutput) -> None: ...
+
+
+class Compute(Protocol):
+    """What the pipeline needs of the compute layer (service.cluster.ComputeHandle)."""
+
+    async def run_chunks(
+        self, chunks: list[list[SymbolWindows]], params: EngineParams
+    ) -> list[ChunkResult]: ...
+
+
+class Pipeline:
+    """Feed `RawBatch`es with `submit`; results reach the sink in batch order.
+
+    `submit` returns once the batch is accepted, waiting while
+    `max_inflight_batches` are already in flight (backpressure for the source).
+    A failure anywhere stops the pipeline: `submit` and `drain` re-raise it.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        compute: Compute | Callable[[], Awaitable[Compute]],
+        sink: BatchSink,
+        state: StateStore | None = None,
+        on_delivered: Callable[[BatchOutput], None] | None = None,
+        with_changelog: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.params = settings.engine_params()
+        self.state = state if state is not None else StateStore(self.params)
+        self._compute = compute
+        self._compute_ready: Compute | None = None
+        self._sink = sink
+        self._on_delivered = on_delivered
+        self._with_changelog = with_changelog
+        self._seq = 0
+        self._max_inflight = settings.max_inflight_batches
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._room = asyncio.Condition()
+        self._failure: BaseException | None = None
+
+        self.source = Stream(asynchronous=True)
+        (
+            self.source.map(self._prepare)
+            .map(self._dispatch)
+            .buffer(self._max_inflight)
+            .map_async(self._collect, parallelism=self._max_inflight)
+            .map_async(self._finish, parallelism=1)
+            .sink(self._release)
+        )
+
+    # --- driver side ---
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    async def submit(self, raw: RawBatch) -> None:
+        self._raise_if_failed()
+        async with self._room:
+            await self._room.wait_for(
+                lambda: self._inflight < self._max_inflight or self._failure is not None
+            )
+        self._raise_if_failed()
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            await self.source.emit(raw)
+        except Exception as exc:
+            self._fail(exc)
+        self._raise_if_failed()
+
+    async def drain(self) -> None:
+        """Wait until every submitted batch has been delivered (or the pipeline failed)."""
+        while self._inflight and self._failure is None:
+            await asyncio.wait_for(self._idle.wait(), timeout=None)
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            log.error("pipeline stopped: %s", exc, exc_info=exc)
+            self._failure = exc
+        self._idle.set()
+
+        async def _wake() -> None:
+            async with self._room:
+                self._room.notify_all()
+
+        asyncio.ensure_future(_wake())
+
+    # --- graph nodes ---
+
+    def _prepare(self, raw: RawBatch) -> _Prepared:
+        seq = self._seq
+        self._seq += 1
+        decoded = decode_batch(raw.values, self.settings.max_message_bytes)
+        partition: int | np.ndarray = -1
+        if raw.partitions is not None and len(decoded.symbols):
+            partition = np.asarray(raw.partitions, dtype=np.int32)[decoded.message_index]
+        outcome = self.state.apply(decoded.symbols, decoded.days, decoded.closes, partition)
+        state = self.state
+        if raw.offsets is not None:
+            last_msg = dict(zip(decoded.symbols, decoded.message_index.tolist(), strict=True))
+        else:
+            last_msg = {}
+        touched = [
+            _Touched(s, state.latest(s), state.bars(s), last_msg.get(s, -1)) for s in outcome.touched
+        ]
+        stale = [state.windows(s) for s in outcome.stale]
+        size = self.settings.dask_chunk_size
+        chunks = [stale[i : i + size] for i in range(0, len(stale), size)]
+        records = state.changelog_records(outcome) if self._with_changelog else []
+        return _Prepared(seq, raw, decoded, touched, chunks, records, time.monotonic())
+
+    def _dispatch(self, prepared: _Prepared) -> _Prepared:
+        if prepared.chunks:
+            prepared.pending = asyncio.ensure_future(self._run(prepared.chunks))
+        return prepared
+
+    async def _run(self, chunks: list[list[SymbolWindows]]) -> list[ChunkResult]:
+        if self._compute_ready is None:
+            compute = self._compute
+            if callable(compute) and not hasattr(compute, "run_chunks"):
+                compute = await compute()
+            self._compute_ready = compute  # type: ignore[assignment]
+        assert self._compute_ready is not None
+        return await self._compute_ready.run_chunks(chunks, self.params)
+
+    async def _collect(self, prepared: _Prepared) -> tuple[_Prepared, list[ChunkResult]]:
+        try:
+            results = await prepared.pending if prepared.pending is not None else []
+        except Exception as exc:
+            self._fail(exc)
+            results = []
+        return prepared, results
+
+    async def _finish(self, item: tuple[_Prepared, list[ChunkResult]]) -> BatchOutput | None:
+        if self._failure is not None:
+            return None
+        prepared, chunk_results = item
+        try:
+            out = self._finalize(prepared, chunk_results)
+            t0 = time.monotonic()
+            await self._sink.write(out)
+            out.timings["deliver"] = time.monotonic() - t0
+            out.timings["batch_latency"] = time.monotonic() - prepared.raw.closed_at
+        except Exception as exc:
+            self._fail(exc)
+            return None
+        return out
+
+    def _finalize(self, prepared: _Prepared, chunk_results: list[ChunkResult]) -> BatchOutput:
+        state = self.state
+        fresh: dict[str, PatternResult] = {}
+        executed_by: set[str] = set()
+        for chunk in chunk_results:
+            executed_by.add(chunk.executed_by)
+            for result in chunk.results:
+                fresh[result.symbol] = result
+                state.set_pattern(result.symbol, result, encode_pattern_part(result))
+        params = self.params
+        raw = prepared.raw
+        statuses: Counter[str] = Counter()
+        results: list[tuple[str, bytes]] = []
+        for t in prepared.touched:
+            cached = state.pattern(t.symbol)
+            if cached is None:
+                raise RuntimeError(f"no pattern for {t.symbol}: the state lost it mid-batch")
+            pattern, part = cached
+            position, signal = position_and_signal(t.latest, pattern, params)
+            statuses[pattern.status] += 1
+            payload = encode_result(
+                symbol=t.symbol,
+                as_of_day=t.latest,
+                status=pattern.status,
+                window_days=params.window_days,
+                alignment=params.alignment,
+                pattern_part=part,
+                position=position,
+                signal=signal,
+                bars_in_state=t.bars,
+                input_ref=raw.input_ref(t.message_index) if t.message_index >= 0 else None,
+            )
+            results.append((t.symbol, payload))
+        return BatchOutput(
+            seq=prepared.seq,
+            raw=raw,
+            results=results,
+            rejects=prepared.decoded.rejects,
+            state_records=prepared.state_records,
+            n_bars=len(prepared.decoded.symbols),
+            statuses=statuses,
+            executed_by=frozenset(executed_by),
+            analysed=len(fresh),
+            timings={},
+        )
+
+    def _release(self, out: BatchOutput | None) -> None:
+        if out is not None and self._on_delivered is not None:
+            try:
+                self._on_delivered(out)
+            except Exception as exc:  # a broken progress callback must not lose data
+                log.warning("on_delivered callback failed: %s", exc)
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
+
+        async def _wake() -> None:
+            async with self._room:
+                self._room.notify_all()
+
+        asyncio.ensure_future(_wake())
+

@@ -1,0 +1,303 @@
+"""`sfa run`: the Kafka service around the shared pipeline.
+
+One consumer (group member), one producer (transactional by default), one pipeline.
+The asyncio loop owns the pipeline and the state; blocking Kafka calls run on one
+worker thread, and rebalance callbacks (which librdkafka runs inside `consume` on that
+thread) hop back onto the loop to drain in-flight batches or restore state, so state is
+only ever touched from the loop.
+
+Failure policy (SPEC 7):
+- abortable transaction error: abort, throw the in-flight batches away, reload the
+  assigned partitions' state from the state topic, rewind to the committed offsets;
+- fatal or fenced: exit non-zero and let the supervisor restart us;
+- SIGTERM/SIGINT: stop consuming, finish in-flight batches, commit, close, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from service import __version__
+from service.codec import dead_letter_headers
+from service.errors import FatalError, SfaError
+from service.kafka.admin import ensure_topics
+from service.kafka.consumer import BatchConsumer
+from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
+from service.kafka.restore import read_state_partitions
+from service.metrics import Health, MetricsServer, Metrics
+from service.pipeline import BatchOutput, Pipeline, RawBatch
+from service.settings import Settings
+from service.state import StateStore
+
+__all__ = ["KafkaSink", "Service", "add_arguments", "run"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+SHUTDOWN_GRACE_S = 25.0
+
+
+class KafkaSink:
+    """Writes one batch's results, dead letters and state changes, then commits its offsets.
+
+    exactly_once: all of it, offsets included, in one transaction.
+    at_least_once: produce, flush and verify delivery, then commit the offsets.
+    """
+
+    def __init__(self, service: Service) -> None:
+        self._svc = service
+
+    async def write(self, out: BatchOutput) -> None:
+        await self._svc.in_kafka_thread(lambda: self._write_blocking(out))
+        self._svc.after_commit(out)
+
+    def _write_blocking(self, out: BatchOutput) -> None:
+        svc = self._svc
+        s = svc.settings
+        producer = svc.producer
+        raw = out.raw
+        eos = isinstance(producer, TransactionalProducer)
+        if eos:
+            producer.begin()
+        for symbol, payload in out.results:
+            producer.produce(s.output_topic, payload, key=symbol.encode())
+        for reject in out.rejects:
+            assert raw.partitions is not None and raw.offsets is not None
+            headers = dead_letter_headers(
+                reject, raw.topic or s.input_topic, raw.partitions[reject.index], raw.offsets[reject.index]
+            )
+            producer.produce(s.dlq_topic, reject.raw, headers=headers)
+        for key, value, partition in svc.state_records_with_partitions(out):
+            producer.produce(s.state_topic, value, key=key, partition=partition)
+        offsets = raw.next_offsets()
+        if isinstance(producer, TransactionalProducer):
+            producer.commit(offsets, svc.consumer.group_metadata())
+        else:
+            producer.flush_and_verify()
+            svc.consumer.commit_offsets(offsets)
+
+
+class Service:
+    """Wires consumer, pipeline, producer, metrics and health for one instance."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.params = settings.engine_params()
+        self.metrics = Metrics(__version__)
+        self.health = Health(stall_seconds=settings.stall_seconds)
+        self.server = MetricsServer(self.metrics, self.health, port=settings.metrics_port)
+        self.state = StateStore(self.params)
+        self._kafka = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+        self._assigned: set[int] = set()
+        self.pipeline: Pipeline | None = None
+        self.compute: Any = None
+        self.consumer: BatchConsumer
+        self.producer: TransactionalProducer | AtLeastOnceProducer
+
+    # --- threads ---
+
+    async def in_kafka_thread(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._kafka, fn)
+
+    def _on_loop(self, coro_fn: Callable[[], Awaitable[T]]) -> T:
+        """From a rebalance callback (Kafka thread): run on the loop and wait."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro_fn(), self._loop).result()
+
+    # --- rebalance listener (called on the Kafka thread inside consume) ---
+
+    def on_assigned(self, partitions: list[tuple[str, int]]) -> None:
+        numbers = [p for t, p in partitions if t == self.settings.input_topic]
+        log.info("partitions assigned", extra={"partitions": numbers})
+        records = list(
+            read_state_partitions(self.settings, self.settings.state_topic, numbers, timeout_s=60.0)
+        )
+
+        async def apply() -> None:
+            for key, value in records:
+                self.state.restore(key, value)
+            self._assigned.update(numbers)
+            self.health.set_assigned(bool(self._assigned))
+
+        self._on_loop(apply)
+        log.info("state restored", extra={"records": len(records), "symbols": len(self.state)})
+
+    def on_revoked(self, partitions: list[tuple[str, int]]) -> None:
+        numbers = [p for t, p in partitions if t == self.settings.input_topic]
+        log.info("partitions revoked", extra={"partitions": numbers})
+
+        async def finish_and_drop() -> None:
+            if self.pipeline is not None:
+                with contextlib.suppress(Exception):
+                    await self.pipeline.drain()  # finish in-flight work before giving them up
+            for p in numbers:
+                self.state.drop_partition(p)
+                self._assigned.discard(p)
+            self.health.set_assigned(bool(self._assigned))
+
+        self._on_loop(finish_and_drop)
+
+    # --- sink support ---
+
+    def state_records_with_partitions(
+        self, out: BatchOutput
+    ) -> list[tuple[bytes, bytes, int | None]]:
+        """Partition p of the state topic holds the state of input partition p."""
+        return [(k, v, self.state.partition_of_record(k)) for k, v in out.state_records]
+
+    def after_commit(self, out: BatchOutput) -> None:
+        m = self.metrics
+        raw = out.raw
+        now_ms = time.time() * 1000.0
+        m.messages_consumed(raw.topic or self.settings.input_topic, len(raw.values))
+        m.bars_processed(out.n_bars)
+        for reject in out.rejects:
+            m.dead_letter(reject.reason)
+        for status, n in out.statuses.items():
+            m.result_produced(status, n)
+            m.analyses(status, n)
+        m.batch("ok")
+        m.observe_batch(len(raw.values), time.monotonic() - raw.closed_at)
+        if raw.timestamps_ms:
+            m.observe_end_to_end([(now_ms - ts) / 1000.0 for ts in raw.timestamps_ms if ts > 0])
+        self.health.batch_finished()
+
+    # --- main loop ---
+
+    async def serve(self) -> int:
+        from service.cluster import open_async
+
+        s = self.settings
+        self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._stop.set)
+        log.info("starting", extra={"settings": s.redacted(), "version": __version__})
+        self.server.start()
+        await self.in_kafka_thread(lambda: ensure_topics(s, s.input_topic, s.output_topic, s.dlq_topic, s.state_topic))
+        self.compute = await open_async(s)
+        self.metrics.set_fallback_active(bool(self.compute.fallback_active))
+        self.health.set_dask_ready(True)
+        self.metrics.set_providers(
+            state=lambda: (self.state.n_symbols, self.state.n_bars, self.state.nbytes),
+            lag=lambda: self.consumer.lag(),
+            dask=lambda: self.compute.worker_stats(),
+            inflight=lambda: self.pipeline.inflight if self.pipeline else 0,
+        )
+        self.health.set_lag_provider(lambda: sum(self.consumer.lag().values()))
+        if s.processing_guarantee == "exactly_once":
+            self.producer = await self.in_kafka_thread(lambda: TransactionalProducer(s))
+        else:
+            self.producer = AtLeastOnceProducer(s)
+        self.consumer = BatchConsumer(s, listener=self)
+        await self.in_kafka_thread(lambda: self.consumer.subscribe([s.input_topic]))
+        try:
+            code = await self._consume_loop()
+        finally:
+            await self._shutdown()
+        return code
+
+    def _new_pipeline(self) -> Pipeline:
+        return Pipeline(self.settings, self.compute, KafkaSink(self), state=self.state, with_changelog=True)
+
+    async def _consume_loop(self) -> int:
+        s = self.settings
+        self.pipeline = self._new_pipeline()
+        wait_s = s.batch_max_wait_ms / 1000.0
+        paused = False
+        while not self._stop.is_set():
+            pipeline = self.pipeline
+            full = pipeline.inflight >= s.max_inflight_batches
+            if full != paused:  # backpressure: stay in the group, stop fetching
+                await self.in_kafka_thread(self.consumer.pause_all if full else self.consumer.resume_all)
+                paused = full
+            messages = await self.in_kafka_thread(
+                lambda: self.consumer.poll_batch(s.batch_max_messages, 0.05 if full else wait_s)
+            )
+            if not messages:
+                if full:
+                    await asyncio.sleep(0.01)
+                continue
+            raw = _raw_batch(messages, s.input_topic)
+            try:
+                await pipeline.submit(raw)
+            except SfaError as exc:
+                if not exc.retriable:
+                    raise
+                await self._recover(exc)
+            except FatalError:
+                raise
+        return 0
+
+    async def _recover(self, exc: SfaError) -> None:
+        """Abortable error: abort, reload state from the state topic, rewind, go on."""
+        log.warning("batch failed, rewinding to committed offsets", extra={"error": str(exc)})
+        self.metrics.batch("retried")
+        with contextlib.suppress(Exception):
+            await self.in_kafka_thread(self.producer.abort)
+        partitions = sorted(self._assigned)
+        for p in partitions:
+            self.state.drop_partition(p)
+        records = await self.in_kafka_thread(
+            lambda: list(read_state_partitions(self.settings, self.settings.state_topic, partitions, 60.0))
+        )
+        for key, value in records:
+            self.state.restore(key, value)
+        await self.in_kafka_thread(self.consumer.rewind_to_committed)
+        self.pipeline = self._new_pipeline()
+
+    async def _shutdown(self) -> None:
+        log.info("stopping: finishing in-flight batches")
+        if self.pipeline is not None:
+            try:
+                await asyncio.wait_for(self.pipeline.drain(), SHUTDOWN_GRACE_S)
+            except Exception as exc:
+                log.warning("in-flight batches not committed at shutdown: %s", exc)
+        with contextlib.suppress(Exception):
+            await self.in_kafka_thread(self.consumer.close)
+        with contextlib.suppress(Exception):
+            await self.in_kafka_thread(self.producer.close)
+        if self.compute is not None:
+            with contextlib.suppress(Exception):
+                await self.compute.close()
+        self.server.stop()
+        self._kafka.shutdown(wait=False)
+        log.info("stopped")
+
+
+def _raw_batch(messages: list[Any], topic: str) -> RawBatch:
+    values, partitions, offsets, stamps = [], [], [], []
+    for m in messages:
+        values.append(m.value() or b"")
+        partitions.append(m.partition())
+        offsets.append(m.offset())
+        stamps.append(m.timestamp()[1])
+    return RawBatch(
+        values=values, topic=topic, partitions=partitions, offsets=offsets, timestamps_ms=stamps
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Everything is configured from the environment (SPEC section 9), e.g. "
+        "KAFKA_BOOTSTRAP_SERVERS, KAFKA_GROUP_ID, SFA_INPUT_TOPIC, SFA_PROCESSING_GUARANTEE, "
+        "SFA_METRICS_PORT, DASK_SCHEDULER_ADDRESS; any KAFKA_SOME_PROPERTY reaches librdkafka "
+        "as some.property."
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        return asyncio.run(Service(settings).serve())
+    except FatalError as exc:
+        log.error("fatal: %s", exc)
+        return 3

@@ -1,0 +1,222 @@
+"""`sfa run` end to end against the real broker: exactly-once output, dead letters,
+crash recovery with durable state. The service runs as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+BAD = [
+    (b"{nope", "invalid_json"),
+    (b"42", "not_an_object"),
+    (orjson.dumps({"date": "2020-01-02", "close": 1.0}), "missing_field:symbol"),
+    (orjson.dumps({"symbol": "BAD 1", "date": "2020-01-02", "close": 1.0}), "invalid_field:symbol"),
+    (orjson.dumps({"symbol": "B.SH", "date": "2020/01/02", "close": 1.0}), "invalid_field:date"),
+    (orjson.dumps({"symbol": "B.SH", "date": "1899-01-02", "close": 1.0}), "date_out_of_range"),
+    (orjson.dumps({"symbol": "B.SH", "date": "2020-01-02", "close": -1}), "invalid_field:close"),
+    (orjson.dumps({"symbol": "B.SH", "date": "2020-01-02", "close": 1, "volume": True}),
+     "invalid_field:volume"),
+    (b"x" * 2000, "too_large"),
+]
+
+
+def _sfa(*args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "service", *args], env=env, check=True, **kw)  # type: ignore[call-overload]
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("market") / "bars.jsonl"
+    _sfa("generate", "--symbols", "12", "--start-year", "2016", "--end-year", "2021", "--seed", "3",
+         "--output", str(path))
+    return path
+
+
+def _values(market: Path) -> list[bytes]:
+    return [line for line in market.read_bytes().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def expected(market: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("replay") / "results.jsonl"
+    env = {**os.environ, "DASK_ENABLE_DISTRIBUTED": "false", "SFA_MAX_MESSAGE_BYTES": "1000"}
+    _sfa("replay", str(market), "--output", str(out), env=env, stderr=subprocess.DEVNULL)
+    last: dict[str, dict] = {}
+    for line in out.read_bytes().splitlines():
+        result = orjson.loads(line)
+        last[result["symbol"]] = result
+    return last
+
+
+def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    for value in values:
+        try:
+            key = orjson.loads(value).get("symbol", "").encode()
+        except (orjson.JSONDecodeError, AttributeError):
+            key = None
+        producer.produce(topic, value, key=key)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+
+
+def _read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[object]:
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4()}",
+        "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+    })
+    meta = consumer.list_topics(topic, timeout=10)
+    parts = [TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions]
+    consumer.assign(parts)
+    ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+    out: list[object] = []
+    deadline = time.time() + timeout
+    done = {p for p, hi in ends.items() if hi == 0}
+    while len(done) < len(ends) and time.time() < deadline:
+        for msg in consumer.consume(500, 0.5):
+            if msg.error():
+                continue
+            out.append(msg)
+        for tp in consumer.position(parts):
+            if tp.offset >= ends[tp.partition]:
+                done.add(tp.partition)
+    consumer.close()
+    return out
+
+
+def _committed_all(bootstrap: str, group: str, topic: str) -> bool:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    meta = consumer.list_topics(topic, timeout=10)
+    parts = [TopicPartition(topic, p) for p in meta.topics[topic].partitions]
+    committed = consumer.committed(parts, timeout=10)
+    ok = all(tp.offset == consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in committed)
+    consumer.close()
+    return ok
+
+
+def _start(bootstrap: str, env_extra: dict[str, str]) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SFA_METRICS_PORT": "0",
+           "SFA_BATCH_MAX_MESSAGES": "2000", "SFA_BATCH_MAX_WAIT_MS": "200",
+           "SFA_MAX_MESSAGE_BYTES": "1000", **env_extra}
+    return subprocess.Popen([sys.executable, "-m", "service", "run"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_done(proc: subprocess.Popen[bytes], bootstrap: str, group: str, topic: str,
+               timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+        if _committed_all(bootstrap, group, topic):
+            return
+        time.sleep(1.0)
+    raise AssertionError("service did not commit the whole input in time")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _last_results(messages: list[object]) -> tuple[dict[str, dict], list[tuple[str, str]]]:
+    last: dict[str, dict] = {}
+    seen: list[tuple[str, str]] = []
+    for msg in messages:
+        result = orjson.loads(msg.value())  # type: ignore[attr-defined]
+        assert msg.key().decode() == result["symbol"]  # type: ignore[attr-defined]
+        seen.append((result["symbol"], orjson.dumps(result["input"]).decode()))
+        last[result["symbol"]] = result
+    return last, seen
+
+
+def _comparable(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "input"}
+
+
+@pytest.fixture()
+def topics(kafka_bootstrap: str, new_topic) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def]
+    names = {
+        "input": new_topic(partitions=3),
+        "output": f"out-{uuid.uuid4().hex[:8]}",
+        "dlq": f"dlq-{uuid.uuid4().hex[:8]}",
+        "state": f"state-{uuid.uuid4().hex[:8]}",
+        "group": f"g-{uuid.uuid4().hex[:8]}",
+    }
+    yield names
+
+
+def _env(t: dict[str, str], **extra: str) -> dict[str, str]:
+    return {"SFA_INPUT_TOPIC": t["input"], "SFA_OUTPUT_TOPIC": t["output"], "SFA_DLQ_TOPIC": t["dlq"],
+            "SFA_STATE_TOPIC": t["state"], "KAFKA_GROUP_ID": t["group"], **extra}
+
+
+def test_exactly_once_matches_replay_and_dead_letters(
+    kafka_bootstrap: str, topics: dict[str, str], market: Path, expected: dict[str, dict]
+) -> None:
+    values = _values(market)
+    mixed = values[:1000] + [v for v, _ in BAD] + values[1000:]
+    _produce(kafka_bootstrap, topics["input"], mixed)
+    proc = _start(kafka_bootstrap, _env(topics))
+    _wait_done(proc, kafka_bootstrap, topics["group"], topics["input"])
+    assert _stop(proc) == 0
+
+    last, seen = _last_results(_read_all(kafka_bootstrap, topics["output"]))
+    assert len(seen) == len(set(seen)), "duplicate (symbol, input) among committed results"
+    assert {s: _comparable(r) for s, r in last.items()} == {
+        s: _comparable(r) for s, r in expected.items()
+    }
+    assert all(r["input"]["topic"] == topics["input"] for r in last.values())
+
+    dead = _read_all(kafka_bootstrap, topics["dlq"])
+    got = sorted((dict(m.headers())["sfa.reason"].decode(), m.value()) for m in dead)  # type: ignore[attr-defined]
+    assert got == sorted((reason, value) for value, reason in BAD)
+    for m in dead:
+        headers = dict(m.headers())  # type: ignore[attr-defined]
+        assert headers["sfa.source.topic"].decode() == topics["input"]
+        assert int(headers["sfa.source.offset"]) >= 0
+        assert "sfa.source.partition" in headers
+
+
+def test_sigkill_three_times_no_loss_no_duplicates(
+    kafka_bootstrap: str, topics: dict[str, str], market: Path, expected: dict[str, dict]
+) -> None:
+    values = _values(market)
+    env = _env(topics, SFA_BATCH_MAX_MESSAGES="500", DASK_ENABLE_DISTRIBUTED="false")
+    _produce(kafka_bootstrap, topics["input"], values)
+    for _ in range(3):
+        proc = _start(kafka_bootstrap, env)
+        # Let it get somewhere mid-stream, then kill it without warning.
+        deadline = time.time() + 60
+        while time.time() < deadline and not _read_all(kafka_bootstrap, topics["output"], 3):
+            time.sleep(0.5)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    proc = _start(kafka_bootstrap, env)
+    _wait_done(proc, kafka_bootstrap, topics["group"], topics["input"])
+    assert _stop(proc) == 0
+
+    last, seen = _last_results(_read_all(kafka_bootstrap, topics["output"]))
+    assert len(seen) == len(set(seen)), "duplicate (symbol, input) among committed results"
+    assert {s: _comparable(r) for s, r in last.items()} == {
+        s: _comparable(r) for s, r in expected.items()
+    }
