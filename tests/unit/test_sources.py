@@ -1,0 +1,246 @@
+"""File readers for replay/produce: JSONL (+gzip), CSV, Parquet, and their errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import gzip
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import service.sources as sources
+from service.codec import decode_batch
+from service.errors import InputError
+from service.sources import FileBatch, iter_keyed_bars, read_batches, total_size_hint
+
+BAR = b'{"symbol":"A","date":"2021-02-03","close":1.5}'
+
+
+def _all(paths: list[str], batch_lines: int = 5000) -> tuple[list[bytes], list[int]]:
+    values: list[bytes] = []
+    lines: list[int] = []
+    for fb in read_batches(paths, batch_lines):
+        assert isinstance(fb, FileBatch) and len(fb.values) == len(fb.lines) > 0
+        values += fb.values
+        lines += fb.lines
+    return values, lines
+
+
+# --- JSONL ---
+
+
+def test_jsonl_lines_blank_lines_and_crlf(tmp_path: Path) -> None:
+    p = tmp_path / "bars.jsonl"
+    p.write_bytes(b"\n" + BAR + b"\r\n  \n\t\r\n" + b"[" + BAR + b"]\n\n" + BAR)  # no final \n
+    values, lines = _all([str(p)])
+    assert values == [BAR, b"[" + BAR + b"]", BAR]
+    assert lines == [2, 5, 7]
+
+
+def test_jsonl_plain_file_and_batches(tmp_path: Path) -> None:
+    p = tmp_path / "bars.ndjson"
+    p.write_bytes(b"".join(BAR + b"\n" for _ in range(7)))
+    batches = list(read_batches([str(p)], batch_lines=3))
+    assert [len(b.values) for b in batches] == [3, 3, 1]
+    assert [b.lines for b in batches] == [[1, 2, 3], [4, 5, 6], [7]]
+    assert {b.file for b in batches} == {str(p)}
+
+
+def test_jsonl_chunk_boundaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "_CHUNK_BYTES", 7)  # lines span many chunks
+    rows = [BAR, b"", b"[1,2]", b"  ", b"x" * 20, BAR]
+    p = tmp_path / "bars.json"
+    p.write_bytes(b"\r\n".join(rows) + b"\r\n")
+    values, lines = _all([str(p)])
+    assert values == [BAR, b"[1,2]", b"x" * 20, BAR]
+    assert lines == [1, 3, 5, 6]
+
+
+def test_any_other_suffix_is_jsonl(tmp_path: Path) -> None:
+    p = tmp_path / "bars.txt"
+    p.write_bytes(BAR + b"\n")
+    assert _all([str(p)])[0] == [BAR]
+
+
+def test_gzip_jsonl(tmp_path: Path) -> None:
+    p = tmp_path / "bars.jsonl.gz"
+    p.write_bytes(gzip.compress(BAR + b"\n\n" + BAR + b"\n"))
+    assert _all([str(p)]) == ([BAR, BAR], [1, 3])
+    assert total_size_hint([str(p)]) == len(BAR) * 2 + 3
+
+
+def test_batches_never_span_files(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_bytes(BAR + b"\n" + BAR + b"\n")
+    b.write_bytes(BAR + b"\n")
+    batches = list(read_batches([str(a), str(b)], batch_lines=5))
+    assert [(x.file, x.lines) for x in batches] == [(str(a), [1, 2]), (str(b), [1])]
+
+
+# --- CSV ---
+
+
+def test_csv_rows_become_json_objects(tmp_path: Path) -> None:
+    p = tmp_path / "bars.csv"
+    p.write_text(
+        "\ufeffsymbol,date,close,open,volume,note\n"
+        "000001.SZ,2021-02-03,1.5,,100,hello\n"
+        "\n"
+        "600519,2021-02-04,abc,2,1e3,\n"
+        '"B","2021-02-05",3,"4.25",-0,"multi\nline"\n'
+        "C,2021-02-06,inf,1,2\n",
+        encoding="utf-8",
+    )
+    values, lines = _all([str(p)])
+    rows = [orjson.loads(v) for v in values]
+    assert rows[0] == {
+        "symbol": "000001.SZ",
+        "date": "2021-02-03",
+        "close": 1.5,
+        "open": None,
+        "volume": 100,
+        "note": "hello",
+    }
+    assert rows[1]["symbol"] == "600519" and rows[1]["close"] == "abc"  # stays a string
+    assert rows[1]["volume"] == 1000.0 and rows[1]["note"] is None
+    assert rows[2]["open"] == 4.25 and rows[2]["note"] == "multi\nline"
+    assert rows[3]["close"] == "inf" and "note" not in rows[3]  # short row
+    assert lines == [2, 4, 6, 7]
+    decoded = decode_batch(values)
+    assert decoded.symbols == ["000001.SZ", "B"]
+    assert [r.reason for r in decoded.rejects] == ["invalid_field:close", "invalid_field:close"]
+
+
+def test_csv_aliases_keep_strings(tmp_path: Path) -> None:
+    p = tmp_path / "orig.csv"
+    p.write_text("stock_code,trade_date,close_price\n000001,20210203,5\n", encoding="utf-8")
+    (value,), _ = _all([str(p)])
+    assert orjson.loads(value) == {
+        "stock_code": "000001",
+        "trade_date": "20210203",
+        "close_price": 5,
+    }
+
+
+@pytest.mark.parametrize("text", ["", "A,2021-02-03,1.5\nB,2021-02-04,2\n", "\n\n"])
+def test_csv_without_header(tmp_path: Path, text: str) -> None:
+    p = tmp_path / "noheader.csv"
+    p.write_text(text, encoding="utf-8")
+    with pytest.raises(InputError, match=r"noheader\.csv.*header") as info:
+        _all([str(p)])
+    assert "\n" not in str(info.value)
+
+
+def test_csv_not_utf8(tmp_path: Path) -> None:
+    p = tmp_path / "latin.csv"
+    p.write_bytes(b"symbol,date,close\n\xe9,2021-02-03,1\n")
+    with pytest.raises(InputError, match=r"latin\.csv"):
+        _all([str(p)])
+
+
+# --- Parquet ---
+
+
+def test_parquet_rows(tmp_path: Path) -> None:
+    p = tmp_path / "bars.parquet"
+    table = pa.table(
+        {
+            "symbol": ["A", "B", "C"],
+            "date": pa.array([dt.date(2021, 2, 3), dt.date(2021, 2, 4), None], pa.date32()),
+            "close": [1.5, None, float("nan")],
+            "volume": pa.array([1, 2, 3], pa.int64()),
+            "amount": pa.array([decimal.Decimal("1.25")] * 3, pa.decimal128(10, 2)),
+        }
+    )
+    pq.write_table(table, p)
+    values, lines = _all([str(p)])
+    assert lines == [1, 2, 3]
+    assert orjson.loads(values[0]) == {
+        "symbol": "A",
+        "date": "2021-02-03",
+        "close": 1.5,
+        "volume": 1,
+        "amount": 1.25,
+    }
+    reasons = [r.reason for r in decode_batch(values).rejects]
+    assert reasons == ["missing_field:close", "missing_field:date"]
+
+
+def test_parquet_timestamp_dates(tmp_path: Path) -> None:
+    p = tmp_path / "ts.parquet"
+    stamps = pa.array([dt.datetime(2021, 2, 3, 15, 0)], pa.timestamp("ms"))
+    pq.write_table(pa.table({"trade_date": stamps, "stock_code": ["A"], "close_price": [2.0]}), p)
+    (value,), _ = _all([str(p)])
+    assert orjson.loads(value)["trade_date"] == "2021-02-03"
+    assert decode_batch([value]).symbols == ["A"]
+
+
+def test_corrupt_parquet(tmp_path: Path) -> None:
+    p = tmp_path / "bad.parquet"
+    p.write_bytes(b"not parquet at all")
+    with pytest.raises(InputError, match=r"bad\.parquet"):
+        _all([str(p)])
+
+
+# --- unreadable files ---
+
+
+def test_missing_file_fails_before_any_batch(tmp_path: Path) -> None:
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(BAR + b"\n")
+    with pytest.raises(InputError, match=r"nope\.jsonl: no such file") as info:
+        read_batches([str(good), str(tmp_path / "nope.jsonl")])
+    assert "\n" not in str(info.value)
+
+
+def test_directory_is_not_a_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not a readable file"):
+        read_batches([str(tmp_path)])
+
+
+def test_corrupt_gzip(tmp_path: Path) -> None:
+    p = tmp_path / "bad.jsonl.gz"
+    p.write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(InputError, match=r"bad\.jsonl\.gz"):
+        _all([str(p)])
+
+
+def test_bad_batch_lines() -> None:
+    with pytest.raises(ValueError):
+        read_batches([], batch_lines=0)
+
+
+# --- produce ---
+
+
+def test_iter_keyed_bars(tmp_path: Path) -> None:
+    p = tmp_path / "mixed.jsonl"
+    rows = [
+        BAR,
+        b'[{"stock_code":"S1","date":"2021-02-03","close":1},{"symbol":"S2"}]',
+        b"[]",
+        b"not json",
+        b'{"symbol":5}',
+        b'{"symbol":null,"stock_code":"S3"}',
+        b"[5]",
+    ]
+    p.write_bytes(b"\n".join(rows) + b"\n")
+    assert list(iter_keyed_bars([str(p)])) == [
+        (b"A", rows[0]),
+        (b"S1", rows[1]),
+        (None, rows[2]),
+        (None, rows[3]),
+        (None, rows[4]),
+        (b"S3", rows[5]),
+        (None, rows[6]),
+    ]
+
+
+def test_total_size_hint(tmp_path: Path) -> None:
+    a = tmp_path / "a.jsonl"
+    a.write_bytes(b"x" * 10)
+    assert total_size_hint([str(a), str(tmp_path / "missing")]) == 10
