@@ -1,0 +1,239 @@
+"""A consumer-group member that hands out batches and tells the service about rebalances.
+
+The service never sees librdkafka: batches are `MessageLike`, partitions are
+`(topic, partition)` tuples, offsets are plain ints (the next offset to read,
+as Kafka commits them). Offsets are only committed on request: by the
+transaction in exactly-once mode, or by `commit_offsets` after delivery in
+at-least-once mode. Auto-commit stays off because it would commit batches
+whose output was never written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+
+from service.kafka.errors import classify
+from service.kafka.message import MessageLike, TopicPartitionKey
+from service.settings import Settings
+
+__all__ = ["BatchConsumer", "MessageLike", "PartitionListener", "consumer_config"]
+
+log = logging.getLogger(__name__)
+
+
+class PartitionListener(Protocol):
+    """Told about partition changes synchronously, inside the rebalance.
+
+    `on_assigned` runs before the first message of those partitions is handed
+    out (restore their state there); `on_revoked` runs before another member
+    may read them (finish and commit in-flight work there). Both receive only
+    the partitions that changed. Lost partitions (session timeout) are
+    reported through `on_revoked`: their in-flight work can no longer commit.
+    """
+
+    def on_assigned(self, partitions: list[TopicPartitionKey]) -> None: ...
+    def on_revoked(self, partitions: list[TopicPartitionKey]) -> None: ...
+
+
+def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:
+    """librdkafka settings: defaults, then KAFKA_* passthrough, then what correctness needs."""
+    conf: dict[str, Any] = {
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "enable.partition.eof": False,
+        "client.id": f"sfa-{settings.instance_id}",
+        # Sticky: a rebalance moves only the partitions that must move, so the
+        # others keep their restored state and their in-flight batches.
+        "partition.assignment.strategy": "cooperative-sticky",
+    }
+    conf.update(settings.kafka_common())
+    if conf.get("group.protocol") == "consumer":
+        conf.pop("partition.assignment.strategy", None)  # the broker assigns (KIP-848)
+    conf["group.id"] = group_id or settings.kafka_group_id
+    conf["enable.auto.commit"] = False
+    conf["enable.auto.offset.store"] = False
+    return conf
+
+
+def _keys(partitions: Iterable[TopicPartition]) -> list[TopicPartitionKey]:
+    return [(tp.topic, tp.partition) for tp in partitions]
+
+
+class BatchConsumer:
+    """`confluent_kafka.Consumer` as the service needs it: batches, backpressure, rewinds."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        listener: PartitionListener | None = None,
+        group_id: str | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
+        conf = consumer_config(settings, group_id)
+        strategy = str(conf.get("partition.assignment.strategy", ""))
+        self._incremental = "cooperative" in strategy or conf.get("group.protocol") == "consumer"
+        self._consumer = Consumer(conf)
+        self._listener = listener
+        self._timeout_s = timeout_s
+        self._paused = False
+        self._closed = False
+
+    # --- membership ---
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        """Join the group; partitions arrive (and `on_assigned` runs) inside `poll_batch`."""
+        self._consumer.subscribe(
+            list(topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+
+    def assignment(self) -> list[TopicPartitionKey]:
+        return _keys(self._consumer.assignment())
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Assign here rather than after the callback returns, so a paused
+        # consumer can pause the new partitions before anything is fetched.
+        if self._incremental:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+        if self._paused and partitions:
+            consumer.pause(partitions)
+        if self._listener is not None and partitions:
+            self._listener.on_assigned(_keys(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._listener is not None and partitions:
+            self._listener.on_revoked(_keys(partitions))
+        # The library unassigns after we return; nothing else to do.
+
+    # --- reading ---
+
+    def poll_batch(self, max_messages: int, timeout_s: float) -> list[MessageLike]:
+        """Up to `max_messages` records, waiting at most `timeout_s` for the first.
+
+        Error events (a broker went away, a partition was deleted) are logged and
+        skipped: librdkafka recovers from them itself, and a batch should not fail
+        because of an event that carries no record. Fatal consumer errors raise.
+        """
+        try:
+            messages = self._consumer.consume(num_messages=max_messages, timeout=timeout_s)
+        except KafkaException as exc:
+            raise classify(exc, "consume") from exc
+        batch: list[MessageLike] = []
+        for msg in messages:
+            err = msg.error()
+            if err is None:
+                batch.append(msg)
+            elif err.fatal():
+                raise classify(KafkaException(err), "consume")
+            elif err.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error event: %s", err)
+        return batch
+
+    def pause_all(self) -> None:
+        """Stop fetching (backpressure) while still serving rebalances in `poll_batch`."""
+        self._paused = True
+        assigned = self._consumer.assignment()
+        if assigned:
+            self._consumer.pause(assigned)
+
+    def resume_all(self) -> None:
+        self._paused = False
+        assigned = self._consumer.assignment()
+        if assigned:
+            self._consumer.resume(assigned)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    # --- offsets ---
+
+    def committed(
+        self, partitions: Sequence[TopicPartitionKey] | None = None
+    ) -> dict[TopicPartitionKey, int | None]:
+        """The group's committed next offset per partition (None when nothing is committed)."""
+        tps = self._tps(partitions)
+        if not tps:
+            return {}
+        try:
+            result = self._consumer.committed(tps, timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise classify(exc, "read committed offsets") from exc
+        return {(tp.topic, tp.partition): (tp.offset if tp.offset >= 0 else None) for tp in result}
+
+    def rewind_to_committed(self, partitions: Sequence[TopicPartitionKey] | None = None) -> None:
+        """After an aborted transaction: read again from what the group last committed.
+
+        Partitions without a committed offset go back to the beginning. Seeking
+        also drops records librdkafka had already fetched past that point.
+        """
+        for (topic, partition), offset in self.committed(partitions).items():
+            start = OFFSET_BEGINNING if offset is None else offset
+            target = TopicPartition(topic, partition, start)
+            try:
+                self._consumer.seek(target)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError._STATE:
+                    raise classify(exc, f"seek {topic}[{partition}]") from exc
+                # Not fetching yet (just assigned): it will start from the
+                # committed offset anyway, which is where we wanted it.
+
+    def commit_offsets(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
+        """At-least-once: synchronously commit next offsets, only after output was delivered."""
+        if not offsets:
+            return
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            result = self._consumer.commit(offsets=tps, asynchronous=False)
+        except KafkaException as exc:
+            raise classify(exc, "commit offsets") from exc
+        failed = [tp for tp in result or [] if tp.error is not None]
+        if failed:
+            raise classify(KafkaException(failed[0].error), f"commit offsets {failed[0]}")
+
+    def group_metadata(self) -> object:
+        """Opaque group identity for `TransactionalProducer.commit` (fences zombies, KIP-447)."""
+        return self._consumer.consumer_group_metadata()
+
+    def lag(self) -> dict[TopicPartitionKey, int]:
+        """Records not yet handed out, per assigned partition, from cached fetch state.
+
+        Cheap (no broker round trip), so metrics can call it at scrape time.
+        Partitions not fetched yet are left out rather than guessed.
+        """
+        assigned = self._consumer.assignment()
+        if not assigned:
+            return {}
+        lags: dict[TopicPartitionKey, int] = {}
+        for tp in self._consumer.position(assigned):
+            _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0 or tp.offset < 0:
+                continue
+            lags[(tp.topic, tp.partition)] = max(0, high - tp.offset)
+        return lags
+
+    def close(self) -> None:
+        """Leave the group now (revocation callbacks run), so partitions move without waiting."""
+        if not self._closed:
+            self._closed = True
+            self._consumer.close()
+
+    def _tps(self, partitions: Sequence[TopicPartitionKey] | None) -> list[TopicPartition]:
+        if partitions is None:
+            return [TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+        return [TopicPartition(t, p) for t, p in partitions]

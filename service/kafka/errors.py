@@ -1,0 +1,59 @@
+"""Kafka failures as service errors: retry code asks `retriable`, not a list of vendor types.
+
+The classes subclass `service.errors`, so callers that only know the root
+error still do the right thing. `classify` reads librdkafka's own verdict
+(`fatal()`, `txn_requires_abort()`, `retriable()`) by duck typing, so this
+module does not import `confluent_kafka` either.
+"""
+
+from __future__ import annotations
+
+from service.errors import ConfigError, FatalError, RetriableError, SfaError
+
+__all__ = [
+    "AbortableError",
+    "DeliveryError",
+    "KafkaFatalError",
+    "KafkaRetriableError",
+    "MissingTopicError",
+    "classify",
+]
+
+
+class AbortableError(RetriableError):
+    """The current transaction must be aborted; rewind and retry the batch."""
+
+
+class KafkaRetriableError(RetriableError):
+    """A transient broker or network problem; the same call may succeed later."""
+
+
+class DeliveryError(RetriableError):
+    """At-least-once output was not acknowledged; offsets must not be committed."""
+
+
+class KafkaFatalError(FatalError):
+    """Fenced, fatal or unexpected Kafka state: stop and let the supervisor restart us."""
+
+
+class MissingTopicError(ConfigError):
+    """A topic the service does not own (the input) does not exist."""
+
+
+def classify(exc: BaseException, doing: str) -> SfaError:
+    """Map a `KafkaException` (or anything else) raised while `doing` to a service error.
+
+    Order matters: librdkafka marks fencing as fatal, and an error can be both
+    retriable and abortable; the stronger verdict wins.
+    """
+    err = exc.args[0] if exc.args else None
+    message = f"{doing}: {err if err is not None else exc}"
+    if err is None or not callable(getattr(err, "fatal", None)):
+        return KafkaFatalError(message)
+    if err.fatal():
+        return KafkaFatalError(message)
+    if callable(getattr(err, "txn_requires_abort", None)) and err.txn_requires_abort():
+        return AbortableError(message)
+    if err.retriable():
+        return KafkaRetriableError(message)
+    return KafkaFatalError(message)

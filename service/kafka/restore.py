@@ -1,0 +1,117 @@
+"""Read state-changelog partitions back into memory when their input partitions arrive.
+
+A separate consumer with no group (assign, not subscribe): restoring must not
+join or disturb the service's group, and it must not commit anything. It
+reads `read_committed`, so records of aborted transactions never come back.
+
+Where to stop: each partition's end offset is taken once at the start
+(for a read_committed reader that is the last stable offset), and the
+partition is done when the consumer's position reaches it. The last offsets
+of a transactional topic are commit markers that are never delivered as
+messages, so "I saw the message at end-1" would wait forever; the position
+does move past markers, and the end-of-partition event confirms it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from service.kafka.errors import KafkaRetriableError, classify
+from service.settings import Settings
+
+__all__ = ["read_state_partitions"]
+
+log = logging.getLogger(__name__)
+
+_BATCH = 10_000
+
+
+def _restore_config(settings: Settings) -> dict[str, Any]:
+    conf: dict[str, Any] = dict(settings.kafka_common())
+    conf.update(
+        {
+            # librdkafka insists on a group.id, but assign() never joins it and
+            # nothing is committed; unique so it cannot collide with a real group.
+            "group.id": f"sfa-restore-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+            "client.id": f"sfa-restore-{settings.instance_id}",
+        }
+    )
+    conf.pop("group.protocol", None)
+    conf.pop("partition.assignment.strategy", None)
+    return conf
+
+
+def read_state_partitions(
+    settings: Settings,
+    state_topic: str,
+    partitions: Sequence[int],
+    timeout_s: float = 60.0,
+) -> Iterator[tuple[bytes, bytes | None]]:
+    """Yield `(key, value)` for every committed record of the listed partitions, oldest first.
+
+    `value` is None for a tombstone (the key was deleted). Records without a
+    key carry no state and are skipped. Raises `KafkaRetriableError` when the
+    partitions cannot be read to their end within `timeout_s`.
+    """
+    if not partitions:
+        return
+    consumer = Consumer(_restore_config(settings))
+    try:
+        yield from _read(consumer, state_topic, sorted(set(partitions)), timeout_s)
+    finally:
+        consumer.close()
+
+
+def _read(
+    consumer: Consumer, topic: str, partitions: list[int], timeout_s: float
+) -> Iterator[tuple[bytes, bytes | None]]:
+    deadline = time.monotonic() + timeout_s
+    ends: dict[int, int] = {}
+    for p in partitions:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=max(deadline - time.monotonic(), 1.0)
+            )
+        except KafkaException as exc:
+            raise classify(exc, f"read end offsets of {topic}[{p}]") from exc
+        if high > low:
+            ends[p] = high
+    if not ends:
+        return
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+    pending = dict(ends)
+    count = 0
+    while pending:
+        if time.monotonic() > deadline:
+            raise KafkaRetriableError(
+                f"restore of {topic} partitions {sorted(pending)} not done after {timeout_s} s"
+            )
+        for msg in consumer.consume(num_messages=_BATCH, timeout=0.2):
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue  # the position check below decides
+                if err.fatal():
+                    raise classify(KafkaException(err), f"restore {topic}")
+                log.warning("restore of %s: %s", topic, err)
+                continue
+            key = msg.key()
+            if key is not None:
+                count += 1
+                yield key, msg.value()
+        positions = consumer.position([TopicPartition(topic, p) for p in pending])
+        for tp in positions:
+            if tp.offset >= pending[tp.partition]:
+                del pending[tp.partition]
+    log.debug("restored %d records from %s partitions %s", count, topic, sorted(ends))

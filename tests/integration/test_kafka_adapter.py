@@ -1,0 +1,270 @@
+"""service.kafka against a real broker: group membership, backpressure, transactions, restore."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource
+
+from service.kafka.admin import ensure_topics
+from service.kafka.consumer import BatchConsumer
+from service.kafka.errors import MissingTopicError
+from service.kafka.message import MessageLike
+from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
+from service.kafka.restore import read_state_partitions
+from service.settings import Settings, load_settings
+from tests.integration.conftest import NewTopicFactory
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+TP = tuple[str, int]
+
+
+class Recorder:
+    """A PartitionListener that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.assigned: set[TP] = set()
+        self.events: list[tuple[str, list[TP]]] = []
+
+    def on_assigned(self, partitions: list[TP]) -> None:
+        self.events.append(("assigned", partitions))
+        self.assigned.update(partitions)
+
+    def on_revoked(self, partitions: list[TP]) -> None:
+        self.events.append(("revoked", partitions))
+        self.assigned.difference_update(partitions)
+
+
+@pytest.fixture()
+def settings(kafka_bootstrap: str, group_id: str) -> Settings:
+    return load_settings(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "KAFKA_GROUP_ID": group_id,
+            "SFA_INSTANCE_ID": f"test-{uuid.uuid4().hex[:8]}",
+        }
+    )
+
+
+@pytest.fixture()
+def consumers() -> Iterator[list[BatchConsumer]]:
+    made: list[BatchConsumer] = []
+    yield made
+    for consumer in made:
+        consumer.close()
+
+
+def _produce(settings: Settings, topic: str, values: list[bytes], partition: int = 0) -> None:
+    producer = AtLeastOnceProducer(settings)
+    for i, value in enumerate(values):
+        producer.produce(topic, value, key=b"k%d" % i, partition=partition)
+    producer.flush_and_verify(10)
+    producer.close()
+
+
+def _poll_until(
+    consumers: list[BatchConsumer],
+    done: Callable[[list[MessageLike]], bool],
+    timeout_s: float = 20.0,
+) -> list[MessageLike]:
+    """Poll every consumer (serving rebalances) until `done(messages so far)`."""
+    got: list[MessageLike] = []
+    deadline = time.monotonic() + timeout_s
+    while not done(got):
+        assert time.monotonic() < deadline, "condition not met in time"
+        for consumer in consumers:
+            got.extend(consumer.poll_batch(500, 0.1))
+    return got
+
+
+def _read_committed(bootstrap: str, topic: str, partitions: int = 1) -> list[bytes | None]:
+    reader = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "unused",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    reader.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    values: list[bytes | None] = []
+    eofs: set[int] = set()
+    deadline = time.monotonic() + 15
+    while len(eofs) < partitions and time.monotonic() < deadline:
+        for msg in reader.consume(100, 0.2):
+            if msg.error() is None:
+                values.append(msg.value())
+            else:
+                eofs.add(msg.partition() or 0)
+    reader.close()
+    return values
+
+
+def test_subscribe_poll_commit_and_lag(
+    settings: Settings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
+) -> None:
+    topic = new_topic(partitions=2)
+    _produce(settings, topic, [b"a%d" % i for i in range(10)], partition=0)
+    _produce(settings, topic, [b"b%d" % i for i in range(5)], partition=1)
+    listener = Recorder()
+    consumer = BatchConsumer(settings, listener=listener)
+    consumers.append(consumer)
+    consumer.subscribe([topic])
+    got = _poll_until([consumer], lambda got: len(got) >= 15)
+    assert sorted(m.value() or b"" for m in got) == sorted(
+        [b"a%d" % i for i in range(10)] + [b"b%d" % i for i in range(5)]
+    )
+    assert listener.assigned == {(topic, 0), (topic, 1)}
+    assert consumer.lag() == {(topic, 0): 0, (topic, 1): 0}
+    assert consumer.committed() == {(topic, 0): None, (topic, 1): None}
+    consumer.commit_offsets({(topic, 0): 10, (topic, 1): 5})
+    assert consumer.committed() == {(topic, 0): 10, (topic, 1): 5}
+
+
+def test_pause_all_stops_delivery_until_resume(
+    settings: Settings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
+) -> None:
+    topic = new_topic(partitions=1)
+    _produce(settings, topic, [b"x%d" % i for i in range(100)])
+    consumer = BatchConsumer(settings)
+    consumers.append(consumer)
+    consumer.subscribe([topic])
+    first: list[MessageLike] = []
+    deadline = time.monotonic() + 20
+    while not first and time.monotonic() < deadline:
+        first = consumer.poll_batch(10, 0.2)
+    assert len(first) == 10  # the rest is prefetched locally by now
+    consumer.pause_all()
+    held: list[MessageLike] = []
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        held += consumer.poll_batch(500, 0.1)
+    assert held == []
+    consumer.resume_all()
+    rest: list[MessageLike] = []
+    deadline = time.monotonic() + 20
+    while len(rest) < 90 and time.monotonic() < deadline:
+        rest += consumer.poll_batch(500, 0.1)
+    assert [m.offset() for m in rest] == list(range(10, 100))
+
+
+def test_transaction_commit_is_visible_abort_is_not_and_rewind(
+    kafka_bootstrap: str,
+    settings: Settings,
+    new_topic: NewTopicFactory,
+    consumers: list[BatchConsumer],
+) -> None:
+    source, sink = new_topic(partitions=1), new_topic(partitions=1)
+    _produce(settings, source, [b"in%d" % i for i in range(6)])
+    consumer = BatchConsumer(settings)
+    consumers.append(consumer)
+    consumer.subscribe([source])
+    batch = _poll_until([consumer], lambda got: len(got) >= 6)
+    producer = TransactionalProducer(settings)
+    try:
+        producer.begin()
+        for msg in batch[:3]:
+            producer.produce(sink, b"out-" + (msg.value() or b""), key=msg.key())
+        producer.commit({(source, 0): 3}, consumer.group_metadata())
+        assert consumer.committed() == {(source, 0): 3}
+
+        producer.begin()
+        producer.produce(sink, b"doomed", key=b"k")
+        producer.abort()
+        assert not producer.in_transaction
+    finally:
+        producer.close()
+    assert _read_committed(kafka_bootstrap, sink) == [b"out-in0", b"out-in1", b"out-in2"]
+
+    # After an abort the service re-reads from the committed offset.
+    consumer.rewind_to_committed()
+    again = _poll_until([consumer], lambda got: len(got) >= 3)
+    assert [m.offset() for m in again] == [3, 4, 5]
+
+
+def test_two_members_split_four_partitions(
+    settings: Settings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
+) -> None:
+    topic = new_topic(partitions=4)
+    first, second = Recorder(), Recorder()
+    consumers.append(BatchConsumer(settings, listener=first))
+    consumers[0].subscribe([topic])
+    _poll_until(consumers[:1], lambda _: len(first.assigned) == 4)
+    consumers.append(BatchConsumer(settings, listener=second))
+    consumers[1].subscribe([topic])
+    _poll_until(consumers, lambda _: len(first.assigned) == len(second.assigned) == 2, 40)
+    assert first.assigned.isdisjoint(second.assigned)
+    assert first.assigned | second.assigned == {(topic, p) for p in range(4)}
+    # Cooperative: the first member only gave partitions up, it never lost all four.
+    assert [kind for kind, _ in first.events] == ["assigned", "revoked"]
+    assert set(consumers[0].assignment()) == first.assigned
+
+
+def test_ensure_topics_shapes_and_is_idempotent(
+    settings: Settings, new_topic: NewTopicFactory, kafka_admin: AdminClient
+) -> None:
+    source = new_topic(partitions=3)
+    suffix = uuid.uuid4().hex[:8]
+    names = (f"out-{suffix}", f"dlq-{suffix}", f"state-{suffix}")
+    try:
+        assert ensure_topics(settings, source, *names) == 3
+        assert ensure_topics(settings, source, *names) == 3  # second start: nothing to do
+        meta = kafka_admin.list_topics(timeout=10).topics
+        assert [len(meta[n].partitions) for n in names] == [3, 3, 3]
+        resource = ConfigResource(ConfigResource.Type.TOPIC, names[2])
+        config = kafka_admin.describe_configs([resource])[resource].result(timeout=10)
+        assert config["cleanup.policy"].value == "compact"
+        with pytest.raises(MissingTopicError, match="SFA_INPUT_TOPIC"):
+            ensure_topics(settings, f"missing-{suffix}", *names)
+    finally:
+        kafka_admin.delete_topics(list(names))
+
+
+def test_read_state_partitions_after_transactions(
+    settings: Settings, new_topic: NewTopicFactory
+) -> None:
+    state = new_topic(partitions=2, config={"cleanup.policy": "compact"})
+    producer = TransactionalProducer(settings)
+    try:
+        producer.begin()
+        producer.produce(state, b"v1", key=b"k1", partition=0)
+        producer.produce(state, b"v2", key=b"k2", partition=0)
+        producer.produce(state, b"other", key=b"k9", partition=1)
+        producer.commit({}, None)
+        producer.begin()
+        producer.produce(state, b"bad", key=b"k1", partition=0)
+        producer.abort()
+        producer.begin()
+        producer.produce(state, b"v1b", key=b"k1", partition=0)
+        producer.produce(state, None, key=b"k2", partition=0)
+        producer.commit({}, None)
+    finally:
+        producer.close()
+
+    # Another writer's transaction is still open: restore must not wait for it
+    # (a read_committed reader ends at the last stable offset).
+    pending = Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "transactional.id": f"open-{uuid.uuid4().hex[:8]}",
+        }
+    )
+    pending.init_transactions(30)
+    pending.begin_transaction()
+    pending.produce(state, b"uncommitted", key=b"k1", partition=0)
+    pending.flush(10)
+    try:
+        started = time.monotonic()
+        records = list(read_state_partitions(settings, state, [0], timeout_s=20))
+        assert time.monotonic() - started < 10
+    finally:
+        pending.abort_transaction(30)
+
+    assert records == [(b"k1", b"v1"), (b"k2", b"v2"), (b"k1", b"v1b"), (b"k2", None)]
+    assert list(read_state_partitions(settings, state, [1], timeout_s=20)) == [(b"k9", b"other")]
+    assert list(read_state_partitions(settings, state, [], timeout_s=20)) == []
