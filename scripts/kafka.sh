@@ -162,13 +162,14 @@ cmd_up() {
         # all three streams go to files so callers capturing our output never hang,
         # and fd 9 (the flock) is closed so the broker does not hold the lock.
         java_cmd
+        rm -f "$PIDFILE" # a stale one would be read below as the new pid
         setsid bash -c "echo \$\$ >$(printf %q "$PIDFILE"); exec $(printf '%q ' "${JAVA[@]}") kafka.Kafka $(printf %q "$CONF")" \
             </dev/null >>"$LOG" 2>&1 9>&- &
-        for _ in 1 2 3 4 5 6 7 8 9 10; do
+        for _ in $(seq 1 50); do
             [[ -s "$PIDFILE" ]] && break
             sleep 0.1
         done
-        pid="$(cat "$PIDFILE")"
+        pid="$(cat "$PIDFILE" 2>/dev/null)" || die "the broker process did not start (log: $LOG)"
     else
         say "broker process $pid exists; waiting for it to answer"
     fi
