@@ -1,0 +1,380 @@
+"""The window store: per symbol, only the bars inside festival windows (SPEC 1, 3, 7).
+
+Bars outside every window only move latest(s). Held bars live in two compact columns per
+symbol: int32 day numbers, strictly increasing, and float64 closes. Two arrays and a few
+scalars per symbol keep a million held bars near 12 bytes each; per-year Python objects
+would cost more than the bars themselves.
+
+Arrays are never mutated once stored: every change builds new arrays, and stored ones
+are read-only. Snapshots handed to Dask workers therefore need no copy and stay valid
+while later batches are applied.
+
+Corrections and order independence (SPEC 1): a later arrival for the same (symbol, day)
+replaces the earlier one. `apply` takes bars in arrival order and merges with a stable
+sort that keeps the last occurrence, so the held state depends only on the set of bars
+after corrections, never on batching.
+
+Staleness: a pattern depends only on closed windows (SPEC 3), so a batch whose bars all
+land in open windows reuses the cached pattern; only position and signal, which are
+cheap, are recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.calendar import FIRST_YEAR
+from service.engine.types import EngineParams, PatternResult, SymbolWindows
+from service.state.batch import group_batch
+from service.state.changelog import (
+    MetaRecord,
+    StateRecordError,
+    WindowRecord,
+    decode_key,
+    decode_value,
+    encode_meta,
+    encode_window,
+    meta_key,
+    window_key,
+)
+from service.state.windows import frozen, window_table
+
+__all__ = ["ApplyOutcome", "StateStore"]
+
+# Python-side cost of one symbol besides its array data: the slot object, two ndarray
+# headers (with dims/strides blocks), the dict entry, the key string, boxed ints.
+# Checked against tracemalloc in tests/unit/test_state.py.
+_SYMBOL_OVERHEAD = 560
+_PATTERN_OVERHEAD = 600  # PatternResult + Pattern dataclasses and three ndarray headers
+
+_NO_DAY = int(np.iinfo(np.int32).min)  # latest of a symbol not seen yet
+_NO_DAYS = frozen(np.empty(0, dtype=np.int32))
+_NO_CLOSES = frozen(np.empty(0, dtype=np.float64))
+
+
+class _Entry:
+    """One symbol: two read-only columns and a few scalars (no per-year objects)."""
+
+    __slots__ = ("closes", "days", "encoded", "latest", "partition", "pattern")
+
+    def __init__(self, latest: int, partition: int) -> None:
+        self.days: np.ndarray = _NO_DAYS
+        self.closes: np.ndarray = _NO_CLOSES
+        self.latest = latest
+        self.partition = partition
+        self.pattern: PatternResult | None = None
+        self.encoded: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyOutcome:
+    """What one `apply` did, for the pipeline (what to emit and recompute) and the changelog.
+
+    - `touched`: symbols with at least one valid bar in the batch, first appearance first;
+      SPEC 6 emits exactly one result for each.
+    - `stale`: the touched symbols whose pattern must be recomputed: no cached pattern
+      yet, a closed window's bars changed, or a window closed in this batch.
+    - `changed_windows`: (symbol, window year) whose held bars changed.
+    - `changed_meta`: symbols whose latest or partition changed (or that are new).
+    """
+
+    touched: list[str]
+    stale: list[str]
+    changed_windows: set[tuple[str, int]]
+    changed_meta: set[str]
+
+
+class StateStore:
+    """All symbols' window bars, latest(s), partition and cached pattern.
+
+    Not thread-safe: one owner (the pipeline's event loop) applies batches; snapshots
+    from `windows()` may travel anywhere because stored arrays never change.
+    """
+
+    def __init__(self, params: EngineParams) -> None:
+        self.params = params
+        self._win = window_table(params.window_days)
+        self._entries: dict[str, _Entry] = {}
+        self._n_bars = 0
+        self._pattern_bytes = 0
+
+    # --- reading ---
+
+    def __contains__(self, symbol: object) -> bool:
+        return symbol in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def symbols(self) -> list[str]:
+        """A copy, so callers may iterate while batches are applied."""
+        return list(self._entries)
+
+    def windows(self, symbol: str) -> SymbolWindows:
+        """Snapshot for the engine; free, because stored arrays are never mutated."""
+        e = self._entries[symbol]
+        return SymbolWindows(symbol, e.days, e.closes, e.latest)
+
+    def latest(self, symbol: str) -> int:
+        return self._entries[symbol].latest
+
+    def bars(self, symbol: str) -> int:
+        """SPEC 6 `bars_in_state`: bars held inside windows, open or closed."""
+        return len(self._entries[symbol].days)
+
+    def partition(self, symbol: str) -> int:
+        return self._entries[symbol].partition
+
+    def pattern(self, symbol: str) -> tuple[PatternResult, bytes] | None:
+        """The cached pattern and its encoded JSON part; None if none (or symbol unknown)."""
+        e = self._entries.get(symbol)
+        if e is None or e.pattern is None or e.encoded is None:
+            return None
+        return e.pattern, e.encoded
+
+    def set_pattern(self, symbol: str, result: PatternResult, encoded: bytes) -> None:
+        """Cache a computed pattern. Ignored for a symbol no longer held (partition revoked)."""
+        e = self._entries.get(symbol)
+        if e is None:
+            return
+        self._pattern_bytes -= _pattern_nbytes(e.pattern, e.encoded)
+        e.pattern, e.encoded = result, encoded
+        self._pattern_bytes += _pattern_nbytes(result, encoded)
+
+    def symbols_of_partition(self, partition: int) -> list[str]:
+        return [s for s, e in self._entries.items() if e.partition == partition]
+
+    # --- metrics (read at scrape time) ---
+
+    @property
+    def n_symbols(self) -> int:
+        return len(self._entries)
+
+    @property
+    def n_bars(self) -> int:
+        return self._n_bars
+
+    @property
+    def nbytes(self) -> int:
+        """Array bytes plus an estimate of Python overhead per symbol and cached patterns."""
+        per_bar = _NO_DAYS.itemsize + _NO_CLOSES.itemsize
+        return self._n_bars * per_bar + len(self._entries) * _SYMBOL_OVERHEAD + self._pattern_bytes
+
+    # --- writing ---
+
+    def apply(
+        self,
+        symbols: Sequence[str],
+        days: np.ndarray,
+        closes: np.ndarray,
+        partition: int | np.ndarray = -1,
+    ) -> ApplyOutcome:
+        """Apply valid bars given in ARRIVAL order; later (symbol, day) bars win.
+
+        The batch is grouped by symbol once; per symbol, new bars past the last held day
+        are appended, anything else goes through a stable merge. Stale and changelog
+        bookkeeping is vectorised over the batch.
+        """
+        if len(symbols) == 0:
+            return ApplyOutcome([], [], set(), set())
+        gb = group_batch(symbols, days, closes, partition, self._win)
+        names, k = gb.names, len(gb.names)
+        entries = self._entries
+        old_latest = np.empty(k, dtype=np.int64)
+        new_latest = np.empty(k, dtype=np.int64)
+        no_pattern = np.zeros(k, dtype=bool)
+        appended = np.zeros(k, dtype=bool)  # every window year of its new bars changed
+        merged_groups: list[int] = []  # general path: explicit changed years below
+        merged_years: list[int] = []
+        changed_meta: set[str] = set()
+        n_bars_delta = 0
+        for g in range(k):
+            sym = names[g]
+            e = entries.get(sym)
+            if e is None:
+                e = entries[sym] = _Entry(gb.latest[g], gb.partitions[g])
+                old_latest[g] = _NO_DAY
+                changed_meta.add(sym)
+            else:
+                old_latest[g] = e.latest
+                if gb.latest[g] > e.latest or gb.partitions[g] != e.partition:
+                    e.latest = max(e.latest, gb.latest[g])
+                    e.partition = gb.partitions[g]
+                    changed_meta.add(sym)
+            new_latest[g] = e.latest
+            no_pattern[g] = e.pattern is None
+            a, b = gb.lo[g], gb.hi[g]
+            if a == b:
+                continue
+            held = len(e.days)
+            if gb.rising[g] and (held == 0 or gb.days[a] > e.days[-1]):
+                new_days = np.concatenate((e.days, gb.days[a:b]))
+                new_closes = np.concatenate((e.closes, gb.closes[a:b]))
+                new_days.setflags(write=False)  # inline `frozen`: this is the hot path
+                new_closes.setflags(write=False)
+                e.days, e.closes = new_days, new_closes
+                n_bars_delta += b - a
+                appended[g] = True
+                continue
+            years = self._merge(e, gb.days[a:b], gb.closes[a:b], gb.years[a:b])
+            n_bars_delta += len(e.days) - held
+            merged_groups.extend([g] * len(years))
+            merged_years.extend(years)
+        self._n_bars += n_bars_delta
+
+        # (group, year) pairs whose bars changed: all years of appended groups' bars.
+        pair_key = gb.codes.astype(np.int64) * 256 + (gb.years - FIRST_YEAR)
+        pair_key = np.unique(pair_key[appended[gb.codes]])
+        ch_groups = np.concatenate((pair_key // 256, np.asarray(merged_groups, dtype=np.int64)))
+        ch_years = np.concatenate(
+            (pair_key % 256 + FIRST_YEAR, np.asarray(merged_years, dtype=np.int64))
+        )
+        # Stale: no pattern, a changed window that is closed now, or a window closed now.
+        win_end = self._win.ends[ch_years - FIRST_YEAR]
+        closed_changed = np.zeros(k, dtype=bool)
+        closed_changed[ch_groups[win_end < new_latest[ch_groups]]] = True
+        crossed = self._win.n_closed(old_latest) != self._win.n_closed(new_latest)
+        stale_mask = no_pattern | closed_changed | crossed
+        return ApplyOutcome(
+            touched=names,
+            stale=[names[g] for g in np.flatnonzero(stale_mask).tolist()],
+            changed_windows={
+                (names[g], y) for g, y in zip(ch_groups.tolist(), ch_years.tolist(), strict=True)
+            },
+            changed_meta=changed_meta,
+        )
+
+    @staticmethod
+    def _merge(e: _Entry, days: np.ndarray, closes: np.ndarray, years: np.ndarray) -> list[int]:
+        """General path: old + new, stable sort by day, last occurrence wins.
+
+        Returns the window years whose bars actually changed, so that a re-sent bar (a
+        replay after a crash) neither rewrites the changelog nor forces a recompute.
+        """
+        all_days = np.concatenate((e.days, days))
+        by_day = np.argsort(all_days, kind="stable")
+        s_days = all_days[by_day]
+        keep = np.empty(len(s_days), dtype=bool)
+        keep[-1] = True
+        np.not_equal(s_days[1:], s_days[:-1], out=keep[:-1])
+        m_days = s_days[keep]
+        m_closes = np.concatenate((e.closes, closes))[by_day][keep]
+        # Which incoming days now differ from what was held before?
+        final = m_closes[np.searchsorted(m_days, days)]
+        old_days = e.days
+        if len(old_days):
+            pos = np.minimum(np.searchsorted(old_days, days), len(old_days) - 1)
+            differs = (old_days[pos] != days) | (e.closes[pos] != final)
+        else:
+            differs = np.ones(len(days), dtype=bool)
+        if not differs.any():
+            return []
+        e.days = frozen(m_days)
+        e.closes = frozen(m_closes)
+        return np.unique(years[differs]).tolist()  # type: ignore[no-any-return]
+
+    def drop_partition(self, partition: int) -> int:
+        """Forget the symbols of a revoked partition; returns how many were dropped."""
+        gone = self.symbols_of_partition(partition)
+        for s in gone:
+            self._forget(s)
+        return len(gone)
+
+    def _forget(self, symbol: str) -> None:
+        e = self._entries.pop(symbol)
+        self._n_bars -= len(e.days)
+        self._pattern_bytes -= _pattern_nbytes(e.pattern, e.encoded)
+
+    # --- durable changelog ---
+
+    def changelog_records(self, outcome: ApplyOutcome) -> list[tuple[bytes, bytes]]:
+        """(key, value) records for what `outcome` changed, cut from the current state.
+
+        Call right after the `apply` that produced `outcome`, before the next one.
+        """
+        out: list[tuple[bytes, bytes]] = []
+        w = self._win
+        for symbol, year in sorted(outcome.changed_windows):
+            e = self._entries.get(symbol)
+            if e is None:
+                continue
+            start, end = w.bounds(year)
+            a, b = np.searchsorted(e.days, (start, end + 1)).tolist()
+            value = encode_window(year, w.window_days, e.days[a:b], e.closes[a:b])
+            out.append((window_key(symbol, year), value))
+        for symbol in sorted(outcome.changed_meta):
+            e = self._entries.get(symbol)
+            if e is not None:
+                out.append((meta_key(symbol), encode_meta(e.latest, e.partition)))
+        return out
+
+    def partition_of_record(self, key: bytes) -> int | None:
+        """Partition of the state topic for a record: the symbol's input partition.
+
+        None when reading files (partition -1) or when the symbol is not held.
+        """
+        symbol, _ = decode_key(key)
+        e = self._entries.get(symbol)
+        if e is None or e.partition < 0:
+            return None
+        return e.partition
+
+    def restore(self, key: bytes, value: bytes | None) -> None:
+        """Rebuild from changelog records in any order; a later value for a key wins.
+
+        Kafka keeps each key's records in order, so "later wins" needs no versions; keys
+        may interleave arbitrarily. A None value (tombstone) removes what its key held: a
+        window's bars, or, for the meta key, the whole symbol. Windows written under
+        another W keep only the bars inside this W's window of the same year. Any restore
+        drops the symbol's cached pattern, so its next batch recomputes it.
+        """
+        symbol, year = decode_key(key)
+        record = None if value is None else decode_value(value)
+        if year is None and isinstance(record, WindowRecord):
+            raise StateRecordError(f"meta key {key!r} holds a window record")
+        if (
+            year is not None
+            and record is not None
+            and (not isinstance(record, WindowRecord) or record.year != year)
+        ):
+            raise StateRecordError(f"window key {key!r} holds another record")
+        e = self._entries.get(symbol)
+        if e is None:
+            if record is None:
+                return
+            e = self._entries[symbol] = _Entry(_NO_DAY, -1)
+        self._pattern_bytes -= _pattern_nbytes(e.pattern, e.encoded)
+        e.pattern, e.encoded = None, None
+        if year is None and record is None:
+            self._forget(symbol)
+            return
+        if isinstance(record, MetaRecord):
+            e.latest, e.partition = record.latest, record.partition
+        elif year is not None:
+            self._replace_window(e, year, record)
+        if len(e.days):
+            e.latest = max(e.latest, int(e.days[-1]))
+        elif e.latest == _NO_DAY:
+            self._forget(symbol)  # only tombstoned windows were ever seen for it
+
+    def _replace_window(self, e: _Entry, year: int, record: WindowRecord | None) -> None:
+        start, end = self._win.bounds(year)
+        a, b = np.searchsorted(e.days, (start, end + 1)).tolist()
+        new_days, new_closes = _NO_DAYS, _NO_CLOSES
+        if record is not None:
+            keep = (record.days >= start) & (record.days <= end)
+            new_days, new_closes = record.days[keep], record.closes[keep]
+        before = len(e.days)
+        e.days = frozen(np.concatenate((e.days[:a], new_days.astype(np.int32), e.days[b:])))
+        e.closes = frozen(np.concatenate((e.closes[:a], new_closes, e.closes[b:])))
+        self._n_bars += len(e.days) - before
+
+
+def _pattern_nbytes(result: PatternResult | None, encoded: bytes | None) -> int:
+    if result is None:
+        return 0
+    arrays = result.curve_k.nbytes + result.curve_mean.nbytes + result.curve_n.nbytes
+    return _PATTERN_OVERHEAD + arrays + (len(encoded) if encoded is not None else 0)
