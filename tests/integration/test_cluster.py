@@ -1,0 +1,332 @@
+"""`service.cluster.open_async` against real Dask: a process LocalCluster (2 workers x 1
+thread, shared by the module) and a remote scheduler + worker started as real processes.
+
+The handle lives on an event loop in a background thread for the whole module, the way
+the service holds it; tests hand it coroutines with `_run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import dask.config
+import numpy as np
+import pytest
+
+from service.calendar import date_to_day, spring_festival_date
+from service.cluster import ComputeHandle, open_async
+from service.engine import EngineParams, SymbolWindows
+from service.errors import SfaError
+from service.settings import Settings, load_settings
+from service.tasks import ChunkResult, analyze_chunk
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(120),
+    # distributed logs/warns about the workers we kill on purpose and on teardown.
+    pytest.mark.filterwarnings("ignore::RuntimeWarning:distributed.*"),
+    pytest.mark.filterwarnings("ignore:.*Restarting worker.*:UserWarning"),
+]
+
+T = TypeVar("T")
+VENV_BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
+PARAMS = EngineParams()
+
+
+def symbol_windows(seed: int, n_years: int = 12) -> SymbolWindows:
+    """Daily bars in the windows of 2008.. plus a later bar closing them."""
+    rng = np.random.default_rng(seed)
+    days: list[int] = []
+    for year in range(2008, 2008 + n_years):
+        sf = date_to_day(spring_festival_date(year))
+        days += [d for d in range(sf - 60, sf + 61) if (d + 3) % 7 < 5]
+    closes = 20.0 * np.exp(np.cumsum(rng.normal(0, 0.01, len(days))))
+    return SymbolWindows(f"S{seed}", np.array(days, np.int32), closes, days[-1] + 200)
+
+
+def chunks_of(n_chunks: int, per_chunk: int, offset: int = 0) -> list[list[SymbolWindows]]:
+    return [
+        [symbol_windows(offset + c * per_chunk + i) for i in range(per_chunk)]
+        for c in range(n_chunks)
+    ]
+
+
+def assert_matches_local(chunks: list[list[SymbolWindows]], got: list[ChunkResult]) -> None:
+    assert len(got) == len(chunks)
+    for chunk, result in zip(chunks, got, strict=True):
+        want = analyze_chunk(chunk, PARAMS).results
+        assert [r.symbol for r in result.results] == [r.symbol for r in want]
+        assert [r.pattern for r in result.results] == [r.pattern for r in want]
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread: module-long async objects without a plugin."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[LoopThread]:
+    lt = LoopThread()
+    yield lt
+    lt.stop()
+
+
+def settings(**overrides: Any) -> Settings:
+    env = {
+        "DASK_N_WORKERS": "2",
+        "DASK_THREADS_PER_WORKER": "1",
+        "DASK_MEMORY_LIMIT": "1GB",
+        "DASK_MEMORY_TARGET_FRACTION": "0.55",
+        "DASK_MEMORY_SPILL_FRACTION": "0.65",
+        "DASK_MEMORY_PAUSE_FRACTION": "0.75",
+        "DASK_MEMORY_TERMINATE_FRACTION": "0.9",
+        "DASK_CONNECT_TIMEOUT": "7s",
+        "DASK_TCP_TIMEOUT": "19s",
+        "DASK_CHUNK_SIZE": "4",
+    }
+    return load_settings(env, **overrides)
+
+
+@pytest.fixture(scope="module")
+def local(loop: LoopThread) -> Iterator[ComputeHandle]:
+    handle = loop.run(open_async(settings(dask_enable_distributed=True)))
+    yield handle
+    loop.run(handle.close())
+
+
+def test_local_cluster_applies_every_dask_setting(local: ComputeHandle) -> None:
+    assert (local.mode, local.fallback_active, local.fallback_reason) == (
+        "local_cluster",
+        False,
+        None,
+    )
+    assert local.client is not None and local.is_reachable() and local.n_workers() == 2
+    keys = {
+        "distributed.worker.memory.target": 0.55,
+        "distributed.worker.memory.spill": 0.65,
+        "distributed.worker.memory.pause": 0.75,
+        "distributed.worker.memory.terminate": 0.9,
+        "distributed.comm.timeouts.connect": "7.0s",
+        "distributed.comm.timeouts.tcp": "19.0s",
+    }
+    seen = local.client.run(lambda: {k: dask.config.get(k) for k in keys})
+    seen = seen.result() if hasattr(seen, "result") else seen
+    assert len(seen) == 2 and all(cfg == keys for cfg in seen.values())
+    workers = local.client.scheduler_info(n_workers=-1)["workers"].values()
+    assert {w["nthreads"] for w in workers} == {1}
+    assert {w["memory_limit"] for w in workers} == {1_000_000_000}
+    assert set(local.worker_stats()) == set(local.client.scheduler_info(n_workers=-1)["workers"])
+
+
+def test_work_runs_on_the_workers(loop: LoopThread, local: ComputeHandle) -> None:
+    chunks = chunks_of(6, 4)
+    got = loop.run(local.run_chunks(chunks, PARAMS))
+    assert_matches_local(chunks, got)
+    workers = set(local.worker_stats())
+    assert {r.executed_by for r in got} <= workers
+
+    def analyze_chunk_runs(dask_worker: Any) -> int:
+        return sum(
+            1
+            for key, start, finish, *_ in dask_worker.state.log
+            if str(key).startswith("analyze_chunk") and start == "executing" and finish == "memory"
+        )
+
+    assert local.client is not None
+    runs = local.client.run(analyze_chunk_runs)
+    assert sum(runs.values()) >= 6
+
+
+def test_batches_stay_in_flight_until_awaited(loop: LoopThread, local: ComputeHandle) -> None:
+    batches = [chunks_of(2, 3, offset=100 * b) for b in range(3)]
+
+    async def submit_all() -> list[list[asyncio.Task[ChunkResult]]]:
+        pending = [[local.submit_chunk(c, PARAMS) for c in batch] for batch in batches]
+        assert not any(t.done() for tasks in pending for t in tasks)  # submit returned at once
+        return pending
+
+    async def scenario() -> list[list[ChunkResult]]:
+        pending = await submit_all()
+        return [list(await asyncio.gather(*tasks)) for tasks in pending]
+
+    for batch, got in zip(batches, loop.run(scenario()), strict=True):
+        assert_matches_local(batch, got)
+
+
+def test_a_killed_worker_loses_the_chunk_which_is_scattered_again(
+    loop: LoopThread, local: ComputeHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = local.client
+    assert client is not None
+    real_scatter = client.scatter
+    killed: list[str] = []
+
+    async def scatter_then_kill_the_holder(*args: Any, **kwargs: Any) -> Any:
+        futures = await real_scatter(*args, **kwargs)
+        if not killed:  # first try: the worker holding the scattered chunk dies at once
+            holder = (await client.who_has(futures))[futures[0].key][0]
+            pids = await client.run(os.getpid)
+            killed.append(holder)
+            os.kill(pids[holder], signal.SIGKILL)
+        return futures
+
+    chunks = chunks_of(1, 4, offset=500)
+    client.scatter = scatter_then_kill_the_holder  # type: ignore[method-assign]
+    try:
+        with caplog.at_level(logging.WARNING, logger="service.cluster"):
+            got = loop.run(local.run_chunks(chunks, PARAMS))
+    finally:
+        client.scatter = real_scatter  # type: ignore[method-assign]
+    assert_matches_local(chunks, got)
+    assert killed and got[0].executed_by not in killed and got[0].executed_by != "local"
+    assert "lost on the cluster" in caplog.text
+    assert not local.fallback_active
+    loop.run(wait_for_workers(local, 2))  # the nanny restarts it for later tests
+
+
+async def wait_for_workers(handle: ComputeHandle, n: int) -> None:
+    assert handle.client is not None
+    await handle.client.wait_for_workers(n)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture()
+def remote() -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """`dask scheduler` and one `dask worker` as real processes."""
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    common = ["--no-dashboard"]
+    procs = [
+        subprocess.Popen(
+            [
+                str(VENV_BIN / "dask"),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                address.rsplit(":", 1)[1],
+                *common,
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    procs.append(
+        subprocess.Popen(
+            [
+                str(VENV_BIN / "dask"),
+                "worker",
+                address,
+                "--nworkers",
+                "1",
+                "--nthreads",
+                "1",
+                "--memory-limit",
+                "1GB",
+                *common,
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    try:
+        yield address, procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+
+
+def test_remote_scheduler_runs_the_work_then_falls_back_when_it_dies(
+    loop: LoopThread,
+    remote: tuple[str, list[subprocess.Popen[bytes]]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    address, procs = remote
+    handle = loop.run(open_async(settings(dask_scheduler_address=address, dask_connect_timeout=20)))
+    try:
+        assert handle.mode == "remote" and not handle.fallback_active
+        assert handle.client is not None
+        loop.run(wait_for_workers(handle, 1))
+        handle.settings = handle.settings.model_copy(update={"dask_connect_timeout": 2.0})
+        chunks = chunks_of(2, 3)
+        got = loop.run(handle.run_chunks(chunks, PARAMS))
+        assert_matches_local(chunks, got)
+        assert {r.executed_by for r in got} == set(handle.worker_stats())
+        for proc in procs:  # the whole cluster goes away
+            proc.kill()
+            proc.wait(10)
+        with caplog.at_level(logging.WARNING, logger="service.cluster"):
+            again = loop.run(handle.run_chunks(chunks, PARAMS))
+        assert_matches_local(chunks, again)
+        assert {r.executed_by for r in again} == {"local"}
+        assert handle.fallback_active and "cluster lost" in (handle.fallback_reason or "")
+        assert not handle.is_reachable()
+    finally:
+        loop.run(handle.close())
+
+
+def test_unreachable_scheduler_falls_back_locally_or_fails_with_one_line(
+    loop: LoopThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    nowhere = f"tcp://127.0.0.1:{_free_port()}"
+    quick = settings(dask_scheduler_address=nowhere, dask_connect_timeout=1)
+    with caplog.at_level(logging.WARNING, logger="service.cluster"):
+        handle = loop.run(open_async(quick))
+    try:
+        assert handle.mode == "local" and handle.fallback_active and handle.client is None
+        assert nowhere in (handle.fallback_reason or "") and nowhere in caplog.text
+        assert handle.is_reachable() and handle.worker_stats() == {} and handle.n_workers() == 0
+        chunks = chunks_of(1, 2)
+        got = loop.run(handle.run_chunks(chunks, PARAMS))
+        assert_matches_local(chunks, got)
+        assert got[0].executed_by == "local"
+    finally:
+        loop.run(handle.close())
+    with pytest.raises(SfaError) as info:
+        loop.run(open_async(quick.model_copy(update={"dask_fallback": "fail"})))
+    assert "\n" not in str(info.value) and nowhere in str(info.value)
+
+
+def test_disabled_distribution_is_local_without_a_fallback(loop: LoopThread) -> None:
+    handle = loop.run(open_async(settings(dask_enable_distributed=False)))
+    assert (handle.mode, handle.fallback_active, handle.client) == ("local", False, None)
+    loop.run(handle.close())
+    time.sleep(0)  # nothing to wait for: no cluster was started
