@@ -27,7 +27,9 @@ _COMMANDS = {
 _NEEDS_SETTINGS = {"run", "replay", "produce"}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """All subcommands; with `only`, just that one gets its full arguments, so running a
+    command does not import the others (the Kafka client and Dask cost a second or two)."""
     parser = argparse.ArgumentParser(
         prog="sfa",
         description="Spring Festival alignment of daily stock bars: streaming service and tools. "
@@ -37,12 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in _COMMANDS.items():
         sub = subs.add_parser(name, help=help_text, description=help_text)
-        importlib.import_module(module).add_arguments(sub)
+        if only is None or only == name:
+            importlib.import_module(module).add_arguments(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(first if first in _COMMANDS else None).parse_args(argv)
     module = importlib.import_module(_COMMANDS[args.command][0])
     try:
         if args.command in _NEEDS_SETTINGS:
