@@ -8,6 +8,8 @@ Public surface:
 - `window_year_of(days, window_days) -> int32 array`: the window year of each day or 0.
 """
 
+from service.engine.pattern import analyze_patterns
+from service.engine.position import phase_of, position_and_signal
 from service.engine.types import (
     ENGINE_VERSION,
     EngineParams,
@@ -17,6 +19,7 @@ from service.engine.types import (
     Signal,
     SymbolWindows,
 )
+from service.engine.windows import window_year_of
 
 __all__ = [
     "ENGINE_VERSION",
@@ -26,4 +29,8 @@ __all__ = [
     "Position",
     "Signal",
     "SymbolWindows",
+    "analyze_patterns",
+    "phase_of",
+    "position_and_signal",
+    "window_year_of",
 ]

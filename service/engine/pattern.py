@@ -1,0 +1,295 @@
+"""SPEC 3-4 over a whole batch of symbols at once: the engine's heavy, vectorised half.
+
+Why this shape: the service analyses hundreds of symbols per batch, and a Python loop of
+small numpy calls per symbol spends its time in call overhead. Here every step is one
+numpy call over all bars (or all windows) of the batch: bars of the qualifying windows are
+gathered into flat arrays, per-window and per-symbol figures come from `reduceat` over
+contiguous segments, and the aligned paths go into a dense (window, k + W) cube.
+
+Why results never depend on the batch: every reduction runs over one symbol's own
+contiguous segment, in bar order, and the cube's width is fixed by W, so a symbol's figures
+are bit-identical whether it is analysed alone or next to others (SPEC 1 asks that the
+result depend only on the set of bars).
+
+Memory: the cube has one row per qualifying window; symbols are processed in chunks of at
+most `_CUBE_CELLS` cells (a single symbol is never split), so one symbol with 150 years of
+history or a batch of thousands stays within tens of megabytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from service.calendar import FIRST_YEAR
+from service.engine.groups import Batch, Groups, find_groups, flatten
+from service.engine.strength import pattern_strength
+from service.engine.types import EngineParams, Pattern, PatternResult, SymbolWindows
+from service.engine.windows import sf_window_days
+
+__all__ = ["analyze_patterns"]
+
+_CUBE_CELLS = 1 << 21
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+_NO_K = _frozen(np.zeros(0, dtype=np.int32))
+_NO_MEAN = _frozen(np.zeros(0, dtype=np.float64))
+
+
+@dataclass(frozen=True, slots=True)
+class _Stats:
+    """SPEC 4 figures for the symbols that have at least two qualifying years, in order."""
+
+    strength: np.ndarray
+    avg_before: np.ndarray
+    avg_after: np.ndarray
+    vol_before: np.ndarray
+    vol_after: np.ndarray
+    consistency: np.ndarray
+    confidence: np.ndarray
+    peak: np.ndarray
+    trough: np.ndarray
+    v_count: np.ndarray
+    curve_len: np.ndarray
+    curve_k: np.ndarray
+    curve_mean: np.ndarray
+    curve_n: np.ndarray
+
+
+def _repeat(a: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    return a.repeat(counts)
+
+
+def _interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.empty(2 * a.shape[0], dtype=np.result_type(a, b))
+    out[0::2] = a
+    out[1::2] = b
+    return out
+
+
+def _div0(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den (same shapes), 0.0 where den is 0, without a divide-by-zero warning."""
+    return np.divide(num, den, out=np.zeros(num.shape), where=den != 0)
+
+
+def runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and length of each run of equal values in a non-empty sorted array."""
+    change = np.empty(keys.shape[0], dtype=bool)
+    change[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=change[1:])
+    start = change.nonzero()[0]
+    length = np.empty_like(start)
+    length[:-1] = start[1:] - start[:-1]
+    length[-1] = keys.shape[0] - start[-1]
+    return start, length
+
+
+def _sum_rows(a: np.ndarray, row_start: np.ndarray, n_rows: np.ndarray) -> np.ndarray:
+    """Per symbol, the sum of its rows added in year order (so never batch-dependent)."""
+    out = a[row_start]
+    for j in range(1, int(n_rows.max())):
+        has = n_rows > j
+        if has.all():
+            out += a[row_start + j]
+        else:
+            out[has] += a[row_start[has] + j]
+    return out
+
+
+def _chunk_stats(batch: Batch, g: Groups, params: EngineParams) -> _Stats:
+    """All SPEC 4 figures for the symbols of `g` (each with >= 2 qualifying years)."""
+    w = params.window_days
+    trading = params.alignment == "trading"
+    width = 2 * w + 2 if trading else 2 * w + 1  # k + W in [0, 2W+1] (trading) / [0, 2W]
+    closes = batch.closes
+    n_groups = g.start.shape[0]
+    sym_start, n_years = runs(g.symbol)
+
+    # -- per window: sizes, anchors, pre_y / post_y (SPEC 3-4)
+    n_bars = g.end - g.start
+    n_pre = g.pivot - g.start
+    n_post = g.end - g.pivot
+    anchor = closes[g.pivot - 1]
+    pre_y = (anchor / closes[g.start] - 1.0) * 100.0
+    post_y = (closes[g.end - 1] / anchor - 1.0) * 100.0
+
+    # -- gather the bars of qualifying windows into flat arrays; t = position in them
+    first = np.cumsum(n_bars) - n_bars
+    total = int(first[-1] + n_bars[-1])
+    idx = np.arange(total, dtype=np.int64)
+    idx += _repeat(g.start - first, n_bars)
+    c = closes[idx]
+    seg_idx = _interleave(first, first + n_pre)  # pre segment, post segment of each window
+    seg_len = _interleave(n_pre, n_post)
+
+    # -- daily returns q, pooled by side, two-pass (SPEC 4 volatility)
+    q = np.empty(total)
+    q[0] = 1.0
+    np.divide(c[1:], c[:-1], out=q[1:])
+    q -= 1.0
+    q *= 100.0
+    q[first] = 0.0  # a window's first bar has no return
+    seg_q = np.add.reduceat(q, seg_idx)
+    n_q_pre = np.add.reduceat(n_pre - 1, sym_start)
+    n_q_post = np.add.reduceat(n_post, sym_start)
+    mean_pre = _div0(np.add.reduceat(seg_q[0::2], sym_start), n_q_pre)
+    mean_post = _div0(np.add.reduceat(seg_q[1::2], sym_start), n_q_post)
+    q -= _repeat(_interleave(_repeat(mean_pre, n_years), _repeat(mean_post, n_years)), seg_len)
+    q[first] = 0.0
+    q *= q
+    seg_ss = np.add.reduceat(q, seg_idx)
+    vol_before = np.sqrt(_div0(np.add.reduceat(seg_ss[0::2], sym_start), n_q_pre - 1))
+    vol_after = np.sqrt(_div0(np.add.reduceat(seg_ss[1::2], sym_start), n_q_post - 1))
+
+    # -- normalised paths r into the cube at column k + W; bars fill it in row-major order
+    c /= _repeat(anchor, n_bars)
+    c -= 1.0
+    c *= 100.0
+    if trading:  # pre bars take k = -n_pre..-1, post bars 1..n_post: a block around W
+        cols = np.arange(width)
+        filled = cols >= (w - n_pre)[:, None]
+        filled &= cols <= (w + n_post)[:, None]
+        filled[:, w] = False
+    else:
+        flat = batch.days[idx] + _repeat(
+            np.arange(n_groups, dtype=np.int64) * width + w - sf_window_days()[g.year_index],
+            n_bars,
+        )
+        filled = np.zeros((n_groups, width), dtype=bool)
+        filled.ravel()[flat] = True
+    cube = np.zeros((n_groups, width))
+    cube[filled] = c
+    mask = filled.astype(np.float64)
+
+    # -- averages and consistency
+    avg_before = np.add.reduceat(pre_y, sym_start) / n_years
+    avg_after = np.add.reduceat(post_y, sym_start) / n_years
+    agree = (np.sign(pre_y) == _repeat(np.sign(avg_before), n_years)).astype(np.int64)
+    agree += np.sign(post_y) == _repeat(np.sign(avg_after), n_years)
+    consistency = np.add.reduceat(agree, sym_start) / (2 * n_years)
+
+    # -- curve, V, peak / trough, significance
+    k_sum = _sum_rows(cube, sym_start, n_years)
+    k_n = _sum_rows(mask, sym_start, n_years)
+    k_mean = _div0(k_sum, k_n)
+    in_v = k_n >= 2
+    v_count = in_v.sum(axis=1)
+    peak = np.where(in_v, k_mean, -np.inf).argmax(axis=1) - w
+    trough = np.where(in_v, k_mean, np.inf).argmin(axis=1) - w
+    significance = _div0((k_n >= 3).sum(axis=1), v_count)
+    present = k_n > 0
+    at = present.ravel().nonzero()[0]
+
+    density = np.minimum(1.0, np.add.reduceat(n_bars, sym_start) / (n_years * (2 * w * 5 / 7)))
+    confidence = 0.4 * np.minimum(1.0, n_years / 10) + 0.3 * density + 0.3 * significance
+
+    return _Stats(
+        strength=pattern_strength(cube, mask, n_bars, sym_start, n_years),
+        avg_before=avg_before,
+        avg_after=avg_after,
+        vol_before=vol_before,
+        vol_after=vol_after,
+        consistency=consistency,
+        confidence=confidence,
+        peak=peak,
+        trough=trough,
+        v_count=v_count,
+        curve_len=present.sum(axis=1),
+        curve_k=(at % width - w).astype(np.int32),
+        curve_mean=k_mean.ravel()[at],
+        curve_n=k_n.ravel()[at].astype(np.int32),
+    )
+
+
+def _select(g: Groups, keep: np.ndarray | slice) -> Groups:
+    return Groups(g.symbol[keep], g.year_index[keep], g.start[keep], g.pivot[keep], g.end[keep])
+
+
+def _heavy_stats(batch: Batch, g: Groups, params: EngineParams) -> _Stats | None:
+    """Chunk symbols so that no cube exceeds `_CUBE_CELLS` (one symbol is never split)."""
+    n = g.start.shape[0]
+    if n == 0:
+        return None
+    width = 2 * params.window_days + 2
+    rows = max(1, _CUBE_CELLS // width)
+    if n <= rows:
+        return _chunk_stats(batch, g, params)
+    sym_start = [*runs(g.symbol)[0].tolist(), n]
+    parts: list[_Stats] = []
+    lo = 0
+    for i in range(1, len(sym_start)):
+        hi, nxt = sym_start[i - 1], sym_start[i]
+        if nxt - lo > rows and hi > lo:
+            parts.append(_chunk_stats(batch, _select(g, slice(lo, hi)), params))
+            lo = hi
+    parts.append(_chunk_stats(batch, _select(g, slice(lo, n)), params))
+    return _Stats(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(_Stats)))
+
+
+def analyze_patterns(items: Sequence[SymbolWindows], params: EngineParams) -> list[PatternResult]:
+    """SPEC 3-4 for every symbol of `items`, in order; what Dask workers run per chunk."""
+    n_sym = len(items)
+    if n_sym == 0:
+        return []
+    batch = flatten(items)
+    groups = find_groups(batch, params)
+    n_years = np.bincount(groups.symbol, minlength=n_sym)
+    heavy = n_years >= max(params.min_years, 2)  # V needs two years sharing a k
+    stats = _heavy_stats(batch, _select(groups, heavy[groups.symbol]), params)
+
+    years = (groups.year_index + FIRST_YEAR).tolist()
+    year_end = np.cumsum(n_years).tolist()
+    heavy_list = heavy.tolist()
+    if stats is not None:
+        columns = zip(
+            stats.strength.tolist(),
+            stats.avg_before.tolist(),
+            stats.avg_after.tolist(),
+            stats.vol_before.tolist(),
+            stats.vol_after.tolist(),
+            stats.consistency.tolist(),
+            stats.confidence.tolist(),
+            stats.peak.tolist(),
+            stats.trough.tolist(),
+            stats.v_count.tolist(),
+            np.cumsum(stats.curve_len).tolist(),
+            strict=True,
+        )
+    out: list[PatternResult] = []
+    curve_lo = y_lo = 0
+    for s, item in enumerate(items):
+        y_hi = year_end[s]
+        sym_years = tuple(years[y_lo:y_hi])
+        y_lo = y_hi
+        if heavy_list[s]:
+            assert stats is not None
+            strength, ab, aa, vb, va, cons, conf, peak, trough, v_count, curve_hi = next(columns)
+            lo, curve_lo = curve_lo, curve_hi
+            if v_count > 0:
+                ratio = va / vb if vb != 0.0 else (None if va > 0.0 else 1.0)
+                pattern = Pattern(strength, ab, aa, vb, va, ratio, cons, conf, peak, trough)
+                out.append(
+                    PatternResult(
+                        item.symbol,
+                        "ok",
+                        sym_years,
+                        pattern,
+                        stats.curve_k[lo:curve_hi].copy(),
+                        stats.curve_mean[lo:curve_hi].copy(),
+                        stats.curve_n[lo:curve_hi].copy(),
+                    )
+                )
+                continue
+        out.append(
+            PatternResult(
+                item.symbol, "insufficient_history", sym_years, None, _NO_K, _NO_MEAN, _NO_K
+            )
+        )
+    return out

@@ -1,0 +1,85 @@
+"""Position and signal (SPEC 5): the cheap half, recomputed on every emission.
+
+Why scalar Python and not numpy: it runs once per emitted result, and for one value a
+`bisect` over a cached list of ints beats any array call. The SF day list is built once
+per window size.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from bisect import bisect_left
+from functools import lru_cache
+
+from service.calendar import date_to_day, sf_day_table
+from service.engine.types import EngineParams, PatternResult, Position, Signal
+
+__all__ = ["phase_of", "position_and_signal"]
+
+_FIRST_DAY = date_to_day(dt.date(1901, 1, 1))
+_LAST_DAY = date_to_day(dt.date(2099, 12, 31))
+_NEUTRAL_PHASES = frozenset({"normal_period", "festival_day"})
+_BEFORE_PHASES = frozenset({"approaching", "pre_festival"})
+
+
+@lru_cache(maxsize=64)
+def _festivals(window_days: int) -> tuple[list[int], list[int]]:
+    """SF days 1901..2100 and the last day of each window, as plain ints for `bisect`."""
+    sf: list[int] = sf_day_table().tolist()
+    return sf, [d + window_days for d in sf]
+
+
+def phase_of(days_to_festival: int, window_days: int) -> str:
+    """SPEC 5 phase from the days still to go to S* (negative once it has passed)."""
+    if days_to_festival > window_days or days_to_festival < -window_days:
+        return "normal_period"
+    if days_to_festival > 15:
+        return "approaching"
+    if days_to_festival >= 1:
+        return "pre_festival"
+    if days_to_festival == 0:
+        return "festival_day"
+    if days_to_festival >= -14:
+        return "post_festival"
+    return "recovery"
+
+
+def position_and_signal(
+    latest_day: int, result: PatternResult | None, params: EngineParams
+) -> tuple[Position, Signal | None]:
+    """SPEC 5 relative to as_of = `latest_day` (a day number, 1901-01-01..2099-12-31).
+
+    S* is the festival of the first window that has not ended by as_of: the window of
+    SF(year - 1) always ends by August, so this is SF(year) or, past its window,
+    SF(year + 1), exactly as the SPEC words it.
+    """
+    if not _FIRST_DAY <= latest_day <= _LAST_DAY:
+        raise ValueError(f"as_of day {latest_day} outside 1901-01-01..2099-12-31")
+    w = params.window_days
+    sf, ends = _festivals(w)
+    festival = sf[bisect_left(ends, latest_day)]
+    days = festival - latest_day
+    phase = phase_of(days, w)
+    position = Position(
+        spring_festival_day=festival,
+        days_to_spring_festival=days,
+        relative_day=-days,
+        in_window=phase != "normal_period",
+        phase=phase,
+    )
+    if result is None or result.status != "ok" or result.pattern is None:
+        return position, None
+    p = result.pattern
+    kind, strength, action = "neutral", 0.0, "hold"
+    if phase not in _NEUTRAL_PHASES:
+        avg = p.average_return_before if phase in _BEFORE_PHASES else p.average_return_after
+        if avg > 0 and p.pattern_strength > 0.5:
+            strength = p.pattern_strength * p.confidence_level
+            kind, action = "bullish", ("buy" if strength > 0.6 else "watch")
+        elif avg < -2.0:
+            strength = p.pattern_strength * p.confidence_level
+            kind, action = "bearish", ("sell" if strength > 0.6 else "reduce")
+    warning = p.volatility_ratio is None or p.volatility_ratio > 2
+    if warning:
+        strength *= 0.8
+    return position, Signal(kind, strength, action, warning)
