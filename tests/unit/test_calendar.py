@@ -1,4 +1,9 @@
-"""SPEC 2: Spring Festival dates, checked against the SPEC's table and an independent library."""
+"""SPEC 2: Spring Festival dates, checked against the SPEC's table and a second library.
+
+`service.calendar` reads borax's published tables; lunar-python computes the calendar
+astronomically, so agreement over all 200 years is a real cross-check. The borax check
+stays too, in case the service ever switches libraries again.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import datetime as dt
 import numpy as np
 import pytest
 from borax.calendars.lunardate import LunarDate
+from lunar_python import Lunar
 
 from service.calendar import (
     FIRST_YEAR,
@@ -35,6 +41,13 @@ def test_spec_table(iso: str) -> None:
 def test_agrees_with_borax_for_every_year() -> None:
     for year in range(FIRST_YEAR, LAST_YEAR + 1):
         assert spring_festival_date(year) == LunarDate(year, 1, 1).to_solar_date(), year
+
+
+def test_agrees_with_astronomical_lunar_python_for_every_year() -> None:
+    for year in range(FIRST_YEAR, LAST_YEAR + 1):
+        solar = Lunar.fromYmd(year, 1, 1).getSolar()
+        expected = dt.date(solar.getYear(), solar.getMonth(), solar.getDay())
+        assert spring_festival_date(year) == expected, year
 
 
 def test_day_table_matches_dates_and_is_read_only() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
@@ -109,6 +110,7 @@ def test_long_history_next_to_short_ones() -> None:
         (strength_module, "_VIEW_MIN_CELLS", 1 << 40),  # never the (symbols, u, K) view
         (strength_module, "_VIEW_MIN_CELLS", 0),  # always the view
         (strength_module, "_TOLERANCE", 1.0),  # every pair through the exact two-pass path
+        (pattern_module, "_CANCEL", 1.0),  # every volatility through the two-pass path
     ],
 )
 def test_chunking_and_code_paths_do_not_change_results(
@@ -119,11 +121,12 @@ def test_chunking_and_code_paths_do_not_change_results(
     expected = analyze_patterns(items, params)
     monkeypatch.setattr(module, name, value)
     for a, b in zip(expected, analyze_patterns(items, params), strict=True):
-        if name == "_TOLERANCE":  # the exact path rounds differently, by design
+        if name in ("_TOLERANCE", "_CANCEL"):  # two-pass rounds differently, by design
             assert (a.status, a.years) == (b.status, b.years)
             if a.pattern is not None and b.pattern is not None:
-                assert a.pattern.pattern_strength == pytest.approx(
-                    b.pattern.pattern_strength, rel=1e-9, abs=1e-12
-                )
+                for x, y in zip(
+                    dataclasses.astuple(a.pattern), dataclasses.astuple(b.pattern), strict=True
+                ):
+                    assert x == pytest.approx(y, rel=1e-9, abs=1e-12)
         else:
             assert_identical(a, b)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 import statistics
 
@@ -213,3 +214,22 @@ def test_empty_inputs() -> None:
     )
     [result] = analyze_patterns([empty], W10)
     assert (result.symbol, result.status, result.years) == ("E.SH", "insufficient_history", ())
+
+
+def test_volatility_of_a_steady_trend_keeps_its_digits() -> None:
+    # q ~ 50 +- 1e-4: the one-pass sums cancel, so the two-pass fallback must kick in.
+    rng = np.random.default_rng(3)
+    plan: Plan = {}
+    pre_q: list[float] = []
+    post_q: list[float] = []
+    for year in (2011, 2012, 2013):
+        growth = 1.5 + rng.normal(0.0, 1e-6, 8)
+        closes = list(10.0 * np.cumprod(growth))
+        plan[year] = (list(range(-4, 4)), closes)
+        q = [100 * (b / a - 1) for a, b in itertools.pairwise(closes)]
+        pre_q += q[:3]
+        post_q += q[3:]
+    p = one(plan, EngineParams(10, 2, 1)).pattern
+    assert p is not None
+    assert p.volatility_before == pytest.approx(statistics.stdev(pre_q), rel=1e-9)
+    assert p.volatility_after == pytest.approx(statistics.stdev(post_q), rel=1e-9)

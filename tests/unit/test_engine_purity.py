@@ -13,7 +13,7 @@ import sys
 import service.engine, service.calendar
 import service.engine.pattern, service.engine.position, service.engine.windows
 from service.calendar import sf_day_table
-sf_day_table()  # also loads the lunar library
+sf_day_table()  # also loads the calendar library
 bad = sorted(m for m in sys.modules if m.split(".")[0] in {forbidden!r})
 print(",".join(bad))
 """
