@@ -85,7 +85,10 @@ def _replay(path: Path, out_dir: Path) -> tuple[float, int, float, int]:
     from service.settings import load_settings
 
     settings = load_settings()
-    with open(out_dir / "results.jsonl", "wb") as results, open(out_dir / "errors.jsonl", "wb") as errors:
+    with (
+        open(out_dir / "results.jsonl", "wb") as results,
+        open(out_dir / "errors.jsonl", "wb") as errors,
+    ):
         t0 = time.perf_counter()
         stats, pipeline = asyncio.run(replay([str(path)], settings, results, errors))
         seconds = time.perf_counter() - t0
@@ -102,41 +105,64 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-symbols", type=int, default=20)
     args = parser.parse_args(argv)
 
-    print("(a) engine: original demo workload (200 symbols, daily bars 2018-2023, years 2020-2023, W=60)")
+    print(
+        "(a) engine: original demo workload (200 symbols, daily bars 2018-2023, years 2020-2023, W=60)"
+    )
     e = bench_engine(args.repeats, args.baseline_symbols)
     print(f"    vectorised engine, one core : {e['engine']:>12,.0f} symbols/s")
     print(f"    per-row baseline (same spec): {e['baseline']:>12,.1f} symbols/s")
     print(f"    speed-up vs baseline        : {e['engine'] / e['baseline']:>12,.0f}x")
-    print(f"    vs original 32 symbols/s    : {e['engine'] / ORIGINAL_SYMBOLS_PER_S:>12,.0f}x"
-          f"   goal >= {ENGINE_GOAL:,.0f}/s: {'MET' if e['engine'] >= ENGINE_GOAL else 'MISSED'}")
+    print(
+        f"    vs original 32 symbols/s    : {e['engine'] / ORIGINAL_SYMBOLS_PER_S:>12,.0f}x"
+        f"   goal >= {ENGINE_GOAL:,.0f}/s: {'MET' if e['engine'] >= ENGINE_GOAL else 'MISSED'}"
+    )
 
     with tempfile.TemporaryDirectory(prefix="sfa-bench-") as tmp:
         out = Path(tmp)
         market = out / "market.jsonl"
         subprocess.run(
-            [sys.executable, "-m", "service", "generate", "--symbols", str(args.symbols),
-             "--start-year", str(args.start_year), "--end-year", str(args.end_year),
-             "--seed", "11", "--output", str(market)],
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "generate",
+                "--symbols",
+                str(args.symbols),
+                "--start-year",
+                str(args.start_year),
+                "--end-year",
+                str(args.end_year),
+                "--seed",
+                "11",
+                "--output",
+                str(market),
+            ],
             check=True,
         )
         lines = sum(1 for _ in open(market, "rb"))
-        print(f"\n(b) replay: {lines:,} bars ({market.stat().st_size / 1e6:.0f} MB JSONL), "
-              f"{os.cpu_count()} cores")
+        print(
+            f"\n(b) replay: {lines:,} bars ({market.stat().st_size / 1e6:.0f} MB JSONL), "
+            f"{os.cpu_count()} cores"
+        )
         gc.collect()
         bare = _bare_orjson(market)
         rate, bars, bytes_per_bar, held = _replay(market, out)
         print(f"    bare orjson.loads per line  : {bare:>12,.0f} lines/s")
         print(f"    sfa replay (start-up incl.) : {rate:>12,.0f} bars/s")
         ratio = rate / bare
-        print(f"    ratio                       : {ratio:>12.2f}"
-              f"   goal >= {REPLAY_GOAL:.2f}: {'MET' if ratio >= REPLAY_GOAL else 'MISSED'}")
+        print(
+            f"    ratio                       : {ratio:>12.2f}"
+            f"   goal >= {REPLAY_GOAL:.2f}: {'MET' if ratio >= REPLAY_GOAL else 'MISSED'}"
+        )
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print("\n(c) memory")
     print(f"    peak RSS of this process    : {peak / 2**20:>12,.0f} MiB")
     print(f"    held bars after replay      : {held:>12,}")
-    print(f"    state bytes per held bar    : {bytes_per_bar:>12.1f}"
-          f"   goal <= {BYTES_PER_BAR_GOAL:.0f}: {'MET' if bytes_per_bar <= BYTES_PER_BAR_GOAL else 'MISSED'}")
+    print(
+        f"    state bytes per held bar    : {bytes_per_bar:>12.1f}"
+        f"   goal <= {BYTES_PER_BAR_GOAL:.0f}: {'MET' if bytes_per_bar <= BYTES_PER_BAR_GOAL else 'MISSED'}"
+    )
     print(f"\nmeasured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC with `make bench`")
     return 0
 

@@ -15,9 +15,9 @@ from functools import lru_cache
 import numpy as np
 
 __all__ = [
+    "EPOCH",
     "FIRST_YEAR",
     "LAST_YEAR",
-    "EPOCH",
     "date_to_day",
     "day_to_date",
     "sf_day_table",

@@ -181,6 +181,11 @@ class Pipeline:
     def inflight(self) -> int:
         return self._inflight
 
+    @property
+    def failure(self) -> BaseException | None:
+        """The error that stopped this pipeline, if any; the driver decides what follows."""
+        return self._failure
+
     async def submit(self, raw: RawBatch) -> None:
         self._raise_if_failed()
         async with self._room:
@@ -234,7 +239,8 @@ class Pipeline:
         else:
             last_msg = {}
         touched = [
-            _Touched(s, state.latest(s), state.bars(s), last_msg.get(s, -1)) for s in outcome.touched
+            _Touched(s, state.latest(s), state.bars(s), last_msg.get(s, -1))
+            for s in outcome.touched
         ]
         stale = [state.windows(s) for s in outcome.stale]
         size = self.settings.dask_chunk_size
@@ -340,4 +346,3 @@ class Pipeline:
                 self._room.notify_all()
 
         asyncio.ensure_future(_wake())
-

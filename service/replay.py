@@ -95,7 +95,9 @@ async def replay(
         if bar is not None:
             bar.update(sum(len(v) + 1 for v in out.raw.values))
 
-    pipeline = Pipeline(settings, lambda: compute_task, FileSink(results, errors), on_delivered=delivered)
+    pipeline = Pipeline(
+        settings, lambda: compute_task, FileSink(results, errors), on_delivered=delivered
+    )
     try:
         for fb in read_batches(paths, batch_lines=settings.batch_max_messages):
             await pipeline.submit(RawBatch(values=fb.values, file=fb.file, lines=fb.lines))
@@ -167,6 +169,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _open_out(path: str) -> IO[bytes]:
     try:
-        return open(path, "wb")  # noqa: SIM115 - closed by the caller's ExitStack
+        return open(path, "wb")
     except OSError as exc:
         raise SfaError(f"cannot write {path}: {exc.strerror}") from None

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from service import __version__
@@ -32,7 +32,7 @@ from service.kafka.admin import ensure_topics
 from service.kafka.consumer import BatchConsumer
 from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
 from service.kafka.restore import read_state_partitions
-from service.metrics import Health, MetricsServer, Metrics
+from service.metrics import Health, Metrics, MetricsServer
 from service.pipeline import BatchOutput, Pipeline, RawBatch
 from service.settings import Settings
 from service.state import StateStore
@@ -63,16 +63,20 @@ class KafkaSink:
         s = svc.settings
         producer = svc.producer
         raw = out.raw
-        eos = isinstance(producer, TransactionalProducer)
-        if eos:
+        if isinstance(producer, TransactionalProducer):
             producer.begin()
         for symbol, payload in out.results:
             producer.produce(s.output_topic, payload, key=symbol.encode())
         for reject in out.rejects:
             assert raw.partitions is not None and raw.offsets is not None
-            headers = dead_letter_headers(
-                reject, raw.topic or s.input_topic, raw.partitions[reject.index], raw.offsets[reject.index]
-            )
+            headers: list[tuple[str, str | bytes | None]] = [
+                *dead_letter_headers(
+                    reject,
+                    raw.topic or s.input_topic,
+                    raw.partitions[reject.index],
+                    raw.offsets[reject.index],
+                )
+            ]
             producer.produce(s.dlq_topic, reject.raw, headers=headers)
         for key, value, partition in svc.state_records_with_partitions(out):
             producer.produce(s.state_topic, value, key=key, partition=partition)
@@ -109,7 +113,7 @@ class Service:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._kafka, fn)
 
-    def _on_loop(self, coro_fn: Callable[[], Awaitable[T]]) -> T:
+    def _on_loop(self, coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """From a rebalance callback (Kafka thread): run on the loop and wait."""
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coro_fn(), self._loop).result()
@@ -183,7 +187,9 @@ class Service:
             self._loop.add_signal_handler(sig, self._stop.set)
         log.info("starting", extra={"settings": s.redacted(), "version": __version__})
         self.server.start()
-        await self.in_kafka_thread(lambda: ensure_topics(s, s.input_topic, s.output_topic, s.dlq_topic, s.state_topic))
+        await self.in_kafka_thread(
+            lambda: ensure_topics(s, s.input_topic, s.output_topic, s.dlq_topic, s.state_topic)
+        )
         self.compute = await open_async(s)
         self.metrics.set_fallback_active(bool(self.compute.fallback_active))
         self.health.set_dask_ready(True)
@@ -193,7 +199,7 @@ class Service:
             dask=lambda: self.compute.worker_stats(),
             inflight=lambda: self.pipeline.inflight if self.pipeline else 0,
         )
-        self.health.set_lag_provider(lambda: sum(self.consumer.lag().values()))
+        self.health.set_lag_provider(lambda: self.consumer.lag())
         if s.processing_guarantee == "exactly_once":
             self.producer = await self.in_kafka_thread(lambda: TransactionalProducer(s))
         else:
@@ -207,7 +213,9 @@ class Service:
         return code
 
     def _new_pipeline(self) -> Pipeline:
-        return Pipeline(self.settings, self.compute, KafkaSink(self), state=self.state, with_changelog=True)
+        return Pipeline(
+            self.settings, self.compute, KafkaSink(self), state=self.state, with_changelog=True
+        )
 
     async def _consume_loop(self) -> int:
         s = self.settings
@@ -216,9 +224,14 @@ class Service:
         paused = False
         while not self._stop.is_set():
             pipeline = self.pipeline
+            if pipeline.failure is not None:
+                await self._after_failure(pipeline.failure)
+                continue
             full = pipeline.inflight >= s.max_inflight_batches
             if full != paused:  # backpressure: stay in the group, stop fetching
-                await self.in_kafka_thread(self.consumer.pause_all if full else self.consumer.resume_all)
+                await self.in_kafka_thread(
+                    self.consumer.pause_all if full else self.consumer.resume_all
+                )
                 paused = full
             messages = await self.in_kafka_thread(
                 lambda: self.consumer.poll_batch(s.batch_max_messages, 0.05 if full else wait_s)
@@ -230,25 +243,32 @@ class Service:
             raw = _raw_batch(messages, s.input_topic)
             try:
                 await pipeline.submit(raw)
-            except SfaError as exc:
-                if not exc.retriable:
-                    raise
-                await self._recover(exc)
-            except FatalError:
-                raise
+            except Exception as exc:
+                await self._after_failure(exc)
         return 0
+
+    async def _after_failure(self, exc: BaseException) -> None:
+        if isinstance(exc, SfaError) and exc.retriable:
+            await self._recover(exc)
+            return
+        self.metrics.batch("failed")
+        raise exc
 
     async def _recover(self, exc: SfaError) -> None:
         """Abortable error: abort, reload state from the state topic, rewind, go on."""
         log.warning("batch failed, rewinding to committed offsets", extra={"error": str(exc)})
         self.metrics.batch("retried")
-        with contextlib.suppress(Exception):
-            await self.in_kafka_thread(self.producer.abort)
+        producer = self.producer
+        if isinstance(producer, TransactionalProducer):
+            with contextlib.suppress(Exception):
+                await self.in_kafka_thread(producer.abort)
         partitions = sorted(self._assigned)
         for p in partitions:
             self.state.drop_partition(p)
         records = await self.in_kafka_thread(
-            lambda: list(read_state_partitions(self.settings, self.settings.state_topic, partitions, 60.0))
+            lambda: list(
+                read_state_partitions(self.settings, self.settings.state_topic, partitions, 60.0)
+            )
         )
         for key, value in records:
             self.state.restore(key, value)

@@ -86,7 +86,8 @@ class Settings(BaseModel):
         0.95, alias="DASK_MEMORY_TERMINATE_FRACTION", gt=0, le=1
     )
     dask_connect_timeout: float = Field(60.0, alias="DASK_CONNECT_TIMEOUT", gt=0)
-    dask_tcp_timeout: float = Field(60.0, alias="DASK_TCP_TIMEOUT", gt=0)
+    # distributed asserts on TCP timeouts under ~10 s ("Timeout too low").
+    dask_tcp_timeout: float = Field(60.0, alias="DASK_TCP_TIMEOUT", ge=11)
     dask_fallback: Literal["local", "fail"] = Field("local", alias="SFA_DASK_FALLBACK")
     dask_task_retries: int = Field(2, alias="SFA_DASK_TASK_RETRIES", ge=0, le=20)
 
@@ -182,9 +183,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "?"
-        name = Settings.model_fields[aliases.get(field, field)].alias if field in aliases else field
-        shown = "***" if _SECRET_RE.search(str(name)) else repr(err.get("input"))
-        raise ConfigError(f"{name}: {err['msg']} (got {shown})") from None
+        info = Settings.model_fields.get(field)
+        variable = (info.alias if info is not None else None) or field
+        shown = "***" if _SECRET_RE.search(variable) else repr(err.get("input"))
+        raise ConfigError(f"{variable}: {err['msg']} (got {shown})") from None
 
 
 def _alias_of(field_name: str) -> str:

@@ -28,21 +28,36 @@ BAD = [
     (orjson.dumps({"symbol": "B.SH", "date": "2020/01/02", "close": 1.0}), "invalid_field:date"),
     (orjson.dumps({"symbol": "B.SH", "date": "1899-01-02", "close": 1.0}), "date_out_of_range"),
     (orjson.dumps({"symbol": "B.SH", "date": "2020-01-02", "close": -1}), "invalid_field:close"),
-    (orjson.dumps({"symbol": "B.SH", "date": "2020-01-02", "close": 1, "volume": True}),
-     "invalid_field:volume"),
+    (
+        orjson.dumps({"symbol": "B.SH", "date": "2020-01-02", "close": 1, "volume": True}),
+        "invalid_field:volume",
+    ),
     (b"x" * 2000, "too_large"),
 ]
 
 
-def _sfa(*args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.CompletedProcess[bytes]:
+def _sfa(
+    *args: str, env: dict[str, str] | None = None, **kw: object
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([sys.executable, "-m", "service", *args], env=env, check=True, **kw)  # type: ignore[call-overload]
 
 
 @pytest.fixture(scope="module")
 def market(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("market") / "bars.jsonl"
-    _sfa("generate", "--symbols", "12", "--start-year", "2016", "--end-year", "2021", "--seed", "3",
-         "--output", str(path))
+    _sfa(
+        "generate",
+        "--symbols",
+        "12",
+        "--start-year",
+        "2016",
+        "--end-year",
+        "2021",
+        "--seed",
+        "3",
+        "--output",
+        str(path),
+    )
     return path
 
 
@@ -75,11 +90,15 @@ def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
 
 
 def _read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[object]:
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4()}",
-        "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-        "enable.auto.commit": False,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
     meta = consumer.list_topics(topic, timeout=10)
     parts = [TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions]
     consumer.assign(parts)
@@ -110,15 +129,26 @@ def _committed_all(bootstrap: str, group: str, topic: str) -> bool:
 
 
 def _start(bootstrap: str, env_extra: dict[str, str]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "SFA_METRICS_PORT": "0",
-           "SFA_BATCH_MAX_MESSAGES": "2000", "SFA_BATCH_MAX_WAIT_MS": "200",
-           "SFA_MAX_MESSAGE_BYTES": "1000", **env_extra}
-    return subprocess.Popen([sys.executable, "-m", "service", "run"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "SFA_METRICS_PORT": "0",
+        "SFA_BATCH_MAX_MESSAGES": "2000",
+        "SFA_BATCH_MAX_WAIT_MS": "200",
+        "SFA_MAX_MESSAGE_BYTES": "1000",
+        **env_extra,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "service", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
-def _wait_done(proc: subprocess.Popen[bytes], bootstrap: str, group: str, topic: str,
-               timeout: float = 120.0) -> None:
+def _wait_done(
+    proc: subprocess.Popen[bytes], bootstrap: str, group: str, topic: str, timeout: float = 120.0
+) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
@@ -165,8 +195,14 @@ def topics(kafka_bootstrap: str, new_topic) -> Iterator[dict[str, str]]:  # type
 
 
 def _env(t: dict[str, str], **extra: str) -> dict[str, str]:
-    return {"SFA_INPUT_TOPIC": t["input"], "SFA_OUTPUT_TOPIC": t["output"], "SFA_DLQ_TOPIC": t["dlq"],
-            "SFA_STATE_TOPIC": t["state"], "KAFKA_GROUP_ID": t["group"], **extra}
+    return {
+        "SFA_INPUT_TOPIC": t["input"],
+        "SFA_OUTPUT_TOPIC": t["output"],
+        "SFA_DLQ_TOPIC": t["dlq"],
+        "SFA_STATE_TOPIC": t["state"],
+        "KAFKA_GROUP_ID": t["group"],
+        **extra,
+    }
 
 
 def test_exactly_once_matches_replay_and_dead_letters(

@@ -69,7 +69,9 @@ def _market(seed: int, symbols: int = 3, years: tuple[int, int] = (2015, 2021)) 
             for symbol in prices:
                 prices[symbol] *= 1 + rng.gauss(0.0003, 0.02)
                 values.append(
-                    orjson.dumps({"symbol": symbol, "date": day.isoformat(), "close": prices[symbol]})
+                    orjson.dumps(
+                        {"symbol": symbol, "date": day.isoformat(), "close": prices[symbol]}
+                    )
                 )
         day += dt.timedelta(days=1)
     return values
@@ -91,7 +93,11 @@ def test_one_result_per_symbol_per_batch_in_batch_order() -> None:
 
 
 def test_bad_records_never_drop_valid_neighbours() -> None:
-    bad = [b"{not json", b"[1, 2]", orjson.dumps({"symbol": "S0.SH", "date": "2016-13-01", "close": 1})]
+    bad = [
+        b"{not json",
+        b"[1, 2]",
+        orjson.dumps({"symbol": "S0.SH", "date": "2016-13-01", "close": 1}),
+    ]
     mixed = []
     for i, value in enumerate(MARKET):
         mixed.append(value)
