@@ -16,6 +16,7 @@ import time
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from service.kafka.clientlog import with_logger
 from service.kafka.errors import KafkaFatalError, MissingTopicError, classify
 from service.settings import Settings
 
@@ -25,7 +26,7 @@ _STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"
 
 
 def _admin(settings: Settings) -> AdminClient:
-    return AdminClient(settings.kafka_common())
+    return AdminClient(with_logger(settings.kafka_common()))
 
 
 def partition_count(admin: AdminClient, topic: str, timeout_s: float = 30.0) -> int | None:
@@ -85,6 +86,7 @@ def ensure_topics(
             f"SFA_STATE_TOPIC: {state_topic!r} has {state_partitions} partitions, "
             f"input {input_topic!r} has {partitions}; they must match"
         )
+    admin.poll(0)  # hand librdkafka's queued log lines (config warnings) to the logger
     return partitions
 
 

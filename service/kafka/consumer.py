@@ -22,6 +22,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from service.kafka.clientlog import with_logger
 from service.kafka.errors import classify
 from service.kafka.message import MessageLike, TopicPartitionKey
 from service.settings import Settings
@@ -62,7 +63,7 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
     conf["group.id"] = group_id or settings.kafka_group_id
     conf["enable.auto.commit"] = False
     conf["enable.auto.offset.store"] = False
-    return conf
+    return with_logger(conf)
 
 
 def _keys(partitions: Iterable[TopicPartition]) -> list[TopicPartitionKey]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from service.kafka.clientlog import with_logger
 from service.kafka.errors import (
     AbortableError,
     DeliveryError,
@@ -53,7 +54,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     # required by transactions and cheap insurance for at-least-once.
     conf["enable.idempotence"] = True
     conf["acks"] = "all"
-    return conf
+    return with_logger(conf)
 
 
 class _BaseProducer:

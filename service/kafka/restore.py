@@ -22,6 +22,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+from service.kafka.clientlog import with_logger
 from service.kafka.errors import KafkaRetriableError, classify
 from service.settings import Settings
 
@@ -49,7 +50,7 @@ def _restore_config(settings: Settings) -> dict[str, Any]:
     )
     conf.pop("group.protocol", None)
     conf.pop("partition.assignment.strategy", None)
-    return conf
+    return with_logger(conf)
 
 
 def read_state_partitions(
