@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 
 from service import __version__
 from service.codec import dead_letter_headers
-from service.errors import FatalError, SfaError
+from service.errors import ConfigError, FatalError, SfaError
 from service.kafka.admin import ensure_topics
 from service.kafka.consumer import BatchConsumer
 from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
@@ -186,7 +187,12 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._stop.set)
         log.info("starting", extra={"settings": s.redacted(), "version": __version__})
-        self.server.start()
+        try:
+            self.server.start()
+        except OSError as exc:  # port taken or not ours to bind: a config error, not a crash
+            raise ConfigError(
+                f"SFA_METRICS_PORT: cannot listen on port {s.metrics_port}: {exc.strerror or exc}"
+            ) from None
         await self.in_kafka_thread(
             lambda: ensure_topics(s, s.input_topic, s.output_topic, s.dlq_topic, s.state_topic)
         )
@@ -233,8 +239,9 @@ class Service:
                     self.consumer.pause_all if full else self.consumer.resume_all
                 )
                 paused = full
+            timeout = 0.05 if full else wait_s
             messages = await self.in_kafka_thread(
-                lambda: self.consumer.poll_batch(s.batch_max_messages, 0.05 if full else wait_s)
+                functools.partial(self.consumer.poll_batch, s.batch_max_messages, timeout)
             )
             if not messages:
                 if full:
