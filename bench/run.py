@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     print(
-        "(a) engine: original demo workload (200 symbols, daily bars 2018-2023, years 2020-2023, W=60)"
+        "(a) engine: original demo workload "
+        "(200 symbols, daily bars 2018-2023, years 2020-2023, W=60)"
     )
     e = bench_engine(args.repeats, args.baseline_symbols)
     print(f"    vectorised engine, one core : {e['engine']:>12,.0f} symbols/s")
@@ -139,14 +140,15 @@ def main(argv: list[str] | None = None) -> int:
             ],
             check=True,
         )
-        lines = sum(1 for _ in open(market, "rb"))
+        with open(market, "rb") as fh:
+            lines = sum(1 for _ in fh)
         print(
             f"\n(b) replay: {lines:,} bars ({market.stat().st_size / 1e6:.0f} MB JSONL), "
             f"{os.cpu_count()} cores"
         )
         gc.collect()
         bare = _bare_orjson(market)
-        rate, bars, bytes_per_bar, held = _replay(market, out)
+        rate, _bars, bytes_per_bar, held = _replay(market, out)
         print(f"    bare orjson.loads per line  : {bare:>12,.0f} lines/s")
         print(f"    sfa replay (start-up incl.) : {rate:>12,.0f} bars/s")
         ratio = rate / bare
@@ -161,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    held bars after replay      : {held:>12,}")
     print(
         f"    state bytes per held bar    : {bytes_per_bar:>12.1f}"
-        f"   goal <= {BYTES_PER_BAR_GOAL:.0f}: {'MET' if bytes_per_bar <= BYTES_PER_BAR_GOAL else 'MISSED'}"
+        f"   goal <= {BYTES_PER_BAR_GOAL:.0f}: "
+        f"{'MET' if bytes_per_bar <= BYTES_PER_BAR_GOAL else 'MISSED'}"
     )
     print(f"\nmeasured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC with `make bench`")
     return 0

@@ -256,7 +256,10 @@ async def open_async(settings: Settings) -> ComputeHandle:
             client = await Client(address, asynchronous=True, timeout=settings.dask_connect_timeout)
             return ComputeHandle(settings, "remote", client, config_scope=scope)
         if settings.dask_enable_distributed:
-            cluster = await LocalCluster(asynchronous=True, **local_cluster_kwargs(settings))
+            cluster = await LocalCluster(
+                asynchronous=True,
+                **local_cluster_kwargs(settings, processes=settings.dask_processes is not False),
+            )
             client = await Client(cluster, asynchronous=True)
             return ComputeHandle(settings, "local_cluster", client, cluster, config_scope=scope)
         return ComputeHandle(settings, "local", config_scope=scope)

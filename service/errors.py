@@ -26,4 +26,4 @@ class RetriableError(SfaError):
 
 
 class FatalError(SfaError):
-    """The instance must stop (fenced producer, fatal Kafka error) and let its supervisor restart it."""
+    """The instance must stop (fenced producer, fatal Kafka error); its supervisor restarts it."""

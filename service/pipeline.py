@@ -162,7 +162,7 @@ class Pipeline:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._room = asyncio.Condition()
+        self._room = asyncio.Event()  # set whenever a slot may have freed up
         self._failure: BaseException | None = None
 
         self.source = Stream(asynchronous=True)
@@ -188,10 +188,9 @@ class Pipeline:
 
     async def submit(self, raw: RawBatch) -> None:
         self._raise_if_failed()
-        async with self._room:
-            await self._room.wait_for(
-                lambda: self._inflight < self._max_inflight or self._failure is not None
-            )
+        while self._inflight >= self._max_inflight and self._failure is None:
+            self._room.clear()
+            await self._room.wait()
         self._raise_if_failed()
         self._inflight += 1
         self._idle.clear()
@@ -216,12 +215,7 @@ class Pipeline:
             log.error("pipeline stopped: %s", exc, exc_info=exc)
             self._failure = exc
         self._idle.set()
-
-        async def _wake() -> None:
-            async with self._room:
-                self._room.notify_all()
-
-        asyncio.ensure_future(_wake())
+        self._room.set()
 
     # --- graph nodes ---
 
@@ -340,9 +334,4 @@ class Pipeline:
         self._inflight -= 1
         if self._inflight == 0:
             self._idle.set()
-
-        async def _wake() -> None:
-            async with self._room:
-                self._room.notify_all()
-
-        asyncio.ensure_future(_wake())
+        self._room.set()

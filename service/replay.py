@@ -87,6 +87,8 @@ async def replay(
 
     started = time.perf_counter()
     stats = ReplayStats()
+    if settings.dask_processes is None:
+        settings = settings.model_copy(update={"dask_processes": False})
     compute_task = asyncio.ensure_future(open_async(settings))
     bar = _progress_bar(paths) if progress else None
 

@@ -80,9 +80,10 @@ def render_summary(stats: ReplayStats, state: StateStore, top: list[Strongest]) 
     for reason, count in sorted(stats.dead_letters.items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"  {reason:<32} {count:>8,}")
     if top:
+        as_of = day_to_date(max(state.latest(r.symbol) for r in top))
         lines += [
             "",
-            f"Strongest festival patterns (as of {day_to_date(max(state.latest(r.symbol) for r in top))})",
+            f"Strongest festival patterns (as of {as_of})",
             f"{'symbol':<12} {'years':>5} {'strength':>8} {'confid.':>7} {'before%':>8} "
             f"{'after%':>8} {'peak':>5} {'trough':>6}  {'phase':<14} {'signal':<8} action",
         ]

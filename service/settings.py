@@ -55,7 +55,7 @@ class Settings(BaseModel):
     kafka_extra: dict[str, str] = Field(default_factory=dict, alias="_kafka_extra")
 
     # --- batching and flow control ---
-    batch_max_messages: int = Field(5000, alias="SFA_BATCH_MAX_MESSAGES", ge=1, le=1_000_000)
+    batch_max_messages: int = Field(20_000, alias="SFA_BATCH_MAX_MESSAGES", ge=1, le=1_000_000)
     batch_max_wait_ms: int = Field(500, alias="SFA_BATCH_MAX_WAIT_MS", ge=1, le=600_000)
     max_inflight_batches: int = Field(4, alias="SFA_MAX_INFLIGHT_BATCHES", ge=1, le=1000)
     max_message_bytes: int = Field(1_048_576, alias="SFA_MAX_MESSAGE_BYTES", ge=64)
@@ -88,6 +88,11 @@ class Settings(BaseModel):
     dask_connect_timeout: float = Field(60.0, alias="DASK_CONNECT_TIMEOUT", gt=0)
     # distributed asserts on TCP timeouts under ~10 s ("Timeout too low").
     dask_tcp_timeout: float = Field(60.0, alias="DASK_TCP_TIMEOUT", ge=11)
+    # LocalCluster workers as processes (true) or threads in this process (false). Unset:
+    # processes for `sfa run` (long-lived), threads for `sfa replay`, whose main thread is
+    # the bottleneck and whose run is short enough that spawning workers (~3 s of CPU on
+    # two cores) would cost more than it gives.
+    dask_processes: bool | None = Field(None, alias="SFA_DASK_PROCESSES")
     dask_fallback: Literal["local", "fail"] = Field("local", alias="SFA_DASK_FALLBACK")
     dask_task_retries: int = Field(2, alias="SFA_DASK_TASK_RETRIES", ge=0, le=20)
 
@@ -135,7 +140,7 @@ class Settings(BaseModel):
 
     @property
     def effective_transactional_id(self) -> str:
-        """Stable across restarts of the same instance, so a restarted producer fences its zombie."""
+        """Stable across restarts of one instance, so a restarted producer fences its zombie."""
         return self.transactional_id or f"{self.kafka_group_id}-{self.instance_id}"
 
     def kafka_common(self) -> dict[str, Any]:
