@@ -1,9 +1,8 @@
 """Window bounds for the store (SPEC 3): which window year a day falls in, when one closes.
 
-A private twin of `service.engine.windows`, written while the engine was still in
-progress so the store would not depend on a moving target; a unit test checks that both
-agree for every day and several W. Everything is keyed on the cached SF day table, so no
-date objects are built on the hot path.
+A thin view over `service.engine.windows` (one definition of a window for the engine and
+the store), plus the store's own questions: how many windows a `latest` has closed, and
+one year's bounds. Everything is keyed on the cached SF day table.
 """
 
 from __future__ import annotations
@@ -13,12 +12,11 @@ from functools import lru_cache
 
 import numpy as np
 
-from service.calendar import FIRST_YEAR, sf_day_table
+from service.calendar import FIRST_YEAR
+from service.engine.windows import LAST_WINDOW_YEAR, sf_window_days, window_year_of
 
 __all__ = ["LAST_WINDOW_YEAR", "WindowTable", "frozen", "window_table"]
 
-LAST_WINDOW_YEAR = 2099  # 2100 is in the SF table only for positions; its window holds nothing
-_N_YEARS = LAST_WINDOW_YEAR - FIRST_YEAR + 1
 
 
 def frozen(a: np.ndarray) -> np.ndarray:
@@ -36,16 +34,8 @@ class WindowTable:
     ends: np.ndarray
 
     def year_of(self, days: np.ndarray) -> np.ndarray:
-        """int32 window year of each day, 0 outside every window.
-
-        Windows never overlap (W <= 175), so the first window ending on or after a day is
-        the only one that can hold it.
-        """
-        d = days.astype(np.int64, copy=False)
-        idx = np.searchsorted(self.ends, d, side="left")
-        inside = idx < _N_YEARS
-        inside[inside] &= self.starts[idx[inside]] <= d[inside]
-        return np.where(inside, idx + FIRST_YEAR, 0).astype(np.int32)
+        """int32 window year of each day, 0 outside every window."""
+        return window_year_of(days, self.window_days)
 
     def n_closed(self, latest: np.ndarray) -> np.ndarray:
         """How many windows are closed (latest > SF(y) + W) at each latest."""
@@ -60,5 +50,5 @@ class WindowTable:
 @lru_cache(maxsize=8)
 def window_table(window_days: int) -> WindowTable:
     """Cached per W: W is fixed for a run, and the table is shared by every store."""
-    sf = sf_day_table()[:_N_YEARS].astype(np.int64)
+    sf = sf_window_days()
     return WindowTable(window_days, frozen(sf - window_days), frozen(sf + window_days))
