@@ -176,6 +176,15 @@ class Service:
         if raw.timestamps_ms:
             m.observe_end_to_end([(now_ms - ts) / 1000.0 for ts in raw.timestamps_ms if ts > 0])
         self.health.batch_finished()
+        self._sync_fallback()
+
+    def _sync_fallback(self) -> None:
+        """The compute handle may give up on Dask mid-run (cluster lost): keep the gauge and
+        /readyz telling the truth, not what was true at start."""
+        fallback = bool(getattr(self.compute, "fallback_active", False))
+        self.metrics.set_fallback_active(fallback)
+        self.health.set_fallback_active(fallback)
+        self.health.set_dask_ready(not fallback)
 
     # --- main loop ---
 
@@ -197,8 +206,7 @@ class Service:
             lambda: ensure_topics(s, s.input_topic, s.output_topic, s.dlq_topic, s.state_topic)
         )
         self.compute = await open_async(s)
-        self.metrics.set_fallback_active(bool(self.compute.fallback_active))
-        self.health.set_dask_ready(True)
+        self._sync_fallback()
         self.metrics.set_providers(
             state=lambda: (self.state.n_symbols, self.state.n_bars, self.state.nbytes),
             lag=lambda: self.consumer.lag(),
