@@ -81,14 +81,6 @@ def test_window_table_matches_hand_dates() -> None:
     assert table.bounds(2024) == (day("2023-12-12"), day("2024-04-10"))
 
 
-def test_window_table_agrees_with_engine() -> None:
-    windows = pytest.importorskip("service.engine.windows")
-    all_days = np.arange(day("1900-06-01"), day("2100-12-31"), dtype=np.int32)
-    for w in (1, 60, 175):
-        expected = windows.window_year_of(all_days, w)
-        assert np.array_equal(window_table(w).year_of(all_days), expected)
-
-
 def test_late_2099_bars_belong_to_no_window() -> None:
     store = StateStore(PARAMS)
     sf_2100 = int(sf_day_table()[-1])
