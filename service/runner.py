@@ -56,7 +56,7 @@ class KafkaSink:
         self._svc = service
 
     async def write(self, out: BatchOutput) -> None:
-        await self._svc.in_kafka_thread(lambda: self._write_blocking(out))
+        await self._svc.in_producer_thread(lambda: self._write_blocking(out))
         self._svc.after_commit(out)
 
     def _write_blocking(self, out: BatchOutput) -> None:
@@ -99,7 +99,11 @@ class Service:
         self.health = Health(stall_seconds=settings.stall_seconds)
         self.server = MetricsServer(self.metrics, self.health, port=settings.metrics_port)
         self.state = StateStore(self.params)
-        self._kafka = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka")
+        # Two threads: the consumer's runs `consume`, inside which librdkafka calls our
+        # rebalance listener, which drains the pipeline, whose sink needs the producer's
+        # thread. One shared thread would deadlock on every revocation.
+        self._kafka = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="consumer")
+        self._producing = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="producer")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._assigned: set[int] = set()
@@ -111,8 +115,14 @@ class Service:
     # --- threads ---
 
     async def in_kafka_thread(self, fn: Callable[[], T]) -> T:
+        """Consumer and admin calls (and anything a rebalance callback may wait on)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._kafka, fn)
+
+    async def in_producer_thread(self, fn: Callable[[], T]) -> T:
+        """Producer calls: transactions and flushes, never blocked behind `consume`."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._producing, fn)
 
     def _on_loop(self, coro_fn: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """From a rebalance callback (Kafka thread): run on the loop and wait."""
@@ -215,7 +225,7 @@ class Service:
         )
         self.health.set_lag_provider(lambda: self.consumer.lag())
         if s.processing_guarantee == "exactly_once":
-            self.producer = await self.in_kafka_thread(lambda: TransactionalProducer(s))
+            self.producer = await self.in_producer_thread(lambda: TransactionalProducer(s))
         else:
             self.producer = AtLeastOnceProducer(s)
         self.consumer = BatchConsumer(s, listener=self)
@@ -276,7 +286,7 @@ class Service:
         producer = self.producer
         if isinstance(producer, TransactionalProducer):
             with contextlib.suppress(Exception):
-                await self.in_kafka_thread(producer.abort)
+                await self.in_producer_thread(producer.abort)
         partitions = sorted(self._assigned)
         for p in partitions:
             self.state.drop_partition(p)
@@ -300,12 +310,13 @@ class Service:
         with contextlib.suppress(Exception):
             await self.in_kafka_thread(self.consumer.close)
         with contextlib.suppress(Exception):
-            await self.in_kafka_thread(self.producer.close)
+            await self.in_producer_thread(self.producer.close)
         if self.compute is not None:
             with contextlib.suppress(Exception):
                 await self.compute.close()
         self.server.stop()
         self._kafka.shutdown(wait=False)
+        self._producing.shutdown(wait=False)
         log.info("stopped")
 
 
