@@ -32,7 +32,8 @@ from typing import Any, Protocol
 import numpy as np
 from streamz import Stream
 
-from service.codec import DecodedBatch, Reject, decode_batch, encode_pattern_part, encode_result
+from service.codec import DecodedBatch, Reject, encode_pattern_part, encode_result
+from service.decoder import Decoder
 from service.engine import EngineParams, PatternResult, SymbolWindows, position_and_signal
 from service.settings import Settings
 from service.state import StateStore
@@ -148,6 +149,7 @@ class Pipeline:
         state: StateStore | None = None,
         on_delivered: Callable[[BatchOutput], None] | None = None,
         with_changelog: bool = False,
+        decoder: Decoder | None = None,
     ) -> None:
         self.settings = settings
         self.params = settings.engine_params()
@@ -157,6 +159,7 @@ class Pipeline:
         self._sink = sink
         self._on_delivered = on_delivered
         self._with_changelog = with_changelog
+        self._decoder = decoder if decoder is not None else Decoder(settings.max_message_bytes)
         self._seq = 0
         self._max_inflight = settings.max_inflight_batches
         self._inflight = 0
@@ -165,12 +168,15 @@ class Pipeline:
         self._room = asyncio.Event()  # set whenever a slot may have freed up
         self._failure: BaseException | None = None
 
+        # map_async queues never fill (parallelism > in-flight cap): a full one busy-waits.
+        lanes = self._max_inflight + 1
         self.source = Stream(asynchronous=True)
         (
-            self.source.map(self._prepare)
+            self.source.map_async(self._decode, parallelism=lanes)
+            .map(self._prepare)
             .map(self._dispatch)
             .buffer(self._max_inflight)
-            .map_async(self._collect, parallelism=self._max_inflight)
+            .map_async(self._collect, parallelism=lanes)
             .map_async(self._finish, parallelism=1)
             .sink(self._release)
         )
@@ -219,10 +225,26 @@ class Pipeline:
 
     # --- graph nodes ---
 
-    def _prepare(self, raw: RawBatch) -> _Prepared:
+    async def _decode(self, raw: RawBatch) -> tuple[RawBatch, DecodedBatch | None]:
+        try:
+            return raw, await self._decoder.decode(raw.values)
+        except Exception as exc:
+            self._fail(exc)
+            return raw, None
+
+    def _prepare(self, item: tuple[RawBatch, DecodedBatch | None]) -> _Prepared | None:
+        raw, decoded = item
+        if decoded is None or self._failure is not None:
+            return None
+        try:
+            return self._prepare_decoded(raw, decoded)
+        except Exception as exc:  # an exception here would kill streamz's worker loop
+            self._fail(exc)
+            return None
+
+    def _prepare_decoded(self, raw: RawBatch, decoded: DecodedBatch) -> _Prepared:
         seq = self._seq
         self._seq += 1
-        decoded = decode_batch(raw.values, self.settings.max_message_bytes)
         partition: int | np.ndarray = -1
         if raw.partitions is not None and len(decoded.symbols):
             partition = np.asarray(raw.partitions, dtype=np.int32)[decoded.message_index]
@@ -242,8 +264,8 @@ class Pipeline:
         records = state.changelog_records(outcome) if self._with_changelog else []
         return _Prepared(seq, raw, decoded, touched, chunks, records, time.monotonic())
 
-    def _dispatch(self, prepared: _Prepared) -> _Prepared:
-        if prepared.chunks:
+    def _dispatch(self, prepared: _Prepared | None) -> _Prepared | None:
+        if prepared is not None and prepared.chunks:
             prepared.pending = asyncio.ensure_future(self._run(prepared.chunks))
         return prepared
 
@@ -256,7 +278,11 @@ class Pipeline:
         assert self._compute_ready is not None
         return await self._compute_ready.run_chunks(chunks, self.params)
 
-    async def _collect(self, prepared: _Prepared) -> tuple[_Prepared, list[ChunkResult]]:
+    async def _collect(
+        self, prepared: _Prepared | None
+    ) -> tuple[_Prepared, list[ChunkResult]] | None:
+        if prepared is None:
+            return None
         try:
             results = await prepared.pending if prepared.pending is not None else []
         except Exception as exc:
@@ -264,8 +290,8 @@ class Pipeline:
             results = []
         return prepared, results
 
-    async def _finish(self, item: tuple[_Prepared, list[ChunkResult]]) -> BatchOutput | None:
-        if self._failure is not None:
+    async def _finish(self, item: tuple[_Prepared, list[ChunkResult]] | None) -> BatchOutput | None:
+        if item is None or self._failure is not None:
             return None
         prepared, chunk_results = item
         try:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from service.codec import errors_file_record
+from service.decoder import Decoder
 from service.errors import SfaError
 from service.pipeline import BatchOutput, Pipeline, RawBatch
 from service.report import render_summary, strongest_patterns
@@ -97,14 +98,20 @@ async def replay(
         if bar is not None:
             bar.update(sum(len(v) + 1 for v in out.raw.values))
 
+    decoder = Decoder(settings.max_message_bytes, settings.effective_decode_processes())
     pipeline = Pipeline(
-        settings, lambda: compute_task, FileSink(results, errors), on_delivered=delivered
+        settings,
+        lambda: compute_task,
+        FileSink(results, errors),
+        on_delivered=delivered,
+        decoder=decoder,
     )
     try:
         for fb in read_batches(paths, batch_lines=settings.batch_max_messages):
             await pipeline.submit(RawBatch(values=fb.values, file=fb.file, lines=fb.lines))
         await pipeline.drain()
     finally:
+        decoder.close()
         if bar is not None:
             bar.close()
         compute = await compute_task

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from service import __version__
 from service.codec import dead_letter_headers
+from service.decoder import Decoder
 from service.errors import ConfigError, FatalError, SfaError
 from service.kafka.admin import ensure_topics
 from service.kafka.consumer import BatchConsumer
@@ -99,6 +100,7 @@ class Service:
         self.health = Health(stall_seconds=settings.stall_seconds)
         self.server = MetricsServer(self.metrics, self.health, port=settings.metrics_port)
         self.state = StateStore(self.params)
+        self.decoder = Decoder(settings.max_message_bytes, settings.effective_decode_processes())
         # Two threads: the consumer's runs `consume`, inside which librdkafka calls our
         # rebalance listener, which drains the pipeline, whose sink needs the producer's
         # thread. One shared thread would deadlock on every revocation.
@@ -238,7 +240,12 @@ class Service:
 
     def _new_pipeline(self) -> Pipeline:
         return Pipeline(
-            self.settings, self.compute, KafkaSink(self), state=self.state, with_changelog=True
+            self.settings,
+            self.compute,
+            KafkaSink(self),
+            state=self.state,
+            with_changelog=True,
+            decoder=self.decoder,
         )
 
     async def _consume_loop(self) -> int:
@@ -317,6 +324,7 @@ class Service:
         self.server.stop()
         self._kafka.shutdown(wait=False)
         self._producing.shutdown(wait=False)
+        self.decoder.close()
         log.info("stopped")
 
 

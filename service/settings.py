@@ -59,6 +59,9 @@ class Settings(BaseModel):
     batch_max_wait_ms: int = Field(500, alias="SFA_BATCH_MAX_WAIT_MS", ge=1, le=600_000)
     max_inflight_batches: int = Field(4, alias="SFA_MAX_INFLIGHT_BATCHES", ge=1, le=1000)
     max_message_bytes: int = Field(1_048_576, alias="SFA_MAX_MESSAGE_BYTES", ge=64)
+    # Helper processes that decode and validate batches beside the main thread;
+    # unset: one when the machine has a spare core (service.decoder).
+    decode_processes: int | None = Field(None, alias="SFA_DECODE_PROCESSES", ge=0, le=32)
 
     # --- engine ---
     window_days: int = Field(60, alias="SFA_WINDOW_DAYS", ge=1, le=175)
@@ -128,6 +131,13 @@ class Settings(BaseModel):
         return value.strip().lower() if isinstance(value, str) else value
 
     # --- derived views ---
+
+    def effective_decode_processes(self) -> int:
+        from service.decoder import default_decode_processes
+
+        if self.decode_processes is None:
+            return default_decode_processes()
+        return self.decode_processes
 
     def engine_params(self) -> EngineParams:
         return EngineParams(

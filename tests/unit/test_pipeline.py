@@ -140,3 +140,29 @@ def test_last_result_independent_of_batching_and_order(
     assert set(got) == set(expected)
     for symbol, result in expected.items():
         assert got[symbol] == result
+
+
+def test_decoding_in_a_helper_process_changes_nothing() -> None:
+    """The spawn-based decoder returns exactly what inline decoding does, in batch order."""
+    from service.decoder import Decoder
+
+    values = [*MARKET[:3000], b"{bad", *MARKET[3000:]]
+    _, inline_sink = _run(values, 700)
+    settings = load_settings({"SFA_MAX_INFLIGHT_BATCHES": "3"})
+    sink = ListSink()
+    decoder = Decoder(settings.max_message_bytes, processes=1)
+
+    async def go() -> None:
+        pipeline = Pipeline(settings, InlineCompute(), sink, decoder=decoder)
+        for i in range(0, len(values), 700):
+            chunk = values[i : i + 700]
+            await pipeline.submit(RawBatch(values=chunk, file="m", lines=list(range(len(chunk)))))
+        await pipeline.drain()
+
+    assert decoder.processes == 1
+    try:
+        asyncio.run(go())
+    finally:
+        decoder.close()
+    assert [o.results for o in sink.outputs] == [o.results for o in inline_sink.outputs]
+    assert [r.reason for o in sink.outputs for r in o.rejects] == ["invalid_json"]
