@@ -236,17 +236,42 @@ def test_sigkill_three_times_no_loss_no_duplicates(
     kafka_bootstrap: str, topics: dict[str, str], market: Path, expected: dict[str, dict]
 ) -> None:
     values = _values(market)
-    env = _env(topics, SFA_BATCH_MAX_MESSAGES="500", DASK_ENABLE_DISTRIBUTED="false")
-    _produce(kafka_bootstrap, topics["input"], values)
-    for _ in range(3):
+    env = _env(
+        topics,
+        SFA_BATCH_MAX_MESSAGES="500",
+        DASK_ENABLE_DISTRIBUTED="false",
+        # A killed member holds its partitions until its session times out (45 s by
+        # default); the broker's minimum lets each restart take over within seconds.
+        KAFKA_SESSION_TIMEOUT_MS="6000",
+        KAFKA_HEARTBEAT_INTERVAL_MS="1000",
+    )
+    # The market is date-ordered: four slices of time, each one only makes sense on top of
+    # the state the previous instances committed (and that a restart must restore).
+    chunks = [values[i * len(values) // 4 : (i + 1) * len(values) // 4] for i in range(4)]
+    watcher = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": topics["group"]})
+    parts = [TopicPartition(topics["input"], p) for p in range(3)]
+
+    def committed() -> int:
+        return sum(max(tp.offset, 0) for tp in watcher.committed(parts, timeout=10))
+
+    _produce(kafka_bootstrap, topics["input"], chunks[0])
+    produced = len(chunks[0])
+    for chunk in chunks[1:]:
         proc = _start(kafka_bootstrap, env)
-        # Let it get somewhere mid-stream, then kill it without warning.
+        # Let it commit everything so far, then feed it more and kill it without warning
+        # as soon as it has committed some of the new input: mid-stream, every time.
         deadline = time.time() + 60
-        while time.time() < deadline and not _read_all(kafka_bootstrap, topics["output"], 3):
-            time.sleep(0.5)
-        time.sleep(1.0)
+        while committed() < produced:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+            assert time.time() < deadline, "no progress before the kill"
+            time.sleep(0.1)
+        _produce(kafka_bootstrap, topics["input"], chunk)
+        while committed() <= produced and time.time() < deadline:
+            time.sleep(0.05)
+        produced += len(chunk)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
+    watcher.close()
     proc = _start(kafka_bootstrap, env)
     _wait_done(proc, kafka_bootstrap, topics["group"], topics["input"])
     assert _stop(proc) == 0
