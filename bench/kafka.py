@@ -1,0 +1,449 @@
+"""`make bench-kafka`: the real `sfa run` service against a real broker, as a ratio.
+
+Why a ratio: the machine is small (2 cores) and shared, so an absolute bars/s figure
+says more about the neighbours than about the service. Instead, one run measures the
+floor any Kafka consumer of this topic pays -- a bare `confluent_kafka` consumer that
+reads the whole topic in `consume(n, timeout)` batches and runs `decode_batch` on each
+(the service's own decoder) -- and then the real `Service` from `service.runner`, in
+this process, on the same topic: decode, validate, state, Dask analyses, results, dead
+letters, state changelog and one Kafka transaction per batch (exactly_once, the
+default). The issue's goal: the service reaches at least 0.40 of the bare rate.
+
+What is timed, and what is not:
+* loading the market into the fresh input topic (keyed by symbol) is not timed;
+* the bare baseline runs before *and* after the service, and the ratio uses the faster
+  of the two, so noise cannot flatter the service;
+* the service's clock starts when `Service.serve()` is called, so it includes start-up
+  (topic checks, the Dask LocalCluster, `init_transactions`, joining the group), and
+  stops when the last input offset is committed (observed in `after_commit`, which
+  runs after the transaction commit returns); shutdown is reported, not counted. A
+  steady-state figure (from the first poll onwards) is printed too.
+* batch latency is recorded per batch, exactly (batch closed -> its output and offsets
+  committed, the same quantity as the `sfa_batch_latency_seconds` histogram, without
+  the bucket rounding). End-to-end (message timestamp -> commit) is printed as well,
+  but the topic is loaded before the service starts, so it measures catching up on a
+  backlog, not live latency.
+
+Every topic and group is fresh (uuid names) and deleted afterwards (best effort).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import cProfile
+import datetime as dt
+import io
+import logging
+import pstats
+import re
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from service.codec import decode_batch
+from service.generate import generate_bars
+from service.kafka.producer import AtLeastOnceProducer
+from service.pipeline import BatchOutput, Pipeline
+from service.runner import Service
+from service.settings import Settings, load_settings
+
+RATIO_GOAL = 0.40
+_FLUSH_EVERY = 50_000
+
+
+# --- the market ---------------------------------------------------------------------
+
+
+def create_input_topic(settings: Settings, topic: str, partitions: int) -> None:
+    admin = AdminClient(settings.kafka_common())
+    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions)])
+    for future in futures.values():
+        future.result(timeout=30)
+    deadline = time.monotonic() + 30
+    while True:  # creation returns before every partition has a leader
+        meta = admin.list_topics(topic=topic, timeout=10).topics.get(topic)
+        if (
+            meta is not None
+            and meta.error is None
+            and len(meta.partitions) == partitions
+            and all(p.leader >= 0 for p in meta.partitions.values())
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic {topic} not ready after 30 s")
+        time.sleep(0.05)
+
+
+def load_market(settings: Settings, topic: str, args: argparse.Namespace) -> int:
+    """Produce the synthetic market, one bar per message keyed by symbol (as `sfa produce`)."""
+    producer = AtLeastOnceProducer(settings)
+    dumps = orjson.dumps
+    n = 0
+    try:
+        for bar in generate_bars(args.symbols, args.start_year, args.end_year, args.seed):
+            producer.produce(topic, dumps(bar), key=bar["symbol"].encode())
+            n += 1
+            if n % _FLUSH_EVERY == 0:
+                producer.flush_and_verify()
+        producer.flush_and_verify()
+    finally:
+        producer.close()
+    return n
+
+
+def end_offsets(settings: Settings, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({**settings.kafka_common(), "group.id": f"sfa-bench-meta-{uuid.uuid4()}"})
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+            for p in range(partitions)
+        }
+    finally:
+        consumer.close()
+
+
+# --- the baseline: bare consume + decode --------------------------------------------
+
+
+@dataclass
+class BareRun:
+    bars: int
+    messages: int
+    seconds: float
+    group: str
+
+    @property
+    def rate(self) -> float:
+        return self.bars / self.seconds
+
+
+def bare_consume_decode(settings: Settings, topic: str, total_messages: int) -> BareRun:
+    """Read the whole topic like the service does (fresh group, read_committed, earliest,
+    batches of SFA_BATCH_MAX_MESSAGES), decode each batch, nothing else."""
+    group = f"sfa-bench-bare-{uuid.uuid4()}"
+    conf: dict[str, Any] = {
+        **settings.kafka_common(),
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+    }
+    n_max, wait_s, max_bytes = (
+        settings.batch_max_messages,
+        settings.batch_max_wait_ms / 1000.0,
+        settings.max_message_bytes,
+    )
+    t0 = time.perf_counter()
+    consumer = Consumer(conf)
+    consumer.subscribe([topic])
+    messages = bars = 0
+    try:
+        while messages < total_messages:
+            batch = consumer.consume(num_messages=n_max, timeout=wait_s)
+            values = []
+            for m in batch:
+                if m.error() is not None:
+                    raise KafkaException(m.error())
+                values.append(m.value() or b"")
+            if values:
+                messages += len(values)
+                bars += len(decode_batch(values, max_bytes).symbols)
+            if time.perf_counter() - t0 > 600:
+                raise RuntimeError(f"bare consumer read {messages}/{total_messages} in 600 s")
+        seconds = time.perf_counter() - t0
+    finally:
+        consumer.close()
+    return BareRun(bars, messages, seconds, group)
+
+
+# --- the service ----------------------------------------------------------------------
+
+
+@dataclass
+class ServiceRun:
+    started: float = 0.0  # perf_counter at serve()
+    ready: float | None = None  # consume loop about to start (start-up done)
+    first_commit: float | None = None
+    done: float | None = None  # every input offset committed
+    stopped: float | None = None  # serve() returned
+    bars: int = 0
+    messages: int = 0
+    rejects: int = 0
+    results: int = 0
+    batch_latency: list[float] = field(default_factory=list)
+    end_to_end: list[np.ndarray] = field(default_factory=list)
+    exit_code: int | None = None
+    retried_batches: float = 0.0
+    decode_processes: int | None = None
+
+
+class BenchService(Service):
+    """The real Service; it only watches commits and stops once everything is committed.
+
+    `after_commit` runs on the loop right after `KafkaSink` committed a batch (the
+    transaction, or the offsets after a verified flush), so it is the moment to stop the
+    clock and the exact per-batch latency, with no bucket rounding.
+    """
+
+    def __init__(self, settings: Settings, total_messages: int, run: ServiceRun) -> None:
+        super().__init__(settings)
+        self.run = run
+        self._total = total_messages
+
+    def _new_pipeline(self) -> Pipeline:
+        if self.run.ready is None:
+            self.run.ready = time.perf_counter()
+        return super()._new_pipeline()
+
+    def after_commit(self, out: BatchOutput) -> None:
+        now, now_ms = time.monotonic(), time.time() * 1000.0
+        super().after_commit(out)
+        run, raw = self.run, out.raw
+        if run.first_commit is None:
+            run.first_commit = time.perf_counter()
+        run.batch_latency.append(now - raw.closed_at)
+        if raw.timestamps_ms:
+            stamps = np.asarray(raw.timestamps_ms, dtype=np.float64)
+            run.end_to_end.append((now_ms - stamps[stamps > 0]) / 1000.0)
+        run.bars += out.n_bars
+        run.messages += len(raw.values)
+        run.rejects += len(out.rejects)
+        run.results += len(out.results)
+        # The topic holds only our messages and a batch commits at most once (a retried
+        # one is rewound, never counted twice), so a count is enough here -- and O(1),
+        # unlike re-deriving offsets per message, which would bill the bench to the
+        # service. `main` checks the group's committed offsets afterwards.
+        if run.messages >= self._total and run.done is None:
+            run.done = time.perf_counter()
+            self._stop.set()  # what SIGTERM does: finish in-flight, close, return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def _serve(svc: BenchService, timeout_s: float) -> None:
+    task = asyncio.ensure_future(svc.serve())
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if not done:
+        print(f"    !! not finished after {timeout_s:.0f} s, stopping", file=sys.stderr)
+        svc.stop()
+    svc.run.exit_code = await task
+    svc.run.stopped = time.perf_counter()
+
+
+def run_service(
+    settings: Settings, ends: dict[int, int], timeout_s: float, profile: str | None
+) -> tuple[ServiceRun, Service]:
+    run = ServiceRun()
+    run.started = time.perf_counter()  # Service() already starts the decoder process
+    svc = BenchService(settings, sum(ends.values()), run)
+    decoder = getattr(svc, "decoder", None)  # helper processes, where the service has them
+    run.decode_processes = getattr(decoder, "processes", None)  # 0 again once closed
+    if profile is None:
+        asyncio.run(_serve(svc, timeout_s))
+    else:
+        _profiled(svc, timeout_s, profile)
+    svc.metrics.clear_providers()  # the consumer is closed: its lag provider would raise
+    text = svc.metrics.render().decode()
+    match = re.search(r'sfa_batches_total\{outcome="retried"\} (\S+)', text)
+    run.retried_batches = float(match.group(1)) if match else 0.0
+    return run, svc
+
+
+def _profiled(svc: BenchService, timeout_s: float, path: str) -> None:
+    """cProfile the loop thread and, separately, each one-thread executor of the service
+    (consumer; producer, where it has one). Helper processes (Dask workers, the decoder)
+    are not covered: their cost shows up as the loop waiting for them."""
+    profiles: dict[str, cProfile.Profile] = {"loop": cProfile.Profile()}
+    for attr in ("_kafka", "_producing"):  # private, so looked up defensively
+        executor = getattr(svc, attr, None)
+        if isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+            prof = profiles[attr.strip("_")] = cProfile.Profile()
+            # cProfile hooks the calling thread only: enable it on the worker thread.
+            executor.submit(prof.enable).result()
+    profiles["loop"].enable()
+    try:
+        asyncio.run(_serve(svc, timeout_s))
+    finally:
+        profiles["loop"].disable()
+    for name, prof in profiles.items():
+        if name != "loop":
+            with contextlib.suppress(Exception):  # from another thread: stops the dump only
+                prof.disable()
+        prof.dump_stats(f"{path}.{name}.prof")
+        buf = io.StringIO()
+        stats = pstats.Stats(prof, stream=buf).sort_stats("tottime")
+        stats.print_stats(25)
+        print(f"\n--- profile: {name} thread, by own time (full: {path}.{name}.prof) ---")
+        print(buf.getvalue()[:6000])
+
+
+def committed_offsets(settings: Settings, group: str, topic: str, n: int) -> dict[int, int]:
+    consumer = Consumer({**settings.kafka_common(), "group.id": group})
+    try:
+        tps = consumer.committed([TopicPartition(topic, p) for p in range(n)], timeout=30)
+        return {tp.partition: tp.offset for tp in tps}
+    finally:
+        consumer.close()
+
+
+def cleanup(settings: Settings, topics: list[str], groups: list[str]) -> None:
+    admin = AdminClient(settings.kafka_common())
+    with contextlib.suppress(Exception):
+        for future in admin.delete_topics(topics, operation_timeout=30).values():
+            with contextlib.suppress(Exception):
+                future.result(timeout=30)
+    with contextlib.suppress(Exception):
+        for future in admin.delete_consumer_groups(groups, request_timeout=30).values():
+            with contextlib.suppress(Exception):
+                future.result(timeout=30)
+
+
+# --- report -------------------------------------------------------------------------
+
+
+def _pct(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if values.size else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--symbols", type=int, default=200, help="market size (default 200)")
+    parser.add_argument("--start-year", type=int, default=2014)
+    parser.add_argument("--end-year", type=int, default=2023)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--partitions", type=int, default=4, help="input topic partitions")
+    parser.add_argument(
+        "--guarantee",
+        choices=("exactly_once", "at_least_once"),
+        default="exactly_once",
+        help="SFA_PROCESSING_GUARANTEE of the service under test (default exactly_once)",
+    )
+    parser.add_argument("--timeout", type=float, default=900.0, help="service run limit, s")
+    parser.add_argument(
+        "--profile",
+        metavar="PREFIX",
+        default=None,
+        help="cProfile the service run; writes PREFIX.loop.prof and PREFIX.kafka.prof",
+    )
+    parser.add_argument("--keep-topics", action="store_true", help="do not delete topics")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+    tag = uuid.uuid4().hex[:12]
+    topic = f"sfa-bench-in-{tag}"
+    group = f"sfa-bench-svc-{tag}"
+    settings = load_settings(
+        input_topic=topic,
+        output_topic=f"sfa-bench-out-{tag}",
+        dlq_topic=f"sfa-bench-dlq-{tag}",
+        state_topic=f"sfa-bench-state-{tag}",
+        kafka_group_id=group,
+        transactional_id=f"sfa-bench-tx-{tag}",
+        processing_guarantee=args.guarantee,
+        metrics_port=0,  # no HTTP endpoint to collide with a running service
+    )
+    topics = [topic, settings.output_topic, settings.dlq_topic, settings.state_topic]
+    groups = [group]
+    extra = " ".join(sys.argv[1:] if argv is None else argv)
+    command = "make bench-kafka" + (f" (python -m bench.kafka {extra})" if extra else "")
+    try:
+        print(
+            f"market: {args.symbols} symbols x {args.start_year}-{args.end_year}, "
+            f"{args.partitions} partitions, broker {settings.kafka_bootstrap_servers}"
+        )
+        create_input_topic(settings, topic, args.partitions)
+        t0 = time.perf_counter()
+        produced = load_market(settings, topic, args)
+        ends = end_offsets(settings, topic, args.partitions)
+        print(
+            f"    loaded {produced:,} bars into {topic} in {time.perf_counter() - t0:.1f} s "
+            f"(not timed); per partition {[ends[p] for p in sorted(ends)]}"
+        )
+        total = sum(ends.values())
+
+        bare1 = bare_consume_decode(settings, topic, total)
+        groups.append(bare1.group)
+        print(
+            f"\n(a) bare consume+decode, before : {bare1.rate:>12,.0f} bars/s "
+            f"({bare1.seconds:.2f} s)"
+        )
+
+        run, svc = run_service(settings, ends, args.timeout, args.profile)
+
+        bare2 = bare_consume_decode(settings, topic, total)
+        groups.append(bare2.group)
+        print(
+            f"    bare consume+decode, after  : {bare2.rate:>12,.0f} bars/s ({bare2.seconds:.2f} s)"
+        )
+        base = max(bare1.rate, bare2.rate)
+
+        committed = committed_offsets(settings, group, topic, args.partitions)
+        complete = run.done is not None and all(committed.get(p, -1) >= e for p, e in ends.items())
+        mode = getattr(svc.compute, "mode", "?")
+        if mode == "local_cluster":
+            mode += f" x{settings.dask_n_workers or 'default'} workers"
+        if run.decode_processes is not None:
+            mode += f", decode processes {run.decode_processes}"
+        print(
+            f"\n(b) sfa run in-process: {args.guarantee}, compute {mode}, "
+            f"batches of <= {settings.batch_max_messages} msgs, "
+            f"<= {settings.max_inflight_batches} in flight"
+        )
+        if not complete or run.done is None:
+            print(f"    !! incomplete: committed {committed}, wanted {ends}, exit {run.exit_code}")
+            return 1
+        wall = run.done - run.started
+        startup = (run.ready or run.started) - run.started
+        steady = run.done - (run.ready or run.started)
+        rate = run.bars / wall
+        ratio = rate / base
+        lat = np.asarray(run.batch_latency)
+        e2e = np.concatenate(run.end_to_end) if run.end_to_end else np.empty(0)
+        print(
+            f"    bars committed              : {run.bars:>12,} ({run.messages:,} msgs, "
+            f"{len(lat)} batches, {run.results:,} results, {run.rejects} dead letters, "
+            f"{run.retried_batches:.0f} retried)"
+        )
+        print(f"    start-up (serve -> polling) : {startup:>12.2f} s")
+        print(f"    wall, start-up included     : {wall:>12.2f} s")
+        print(f"    end-to-end, start-up incl.  : {rate:>12,.0f} bars/s")
+        print(
+            f"    steady (polling -> done)    : {run.bars / steady:>12,.0f} bars/s "
+            f"(ratio {run.bars / steady / base:.2f})"
+        )
+        print(f"    shutdown (not counted)      : {(run.stopped or run.done) - run.done:>12.2f} s")
+        print(
+            f"    ratio vs bare (faster one)  : {ratio:>12.2f}"
+            f"   goal >= {RATIO_GOAL:.2f}: {'MET' if ratio >= RATIO_GOAL else 'MISSED'}"
+        )
+        print(
+            f"    batch latency p50 / p99     : {_pct(lat, 50) * 1000:>9,.0f} ms / "
+            f"{_pct(lat, 99) * 1000:,.0f} ms (exact, per batch; max {lat.max() * 1000:,.0f} ms)"
+        )
+        print(
+            f"    msg timestamp->commit p50/99: {_pct(e2e, 50):>9,.1f} s / {_pct(e2e, 99):,.1f} s "
+            "(backlog catch-up: topic loaded before start)"
+        )
+        print(f"\nmeasured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC with `{command}`")
+        return 0  # a MISSED goal is news, not a broken run (as in `make bench`)
+    finally:
+        if not args.keep_topics:
+            cleanup(settings, topics, groups)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
