@@ -103,8 +103,15 @@ def local_cluster_kwargs(settings: Settings, *, processes: bool = True) -> dict[
         "threads_per_worker": threads,
         "memory_limit": settings.dask_memory_limit,
         "processes": processes,
-        "dashboard_address": None,
+        # None still starts the scheduler's HTTP server on 8787; ":0" takes a free port.
+        "dashboard_address": ":0",
     }
+
+
+def _want_processes(settings: Settings) -> bool:
+    if settings.dask_processes is not None:
+        return settings.dask_processes
+    return default_n_workers() > 2
 
 
 def _reason(exc: BaseException) -> str:
@@ -258,7 +265,7 @@ async def open_async(settings: Settings) -> ComputeHandle:
         if settings.dask_enable_distributed:
             cluster = await LocalCluster(
                 asynchronous=True,
-                **local_cluster_kwargs(settings, processes=settings.dask_processes is not False),
+                **local_cluster_kwargs(settings, processes=_want_processes(settings)),
             )
             client = await Client(cluster, asynchronous=True)
             return ComputeHandle(settings, "local_cluster", client, cluster, config_scope=scope)

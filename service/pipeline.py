@@ -71,14 +71,11 @@ class RawBatch:
 
     def next_offsets(self) -> dict[tuple[str, int], int]:
         """Per partition, the offset to commit once this batch is delivered."""
-        out: dict[tuple[str, int], int] = {}
         if self.offsets is None or self.partitions is None or self.topic is None:
-            return out
-        for partition, offset in zip(self.partitions, self.offsets, strict=True):
-            key = (self.topic, partition)
-            if offset + 1 > out.get(key, -1):
-                out[key] = offset + 1
-        return out
+            return {}
+        # Offsets only grow within a partition in a batch: the last one seen is the max.
+        last = dict(zip(self.partitions, self.offsets, strict=True))
+        return {(self.topic, p): o + 1 for p, o in last.items()}
 
 
 @dataclass(slots=True)

@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+import numpy as np
+
 from service import __version__
 from service.codec import dead_letter_headers
 from service.decoder import Decoder
@@ -186,7 +188,8 @@ class Service:
         m.batch("ok")
         m.observe_batch(len(raw.values), time.monotonic() - raw.closed_at)
         if raw.timestamps_ms:
-            m.observe_end_to_end([(now_ms - ts) / 1000.0 for ts in raw.timestamps_ms if ts > 0])
+            stamps = np.asarray(raw.timestamps_ms, dtype=np.float64)
+            m.observe_end_to_end((now_ms - stamps[stamps > 0]) / 1000.0)
         self.health.batch_finished()
         self._sync_fallback()
 
@@ -265,19 +268,23 @@ class Service:
                 )
                 paused = full
             timeout = 0.05 if full else wait_s
-            messages = await self.in_kafka_thread(
-                functools.partial(self.consumer.poll_batch, s.batch_max_messages, timeout)
+            raw = await self.in_kafka_thread(
+                functools.partial(self._poll_raw, s.batch_max_messages, timeout)
             )
-            if not messages:
+            if raw is None:
                 if full:
                     await asyncio.sleep(0.01)
                 continue
-            raw = _raw_batch(messages, s.input_topic)
             try:
                 await pipeline.submit(raw)
             except Exception as exc:
                 await self._after_failure(exc)
         return 0
+
+    def _poll_raw(self, max_messages: int, timeout: float) -> RawBatch | None:
+        """On the consumer thread: poll and build the batch's columns off the loop."""
+        messages = self.consumer.poll_batch(max_messages, timeout)
+        return _raw_batch(messages, self.settings.input_topic) if messages else None
 
     async def _after_failure(self, exc: BaseException) -> None:
         if isinstance(exc, SfaError) and exc.retriable:
@@ -309,6 +316,7 @@ class Service:
 
     async def _shutdown(self) -> None:
         log.info("stopping: finishing in-flight batches")
+        self.metrics.clear_providers()  # a scrape must not reach a closed consumer
         if self.pipeline is not None:
             try:
                 await asyncio.wait_for(self.pipeline.drain(), SHUTDOWN_GRACE_S)

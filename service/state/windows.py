@@ -18,7 +18,6 @@ from service.engine.windows import LAST_WINDOW_YEAR, sf_window_days, window_year
 __all__ = ["LAST_WINDOW_YEAR", "WindowTable", "frozen", "window_table"]
 
 
-
 def frozen(a: np.ndarray) -> np.ndarray:
     """Mark an array read-only: stored arrays are shared with snapshots, never mutated."""
     a.setflags(write=False)

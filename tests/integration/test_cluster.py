@@ -107,6 +107,8 @@ def settings(**overrides: Any) -> Settings:
         "DASK_CONNECT_TIMEOUT": "7s",
         "DASK_TCP_TIMEOUT": "19s",
         "DASK_CHUNK_SIZE": "4",
+        # Worker processes, as on a bigger machine: the settings must cross a process.
+        "SFA_DASK_PROCESSES": "true",
     }
     return load_settings(env, **overrides)
 
