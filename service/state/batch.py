@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from service.state.windows import WindowTable
 
@@ -54,7 +53,12 @@ def group_batch(
         raise TypeError(f"apply: days must be integer day numbers, got {days.dtype}")
     days = days.astype(np.int32, copy=False)
 
-    codes, uniques = pd.factorize(np.asarray(symbols, dtype=object))  # first appearance first
+    # Codes in order of first appearance. A dict does it as fast as pandas.factorize on
+    # 20k-bar batches and spares replay pandas' import (~0.25 s of start-up).
+    index: dict[str, int] = {}
+    setdefault = index.setdefault
+    codes = np.array([setdefault(s, len(index)) for s in symbols], dtype=np.intp)
+    uniques = list(index)
     k = len(uniques)
     order = np.argsort(codes, kind="stable")
     g_codes = codes[order]
@@ -77,7 +81,7 @@ def group_batch(
     not_rising = np.zeros(k, dtype=bool)
     not_rising[w_codes[1:][same & (w_days[1:] <= w_days[:-1])]] = True
     return GroupedBatch(
-        names=uniques.tolist(),
+        names=uniques,
         latest=np.maximum.reduceat(g_days, starts).tolist(),
         partitions=partitions,
         codes=w_codes,
