@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--symbols", type=int, default=400, help="replay market size")
     parser.add_argument("--start-year", type=int, default=2004)
     parser.add_argument("--end-year", type=int, default=2023)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--baseline-symbols", type=int, default=20)
     args = parser.parse_args(argv)
 
