@@ -14,7 +14,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
+
+from tests.integration.kafka_io import comparable as _comparable
+from tests.integration.kafka_io import produce_keyed as _produce
+from tests.integration.kafka_io import read_committed as _read_all
 
 pytestmark = pytest.mark.integration
 
@@ -77,47 +81,6 @@ def expected(market: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     return last
 
 
-def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
-    for value in values:
-        try:
-            key = orjson.loads(value).get("symbol", "").encode()
-        except (orjson.JSONDecodeError, AttributeError):
-            key = None
-        producer.produce(topic, value, key=key)
-        producer.poll(0)
-    assert producer.flush(30) == 0
-
-
-def _read_all(bootstrap: str, topic: str, timeout: float = 10.0) -> list[object]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4()}",
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
-    )
-    meta = consumer.list_topics(topic, timeout=10)
-    parts = [TopicPartition(topic, p, 0) for p in meta.topics[topic].partitions]
-    consumer.assign(parts)
-    ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
-    out: list[object] = []
-    deadline = time.time() + timeout
-    done = {p for p, hi in ends.items() if hi == 0}
-    while len(done) < len(ends) and time.time() < deadline:
-        for msg in consumer.consume(500, 0.5):
-            if msg.error():
-                continue
-            out.append(msg)
-        for tp in consumer.position(parts):
-            if tp.offset >= ends[tp.partition]:
-                done.add(tp.partition)
-    consumer.close()
-    return out
-
-
 def _committed_all(bootstrap: str, group: str, topic: str) -> bool:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     meta = consumer.list_topics(topic, timeout=10)
@@ -176,10 +139,6 @@ def _last_results(messages: list[object]) -> tuple[dict[str, dict], list[tuple[s
         seen.append((result["symbol"], orjson.dumps(result["input"]).decode()))
         last[result["symbol"]] = result
     return last, seen
-
-
-def _comparable(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k != "input"}
 
 
 @pytest.fixture()
