@@ -28,7 +28,7 @@ install: $(STAMP) ## Create .venv with the `sfa` command and dev tools (fast whe
 demo: $(STAMP) ## Generate a synthetic market and replay it through the pipeline on a local Dask cluster
 	@mkdir -p $(DEMO_DIR)
 	$(BIN)/sfa generate --symbols $(DEMO_SYMBOLS) --start-year $(DEMO_START) --end-year $(DEMO_END) --seed 7 --output $(DEMO_DIR)/bars.jsonl
-	$(BIN)/sfa replay $(DEMO_DIR)/bars.jsonl --output $(DEMO_DIR)/results.jsonl --errors $(DEMO_DIR)/errors.jsonl --summary
+	$(BIN)/sfa replay $(DEMO_DIR)/bars.jsonl deploy/demo/bad-bars.jsonl --output $(DEMO_DIR)/results.jsonl --errors $(DEMO_DIR)/errors.jsonl --summary
 
 test: $(STAMP) ## Run unit and integration tests (starts a Kafka broker when KAFKA_BOOTSTRAP_SERVERS is unset)
 	$(BIN)/python -m pytest tests
