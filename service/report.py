@@ -72,7 +72,7 @@ def render_summary(stats: ReplayStats, state: StateStore, top: list[Strongest]) 
         f"success rate         {ok_symbols / n_symbols if n_symbols else 0.0:>12.1%}"
         f"  ({ok_symbols} symbols with an ok pattern)",
         f"compute              {stats.compute_mode:>12}  "
-        f"({len(stats.executed_by - {'local'})} Dask workers did the work)",
+        f"({len(stats.executed_by - {'local'})} Dask worker(s) did the work)",
     ]
     if stats.fallback_reason:
         lines.append(f"DASK FALLBACK        {stats.fallback_reason}")
