@@ -14,6 +14,8 @@ import asyncio
 import concurrent.futures
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Sequence
 
 from service.codec import DecodedBatch, decode_batch
@@ -34,6 +36,18 @@ def _warm() -> int:
     return os.getpid()
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Pool initializer: a SIGKILLed service cannot shut its pool down, and an idle
+    worker would wait on its task queue forever; so each worker watches its parent."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 class Decoder:
     """`await decoder.decode(values)`; `processes=0` decodes inline on the caller's thread."""
 
@@ -44,7 +58,12 @@ class Decoder:
         if processes > 0:
             # spawn, not fork: the parent runs an event loop and Dask threads.
             ctx = multiprocessing.get_context("spawn")
-            self._pool = concurrent.futures.ProcessPoolExecutor(processes, mp_context=ctx)
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                processes,
+                mp_context=ctx,
+                initializer=_exit_with_parent,
+                initargs=(os.getpid(),),
+            )
             self._pool.submit(_warm)  # start the interpreter now, while the input opens
 
     @property

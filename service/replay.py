@@ -84,13 +84,22 @@ async def replay(
     progress: bool = False,
 ) -> tuple[ReplayStats, Pipeline]:
     """Run every file through the pipeline; returns the counts and the final pipeline."""
-    from service.cluster import open_async
-
     started = time.perf_counter()
     stats = ReplayStats()
     if settings.dask_processes is None:
         settings = settings.model_copy(update={"dask_processes": False})
-    compute_task = asyncio.ensure_future(open_async(settings))
+    compute_task: asyncio.Future[Any] | None = None
+
+    def compute() -> asyncio.Future[Any]:
+        """Start Dask when the first chunk needs it: by then the decoder has a queue of
+        batches, so the import and cluster start (which hold the loop ~1 s) overlap work."""
+        nonlocal compute_task
+        if compute_task is None:
+            from service.cluster import open_async
+
+            compute_task = asyncio.ensure_future(open_async(settings))
+        return compute_task
+
     bar = _progress_bar(paths) if progress else None
 
     def delivered(out: BatchOutput) -> None:
@@ -101,7 +110,7 @@ async def replay(
     decoder = Decoder(settings.max_message_bytes, settings.effective_decode_processes())
     pipeline = Pipeline(
         settings,
-        lambda: compute_task,
+        compute,
         FileSink(results, errors),
         on_delivered=delivered,
         decoder=decoder,
@@ -114,11 +123,14 @@ async def replay(
         decoder.close()
         if bar is not None:
             bar.close()
-        compute = await compute_task
-        stats.compute_mode = str(getattr(compute, "mode", "?"))
-        stats.fallback_reason = getattr(compute, "fallback_reason", None)
-        with contextlib.suppress(Exception):
-            await compute.close()
+        if compute_task is not None:
+            handle = await compute_task
+            stats.compute_mode = str(getattr(handle, "mode", "?"))
+            stats.fallback_reason = getattr(handle, "fallback_reason", None)
+            with contextlib.suppress(Exception):
+                await handle.close()
+        else:
+            stats.compute_mode = "none needed"
     stats.seconds = time.perf_counter() - started
     return stats, pipeline
 
