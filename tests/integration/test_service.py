@@ -240,3 +240,42 @@ def test_sigkill_three_times_no_loss_no_duplicates(
     assert {s: _comparable(r) for s, r in last.items()} == {
         s: _comparable(r) for s, r in expected.items()
     }
+
+
+def test_a_zombie_with_the_same_transactional_id_is_fenced_and_exits(
+    kafka_bootstrap: str, topics: dict[str, str], market: Path, expected: dict[str, dict]
+) -> None:
+    """Two processes claiming one instance id: the newer one's init_transactions fences
+    the older, whose next commit fails; it must exit non-zero (for its supervisor) and
+    nothing it had in flight may become visible."""
+    values = _values(market)
+    half = len(values) // 2
+    env = _env(
+        topics,
+        SFA_INSTANCE_ID="twin",
+        DASK_ENABLE_DISTRIBUTED="false",
+        KAFKA_SESSION_TIMEOUT_MS="6000",
+        KAFKA_HEARTBEAT_INTERVAL_MS="1000",
+    )
+    _produce(kafka_bootstrap, topics["input"], values[:half])
+    zombie = _start(kafka_bootstrap, env)
+    _wait_done(zombie, kafka_bootstrap, topics["group"], topics["input"])
+    successor = _start(kafka_bootstrap, env)
+    time.sleep(8)  # let it join (sharing the partitions) and fence the zombie
+    _produce(kafka_bootstrap, topics["input"], values[half:])
+    try:
+        code = zombie.wait(60)
+    finally:
+        if zombie.poll() is None:
+            zombie.kill()
+    assert code not in (0, None)
+    stderr = zombie.stderr.read().decode() if zombie.stderr else ""
+    assert "fenc" in stderr.lower(), stderr[-2000:]
+    _wait_done(successor, kafka_bootstrap, topics["group"], topics["input"])
+    assert _stop(successor) == 0
+
+    last, seen = _last_results(_read_all(kafka_bootstrap, topics["output"]))
+    assert len(seen) == len(set(seen)), "duplicate (symbol, input) among committed results"
+    assert {s: _comparable(r) for s, r in last.items()} == {
+        s: _comparable(r) for s, r in expected.items()
+    }
