@@ -141,6 +141,19 @@ def _last_results(messages: list[object]) -> tuple[dict[str, dict], list[tuple[s
     return last, seen
 
 
+def _assert_once_and_as_replayed(
+    bootstrap: str, output: str, expected: dict[str, dict]
+) -> dict[str, dict]:
+    """No duplicate (symbol, input) among committed results, and the last result per
+    symbol equals `sfa replay` of the same input. Returns the last results."""
+    last, seen = _last_results(_read_all(bootstrap, output))
+    assert len(seen) == len(set(seen)), "duplicate (symbol, input) among committed results"
+    assert {s: _comparable(r) for s, r in last.items()} == {
+        s: _comparable(r) for s, r in expected.items()
+    }
+    return last
+
+
 @pytest.fixture()
 def topics(kafka_bootstrap: str, new_topic) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def]
     names = {
@@ -174,11 +187,7 @@ def test_exactly_once_matches_replay_and_dead_letters(
     _wait_done(proc, kafka_bootstrap, topics["group"], topics["input"])
     assert _stop(proc) == 0
 
-    last, seen = _last_results(_read_all(kafka_bootstrap, topics["output"]))
-    assert len(seen) == len(set(seen)), "duplicate (symbol, input) among committed results"
-    assert {s: _comparable(r) for s, r in last.items()} == {
-        s: _comparable(r) for s, r in expected.items()
-    }
+    last = _assert_once_and_as_replayed(kafka_bootstrap, topics["output"], expected)
     assert all(r["input"]["topic"] == topics["input"] for r in last.values())
 
     dead = _read_all(kafka_bootstrap, topics["dlq"])
@@ -235,11 +244,7 @@ def test_sigkill_three_times_no_loss_no_duplicates(
     _wait_done(proc, kafka_bootstrap, topics["group"], topics["input"])
     assert _stop(proc) == 0
 
-    last, seen = _last_results(_read_all(kafka_bootstrap, topics["output"]))
-    assert len(seen) == len(set(seen)), "duplicate (symbol, input) among committed results"
-    assert {s: _comparable(r) for s, r in last.items()} == {
-        s: _comparable(r) for s, r in expected.items()
-    }
+    _assert_once_and_as_replayed(kafka_bootstrap, topics["output"], expected)
 
 
 def test_a_zombie_with_the_same_transactional_id_is_fenced_and_exits(
@@ -274,8 +279,4 @@ def test_a_zombie_with_the_same_transactional_id_is_fenced_and_exits(
     _wait_done(successor, kafka_bootstrap, topics["group"], topics["input"])
     assert _stop(successor) == 0
 
-    last, seen = _last_results(_read_all(kafka_bootstrap, topics["output"]))
-    assert len(seen) == len(set(seen)), "duplicate (symbol, input) among committed results"
-    assert {s: _comparable(r) for s, r in last.items()} == {
-        s: _comparable(r) for s, r in expected.items()
-    }
+    _assert_once_and_as_replayed(kafka_bootstrap, topics["output"], expected)
