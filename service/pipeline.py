@@ -32,9 +32,9 @@ from typing import Any, Protocol
 import numpy as np
 from streamz import Stream
 
-from service.codec import DecodedBatch, Reject, encode_pattern_part, encode_result
+from service.codec import DecodedBatch, Reject, ResultEncoder, encode_pattern_part
 from service.decoder import Decoder
-from service.engine import EngineParams, PatternResult, SymbolWindows, position_and_signal
+from service.engine import EngineParams, PatternResult, SymbolWindows, position_of, signal_of
 from service.settings import Settings
 from service.state import StateStore
 from service.tasks import ChunkResult
@@ -46,18 +46,49 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class RawBatch:
-    """Messages as they came, plus where each came from (files or Kafka)."""
+    """Messages as they came, plus where each came from (files or Kafka).
 
-    values: list[bytes]
+    A file batch may instead carry its lines as one newline-joined `blob` (it crosses
+    to the decoder process in one piece), or arrive already `decoded` by the replay
+    file reader (service.filesource), with only its count and size.
+    """
+
+    values: list[bytes] = field(default_factory=list)
     closed_at: float = field(default_factory=time.monotonic)
     # files
     file: str | None = None
-    lines: list[int] | None = None
+    lines: list[int] | None = None  # per message; None: `first_line` + index
+    blob: bytes | None = None  # instead of `values`: the messages joined by b"\n"
+    count: int = 0  # messages in `blob` or `decoded`
+    first_line: int = 1
+    decoded: DecodedBatch | None = None  # set by a source that decodes for itself
+    size: int = 0  # message bytes plus separators, when there are no `values`
     # Kafka (parallel to values)
     topic: str | None = None
     partitions: list[int] | None = None
     offsets: list[int] | None = None
     timestamps_ms: list[int] | None = None
+
+    @property
+    def n_messages(self) -> int:
+        if self.blob is not None or self.decoded is not None:
+            return self.count
+        return len(self.values)
+
+    @property
+    def n_bytes(self) -> int:
+        """Message bytes plus one separator each (what a JSONL file holds)."""
+        if self.blob is not None:
+            return len(self.blob) + 1
+        if self.decoded is not None:
+            return self.size
+        return sum(map(len, self.values)) + len(self.values)
+
+    def line_of(self, index: int) -> int:
+        """The file line of message `index` (0 when unknown)."""
+        if self.lines is not None:
+            return self.lines[index] if 0 <= index < len(self.lines) else 0
+        return self.first_line + index
 
     def input_ref(self, index: int) -> dict[str, Any] | None:
         """SPEC 6 `input`: the message position in Kafka mode, null for files."""
@@ -150,6 +181,7 @@ class Pipeline:
     ) -> None:
         self.settings = settings
         self.params = settings.engine_params()
+        self._encoder = ResultEncoder(self.params.window_days, self.params.alignment)
         self.state = state if state is not None else StateStore(self.params)
         self._compute = compute
         self._compute_ready: Compute | None = None
@@ -164,6 +196,7 @@ class Pipeline:
         self._idle.set()
         self._room = asyncio.Event()  # set whenever a slot may have freed up
         self._failure: BaseException | None = None
+        self._deliver_lock = asyncio.Lock()
 
         # map_async queues never fill (parallelism > in-flight cap): a full one busy-waits.
         lanes = self._max_inflight + 1
@@ -224,6 +257,10 @@ class Pipeline:
 
     async def _decode(self, raw: RawBatch) -> tuple[RawBatch, DecodedBatch | None]:
         try:
+            if raw.decoded is not None:
+                return raw, raw.decoded
+            if raw.blob is not None:
+                return raw, await self._decoder.decode_lines(raw.blob)
             return raw, await self._decoder.decode(raw.values)
         except Exception as exc:
             self._fail(exc)
@@ -243,14 +280,18 @@ class Pipeline:
         seq = self._seq
         self._seq += 1
         partition: int | np.ndarray = -1
-        if raw.partitions is not None and len(decoded.symbols):
+        if raw.partitions is not None and len(decoded):
             partition = np.asarray(raw.partitions, dtype=np.int32)[decoded.message_index]
-        outcome = self.state.apply(decoded.symbols, decoded.days, decoded.closes, partition)
+        outcome = self.state.apply_codes(
+            decoded.codes, decoded.uniques, decoded.days, decoded.closes, partition
+        )
         state = self.state
-        if raw.offsets is not None:
-            last_msg = dict(zip(decoded.symbols, decoded.message_index.tolist(), strict=True))
-        else:
-            last_msg = {}
+        last_msg: dict[str, int] = {}
+        if raw.offsets is not None and len(decoded):
+            # message indexes grow along the batch, so the max per code is the last one
+            last = np.full(len(decoded.uniques), -1, dtype=np.int64)
+            np.maximum.at(last, decoded.codes, decoded.message_index)
+            last_msg = dict(zip(decoded.uniques, last.tolist(), strict=True))
         touched = [
             _Touched(s, state.latest(s), state.bars(s), last_msg.get(s, -1))
             for s in outcome.touched
@@ -291,15 +332,20 @@ class Pipeline:
         if item is None or self._failure is not None:
             return None
         prepared, chunk_results = item
-        try:
-            out = self._finalize(prepared, chunk_results)
-            t0 = time.monotonic()
-            await self._sink.write(out)
-            out.timings["deliver"] = time.monotonic() - t0
-            out.timings["batch_latency"] = time.monotonic() - prepared.raw.closed_at
-        except Exception as exc:
-            self._fail(exc)
-            return None
+        # map_async starts the next batch's task before this one is done; the lock (its
+        # waiters queue in arrival order) makes finalize + write one batch at a time.
+        async with self._deliver_lock:
+            if self._failure is not None:
+                return None
+            try:
+                out = self._finalize(prepared, chunk_results)
+                t0 = time.monotonic()
+                await self._sink.write(out)
+                out.timings["deliver"] = time.monotonic() - t0
+                out.timings["batch_latency"] = time.monotonic() - prepared.raw.closed_at
+            except Exception as exc:
+                self._fail(exc)
+                return None
         return out
 
     def _finalize(self, prepared: _Prepared, chunk_results: list[ChunkResult]) -> BatchOutput:
@@ -311,8 +357,9 @@ class Pipeline:
             for result in chunk.results:
                 fresh[result.symbol] = result
                 state.set_pattern(result.symbol, result, encode_pattern_part(result))
-        params = self.params
         raw = prepared.raw
+        window_days = self.params.window_days
+        encode = self._encoder.encode
         statuses: Counter[str] = Counter()
         results: list[tuple[str, bytes]] = []
         for t in prepared.touched:
@@ -320,19 +367,18 @@ class Pipeline:
             if cached is None:
                 raise RuntimeError(f"no pattern for {t.symbol}: the state lost it mid-batch")
             pattern, part = cached
-            position, signal = position_and_signal(t.latest, pattern, params)
-            statuses[pattern.status] += 1
-            payload = encode_result(
-                symbol=t.symbol,
-                as_of_day=t.latest,
-                status=pattern.status,
-                window_days=params.window_days,
-                alignment=params.alignment,
-                pattern_part=part,
-                position=position,
-                signal=signal,
-                bars_in_state=t.bars,
-                input_ref=raw.input_ref(t.message_index) if t.message_index >= 0 else None,
+            position = position_of(t.latest, window_days)
+            status = pattern.status
+            statuses[status] += 1
+            payload = encode(
+                t.symbol,
+                t.latest,
+                status,
+                part,
+                position,
+                signal_of(pattern, position.phase),
+                t.bars,
+                raw.input_ref(t.message_index) if t.message_index >= 0 else None,
             )
             results.append((t.symbol, payload))
         return BatchOutput(
@@ -341,7 +387,7 @@ class Pipeline:
             results=results,
             rejects=prepared.decoded.rejects,
             state_records=prepared.state_records,
-            n_bars=len(prepared.decoded.symbols),
+            n_bars=len(prepared.decoded),
             statuses=statuses,
             executed_by=frozenset(executed_by),
             analysed=len(fresh),

@@ -166,3 +166,34 @@ def test_decoding_in_a_helper_process_changes_nothing() -> None:
         decoder.close()
     assert [o.results for o in sink.outputs] == [o.results for o in inline_sink.outputs]
     assert [r.reason for o in sink.outputs for r in o.rejects] == ["invalid_json"]
+
+
+class SlowSink:
+    """Writes that take a random while, recording when each one starts and ends."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.log: list[tuple[str, int]] = []
+
+    async def write(self, out: BatchOutput) -> None:
+        self.log.append(("start", out.seq))
+        await asyncio.sleep(self.rng.random() * 0.004)
+        self.log.append(("end", out.seq))
+
+
+def test_the_sink_sees_one_batch_at_a_time_in_batch_order() -> None:
+    """The documented BatchSink contract: map_async alone would start batch k+1's write
+    while batch k's was still in progress (a file sink with a thread pool then wrote
+    them out of order)."""
+    settings = load_settings({"SFA_MAX_INFLIGHT_BATCHES": "4", "DASK_CHUNK_SIZE": "2"})
+    sink = SlowSink(7)
+
+    async def go() -> None:
+        pipeline = Pipeline(settings, InlineCompute(), sink)
+        for i in range(0, 3000, 100):
+            await pipeline.submit(RawBatch(values=MARKET[i : i + 100]))
+        await pipeline.drain()
+
+    asyncio.run(go())
+    expected = [(kind, seq) for seq in range(30) for kind in ("start", "end")]
+    assert sink.log == expected
