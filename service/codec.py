@@ -20,7 +20,7 @@ Decisions on points the SPEC leaves open:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -30,14 +30,18 @@ import orjson
 
 from service.calendar import day_to_date
 from service.engine.types import ENGINE_VERSION, PatternResult, Position, Signal
+from service.fastdecode import Columns, decode_block
+from service.state.batch import factorize
 from service.validate import check_bars
 
 __all__ = [
     "MAX_ARRAY_BARS",
     "DecodedBatch",
     "Reject",
+    "ResultEncoder",
     "dead_letter_headers",
     "decode_batch",
+    "decode_lines",
     "encode_pattern_part",
     "encode_result",
     "errors_file_record",
@@ -63,13 +67,28 @@ class Reject:
 
 @dataclass(slots=True)
 class DecodedBatch:
-    """Valid bars of a batch as columns (arrival order) plus the rejects."""
+    """Valid bars of a batch as columns (arrival order) plus the rejects.
 
-    symbols: list[str]
+    Symbols come factorized (`uniques[codes[i]]` is bar i's symbol, uniques in order of
+    first appearance): the state groups by code, and a batch crosses the process
+    boundary as a few arrays and one short list instead of a string per bar.
+    """
+
+    codes: np.ndarray  # int32 index into `uniques`, per valid bar
+    uniques: list[str]
     days: np.ndarray  # int32 day numbers
     closes: np.ndarray  # float64
     message_index: np.ndarray  # int32: the message that carried each valid bar
     rejects: list[Reject]
+
+    @property
+    def symbols(self) -> list[str]:
+        """Each valid bar's symbol (a new list; tests and small callers)."""
+        uniques = self.uniques
+        return [uniques[c] for c in self.codes.tolist()]
+
+    def __len__(self) -> int:
+        return len(self.codes)
 
 
 def _parse_joined(values: Sequence[bytes], max_message_bytes: int) -> list[Any] | None:
@@ -145,7 +164,74 @@ def _parse_each(
 
 
 def decode_batch(values: Sequence[bytes], max_message_bytes: int = 1_048_576) -> DecodedBatch:
-    """Parse and validate a batch of message values; bad records become `Reject`s."""
+    """Parse and validate a batch of message values; bad records become `Reject`s.
+
+    Messages without a newline of their own are joined into one block for the
+    columnar fast path (`service.fastdecode`); anything it cannot take is decoded
+    message by message, exactly.
+    """
+    if values:
+        blob = b"\n".join(values)
+        fast = decode_block(blob, max_message_bytes, expect=len(values))
+        if fast is not None:
+            return _assemble(fast, values.__getitem__, max_message_bytes)
+    return _decoded(*_decode_values(values, max_message_bytes))
+
+
+def decode_lines(blob: bytes, max_message_bytes: int = 1_048_576) -> DecodedBatch:
+    """`decode_batch` of `blob.split(b"\\n")`, without splitting in the usual case: file
+    batches travel to the decoder as one bytes object."""
+    if blob:
+        fast = decode_block(blob, max_message_bytes)
+        if fast is not None:
+            return _assemble(fast, fast.message, max_message_bytes)
+    return _decoded(*_decode_values(blob.split(b"\n") if blob else [], max_message_bytes))
+
+
+def _assemble(
+    fast: Columns, message: Callable[[int], bytes], max_message_bytes: int
+) -> DecodedBatch:
+    """The fast path's columns, with every row it referred decided by the exact path."""
+    n = len(fast.days)
+    if fast.keep is None:
+        index = np.arange(n, dtype=np.int32)
+        return DecodedBatch(fast.codes, fast.uniques, fast.days, fast.closes, index, [])
+    keep = fast.keep
+    uniques = fast.uniques
+    symbols = [uniques[c] for c in fast.codes.tolist()]
+    days, closes = fast.days.copy(), fast.closes.copy()
+    rejects: list[Reject] = []
+    for row in fast.refer:
+        value = message(row)
+        one_symbol, one_day, one_close, _, one_rejects = _decode_values([value], max_message_bytes)
+        if one_symbol:  # the message is one object, so one bar or one reject
+            symbols[row], days[row], closes[row] = one_symbol[0], one_day[0], one_close[0]
+            keep[row] = True
+        else:
+            rejects.extend(Reject(row, r.array_index, r.reason, r.raw) for r in one_rejects)
+    codes, kept_uniques = factorize([s for s, k in zip(symbols, keep.tolist(), strict=True) if k])
+    index = np.flatnonzero(keep).astype(np.int32)
+    return DecodedBatch(codes, kept_uniques, days[keep], closes[keep], index, rejects)
+
+
+def _decoded(
+    symbols: list[str],
+    days: np.ndarray,
+    closes: np.ndarray,
+    message_index: np.ndarray,
+    rejects: list[Reject],
+) -> DecodedBatch:
+    codes, uniques = factorize(symbols)
+    return DecodedBatch(codes, uniques, days, closes, message_index, rejects)
+
+
+def _decode_values(
+    values: Sequence[bytes], max_message_bytes: int
+) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, list[Reject]]:
+    """The exact path: orjson and `service.validate`, message by message in effect.
+
+    Returns the valid bars' symbols, days, closes and message index, and the rejects.
+    """
     joined = _parse_joined(values, max_message_bytes) if values else []
     if joined is not None:
         bars: list[dict[str, Any]] = joined
@@ -169,7 +255,7 @@ def decode_batch(values: Sequence[bytes], max_message_bytes: int = 1_048_576) ->
             rejects.append(Reject(msg[row], pos[row], reason, _dumps(bars[row])))
     if msg is not None and checked.rejected:
         rejects.sort(key=lambda r: (r.index, -1 if r.array_index is None else r.array_index))
-    return DecodedBatch(checked.symbols, checked.days, checked.closes, message_index, rejects)
+    return checked.symbols, checked.days, checked.closes, message_index, rejects
 
 
 # --- output (SPEC 6) ---
@@ -270,6 +356,94 @@ def encode_result(
         option=_OPT,
     )
     return head[:-1] + b"," + pattern_part + b"," + tail[1:]
+
+
+class ResultEncoder:
+    """`encode_result`, byte for byte, for a stream of results with shared parts.
+
+    Every emitted result costs two dict dumps and a splice with `encode_result`; but in
+    a batch most symbols share their latest day (so their as_of and position), and the
+    status, window and alignment members take a handful of values. Those fragments are
+    encoded once and joined, which makes emitting a result several times cheaper.
+    Checked against `encode_result` by a property test.
+    """
+
+    def __init__(
+        self, window_days: int, alignment: str, engine_version: str = ENGINE_VERSION
+    ) -> None:
+        self._w = window_days
+        self._alignment = alignment
+        self._version = b',"engine_version":' + _dumps(engine_version) + b',"input":'
+        self._heads: dict[str, bytes] = {}
+        self._days: dict[int, bytes] = {}
+        self._statuses: dict[str, bytes] = {}
+        self._positions: dict[Position, bytes] = {}
+
+    def encode(
+        self,
+        symbol: str,
+        as_of_day: int,
+        status: str,
+        pattern_part: bytes,
+        position: Position,
+        signal: Signal | None,
+        bars_in_state: int,
+        input_ref: dict[str, Any] | None,
+    ) -> bytes:
+        head = self._heads.get(symbol)
+        if head is None:
+            if len(self._heads) >= _FRAGMENT_LIMIT:
+                self._heads.clear()
+            head = self._heads[symbol] = b'{"symbol":' + _dumps(symbol) + b',"as_of":'
+        day = self._days.get(as_of_day)
+        if day is None:
+            day = self._days[as_of_day] = _dumps(_iso(as_of_day))
+        mid = self._statuses.get(status)
+        if mid is None:
+            mid = self._statuses[status] = (
+                b',"status":'
+                + _dumps(status)
+                + b',"window_days":'
+                + _dumps(self._w)
+                + b',"alignment":'
+                + _dumps(self._alignment)
+                + b","
+            )
+        pos = self._positions.get(position)
+        if pos is None:
+            if len(self._positions) >= _FRAGMENT_LIMIT:
+                self._positions.clear()
+            pos = self._positions[position] = b',"position":' + _dumps(
+                {
+                    "spring_festival_date": _iso(position.spring_festival_day),
+                    "days_to_spring_festival": position.days_to_spring_festival,
+                    "relative_day": position.relative_day,
+                    "in_window": position.in_window,
+                    "phase": position.phase,
+                }
+            )
+        if signal is None:
+            sig = b',"signal":null,"bars_in_state":'
+        else:
+            sig = (
+                b',"signal":'
+                + _dumps(
+                    {
+                        "signal": signal.signal,
+                        "strength": signal.strength,
+                        "action": signal.action,
+                        "volatility_warning": signal.volatility_warning,
+                    }
+                )
+                + b',"bars_in_state":'
+            )
+        ref = b"null}" if input_ref is None else _dumps(input_ref, option=_OPT) + b"}"
+        return b"".join(
+            (head, day, mid, pattern_part, pos, sig, b"%d" % bars_in_state, self._version, ref)
+        )
+
+
+_FRAGMENT_LIMIT = 100_000  # symbols / positions remembered; bounds junk growth
 
 
 # --- dead letters (SPEC 1) ---

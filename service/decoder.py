@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from service.codec import DecodedBatch, decode_batch
+from service.codec import DecodedBatch, decode_batch, decode_lines
 
 __all__ = ["Decoder", "default_decode_processes"]
 
@@ -75,6 +75,13 @@ class Decoder:
             return decode_batch(values, self._max)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, decode_batch, list(values), self._max)
+
+    async def decode_lines(self, blob: bytes) -> DecodedBatch:
+        """A file batch as one newline-joined blob: one bytes object to pickle."""
+        if self._pool is None or len(blob) < 32_768:
+            return decode_lines(blob, self._max)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, decode_lines, blob, self._max)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -28,7 +28,7 @@ import numpy as np
 
 from service.calendar import FIRST_YEAR
 from service.engine.types import EngineParams, PatternResult, SymbolWindows
-from service.state.batch import group_batch
+from service.state.batch import factorize, group_batch
 from service.state.changelog import (
     MetaRecord,
     StateRecordError,
@@ -172,15 +172,29 @@ class StateStore:
         closes: np.ndarray,
         partition: int | np.ndarray = -1,
     ) -> ApplyOutcome:
-        """Apply valid bars given in ARRIVAL order; later (symbol, day) bars win.
+        """Apply valid bars given in ARRIVAL order; later (symbol, day) bars win."""
+        if len(symbols) == 0:
+            return ApplyOutcome([], [], set(), set())
+        codes, uniques = factorize(symbols)
+        return self.apply_codes(codes, uniques, days, closes, partition)
+
+    def apply_codes(
+        self,
+        codes: np.ndarray,
+        uniques: list[str],
+        days: np.ndarray,
+        closes: np.ndarray,
+        partition: int | np.ndarray = -1,
+    ) -> ApplyOutcome:
+        """`apply` of factorized symbols (bar i is `uniques[codes[i]]`), as decoded.
 
         The batch is grouped by symbol once; per symbol, new bars past the last held day
         are appended, anything else goes through a stable merge. Stale and changelog
         bookkeeping is vectorised over the batch.
         """
-        if len(symbols) == 0:
+        if len(codes) == 0:
             return ApplyOutcome([], [], set(), set())
-        gb = group_batch(symbols, days, closes, partition, self._win)
+        gb = group_batch(codes, uniques, days, closes, partition, self._win)
         names, k = gb.names, len(gb.names)
         entries = self._entries
         old_latest = np.empty(k, dtype=np.int64)

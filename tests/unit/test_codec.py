@@ -669,3 +669,79 @@ def test_dead_letter_headers() -> None:
 def test_decoded_batch_is_plain_data() -> None:
     out = decode_batch([msg(GOOD)])
     assert isinstance(out, DecodedBatch) and isinstance(out.symbols, list)
+
+
+# --- the caching encoder must write exactly what encode_result writes ---
+
+positions = st.builds(
+    Position,
+    spring_festival_day=st.integers(
+        date_to_day(dt.date(1901, 2, 19)), date_to_day(dt.date(2099, 2, 1))
+    ),
+    days_to_spring_festival=st.integers(-400, 400),
+    relative_day=st.integers(-400, 400),
+    in_window=st.booleans(),
+    phase=st.sampled_from(["normal_period", "approaching", "festival_day", "recovery"]),
+)
+signals = st.one_of(
+    st.none(),
+    st.builds(
+        Signal,
+        signal=st.sampled_from(["bullish", "bearish", "neutral"]),
+        strength=st.floats(0, 1),
+        action=st.sampled_from(["buy", "watch", "hold", "sell", "reduce"]),
+        volatility_warning=st.booleans(),
+    ),
+)
+input_refs = st.one_of(
+    st.none(),
+    st.fixed_dictionaries(
+        {
+            "topic": st.text(max_size=8),
+            "partition": st.integers(0, 99),
+            "offset": st.integers(0, 2**62),
+        }
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["600519.SH", "A", 'a"b', "\u00e9", "x" * 32]),
+            st.integers(date_to_day(dt.date(1901, 1, 1)), date_to_day(dt.date(2099, 12, 31))),
+            st.sampled_from(["ok", "insufficient_history"]),
+            st.sampled_from([b'"years_analyzed":[],"pattern":null,"curve":[]', b'"x":1']),
+            positions,
+            signals,
+            st.one_of(st.integers(0, 10**6), st.integers(0, 10**6).map(np.int64)),
+            input_refs,
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+    st.sampled_from([1, 60, 365]),
+    st.sampled_from(["trading", "calendar"]),
+)
+def test_result_encoder_writes_what_encode_result_writes(
+    rows: list[Any], window_days: int, alignment: str
+) -> None:
+    from service.codec import ResultEncoder
+
+    encoder = ResultEncoder(window_days, alignment)
+    for symbol, day, status, part, position, signal, bars_held, ref in rows:
+        want = encode_result(
+            symbol=symbol,
+            as_of_day=day,
+            status=status,
+            window_days=window_days,
+            alignment=alignment,
+            pattern_part=part,
+            position=position,
+            signal=signal,
+            bars_in_state=bars_held,
+            input_ref=ref,
+        )
+        got = encoder.encode(symbol, day, status, part, position, signal, bars_held, ref)
+        assert got == want
