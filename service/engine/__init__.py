@@ -9,7 +9,7 @@ Public surface:
 """
 
 from service.engine.pattern import analyze_patterns
-from service.engine.position import phase_of, position_and_signal
+from service.engine.position import phase_of, position_and_signal, position_of, signal_of
 from service.engine.types import (
     ENGINE_VERSION,
     EngineParams,
@@ -32,5 +32,7 @@ __all__ = [
     "analyze_patterns",
     "phase_of",
     "position_and_signal",
+    "position_of",
+    "signal_of",
     "window_year_of",
 ]

@@ -14,7 +14,7 @@ from functools import lru_cache
 from service.calendar import date_to_day, sf_day_table
 from service.engine.types import EngineParams, PatternResult, Position, Signal
 
-__all__ = ["phase_of", "position_and_signal"]
+__all__ = ["phase_of", "position_and_signal", "position_of", "signal_of"]
 
 _FIRST_DAY = date_to_day(dt.date(1901, 1, 1))
 _LAST_DAY = date_to_day(dt.date(2099, 12, 31))
@@ -47,7 +47,15 @@ def phase_of(days_to_festival: int, window_days: int) -> str:
 def position_and_signal(
     latest_day: int, result: PatternResult | None, params: EngineParams
 ) -> tuple[Position, Signal | None]:
-    """SPEC 5 relative to as_of = `latest_day` (a day number, 1901-01-01..2099-12-31).
+    """SPEC 5 relative to as_of = `latest_day` (a day number, 1901-01-01..2099-12-31)."""
+    position = position_of(latest_day, params.window_days)
+    return position, signal_of(result, position.phase)
+
+
+@lru_cache(maxsize=4096)
+def position_of(latest_day: int, window_days: int) -> Position:
+    """SPEC 5 position; it depends on the day alone, so the symbols of a batch, which
+    mostly share their latest day, share one cached object.
 
     S* is the festival of the first window that has not ended by as_of: the window of
     SF(year - 1) always ends by August, so this is SF(year) or, past its window,
@@ -55,20 +63,23 @@ def position_and_signal(
     """
     if not _FIRST_DAY <= latest_day <= _LAST_DAY:
         raise ValueError(f"as_of day {latest_day} outside 1901-01-01..2099-12-31")
-    w = params.window_days
-    sf, ends = _festivals(w)
+    sf, ends = _festivals(window_days)
     festival = sf[bisect_left(ends, latest_day)]
     days = festival - latest_day
-    phase = phase_of(days, w)
-    position = Position(
+    phase = phase_of(days, window_days)
+    return Position(
         spring_festival_day=festival,
         days_to_spring_festival=days,
         relative_day=-days,
         in_window=phase != "normal_period",
         phase=phase,
     )
+
+
+def signal_of(result: PatternResult | None, phase: str) -> Signal | None:
+    """SPEC 5 signal of a pattern in a phase; None without an `ok` pattern."""
     if result is None or result.status != "ok" or result.pattern is None:
-        return position, None
+        return None
     p = result.pattern
     kind, strength, action = "neutral", 0.0, "hold"
     if phase not in _NEUTRAL_PHASES:
@@ -82,4 +93,4 @@ def position_and_signal(
     warning = p.volatility_ratio is None or p.volatility_ratio > 2
     if warning:
         strength *= 0.8
-    return position, Signal(kind, strength, action, warning)
+    return Signal(kind, strength, action, warning)
