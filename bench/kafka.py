@@ -217,7 +217,7 @@ class BenchService(Service):
             stamps = np.asarray(raw.timestamps_ms, dtype=np.float64)
             run.end_to_end.append((now_ms - stamps[stamps > 0]) / 1000.0)
         run.bars += out.n_bars
-        run.messages += len(raw.values)
+        run.messages += raw.n_messages
         run.rejects += len(out.rejects)
         run.results += len(out.results)
         # The topic holds only our messages and a batch commits at most once (a retried

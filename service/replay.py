@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import sys
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from service.codec import errors_file_record
 from service.decoder import Decoder
 from service.errors import SfaError
+from service.filesource import FileSource
 from service.pipeline import BatchOutput, Pipeline, RawBatch
 from service.report import render_summary, strongest_patterns
 from service.settings import Settings
@@ -45,7 +48,7 @@ class ReplayStats:
 
     def add(self, out: BatchOutput) -> None:
         self.batches += 1
-        self.messages += len(out.raw.values)
+        self.messages += out.raw.n_messages
         self.bars += out.n_bars
         self.results += len(out.results)
         self.analysed += out.analysed
@@ -55,25 +58,42 @@ class ReplayStats:
 
 
 class FileSink:
-    """Results as JSONL to a file or stdout; dead letters as JSONL (SPEC 1) to a file."""
+    """Results as JSONL to a file or stdout; dead letters as JSONL (SPEC 1) to a file.
+
+    Writes run on one thread of their own: a write syscall releases the GIL, so the
+    next batches are prepared meanwhile; a single thread keeps them in batch order
+    (the pipeline may call `write` for batch k+1 before batch k's write has finished).
+    """
 
     def __init__(self, results: IO[bytes] | None, errors: IO[bytes] | None) -> None:
         self._results = results
         self._errors = errors
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sfa-writer")
 
     async def write(self, out: BatchOutput) -> None:
+        data = b""
         if self._results is not None and out.results:
-            self._results.write(b"\n".join(payload for _, payload in out.results) + b"\n")
+            data = b"\n".join([payload for _, payload in out.results]) + b"\n"
+        errors = b""
         if self._errors is not None and out.rejects:
-            lines = out.raw.lines or []
-            file = out.raw.file or "-"
-            self._errors.write(
-                b"".join(
-                    errors_file_record(r, file, lines[r.index] if r.index < len(lines) else 0)
-                    + b"\n"
-                    for r in out.rejects
-                )
+            raw = out.raw
+            file = raw.file or "-"
+            errors = b"".join(
+                errors_file_record(r, file, raw.line_of(r.index)) + b"\n" for r in out.rejects
             )
+        if data or errors:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._writer, self._write, data, errors)
+
+    def _write(self, data: bytes, errors: bytes) -> None:
+        if data and self._results is not None:
+            self._results.write(data)
+        if errors and self._errors is not None:
+            self._errors.write(errors)
+
+    def close(self) -> None:
+        """Wait for the writes already handed over."""
+        self._writer.shutdown(wait=True)
 
 
 async def replay(
@@ -105,22 +125,32 @@ async def replay(
     def delivered(out: BatchOutput) -> None:
         stats.add(out)
         if bar is not None:
-            bar.update(sum(len(v) + 1 for v in out.raw.values))
+            bar.update(out.raw.n_bytes)
 
-    decoder = Decoder(settings.max_message_bytes, settings.effective_decode_processes())
+    # With a core to spare, a helper process reads and decodes (service.filesource);
+    # otherwise the files are read here and decoded inline.
+    helper = settings.effective_decode_processes() > 0
+    source = (
+        FileSource(paths, settings.batch_max_messages, settings.max_message_bytes)
+        if helper
+        else None
+    )
+    sink = FileSink(results, errors)
     pipeline = Pipeline(
         settings,
         compute,
-        FileSink(results, errors),
+        sink,
         on_delivered=delivered,
-        decoder=decoder,
+        decoder=Decoder(settings.max_message_bytes, 0),
     )
     try:
-        for fb in read_batches(paths, batch_lines=settings.batch_max_messages):
-            await pipeline.submit(RawBatch(values=fb.values, file=fb.file, lines=fb.lines))
+        async for raw in _raw_batches(paths, settings.batch_max_messages, source):
+            await pipeline.submit(raw)
         await pipeline.drain()
     finally:
-        decoder.close()
+        sink.close()
+        if source is not None:
+            source.close()
         if bar is not None:
             bar.close()
         if compute_task is not None:
@@ -133,6 +163,28 @@ async def replay(
             stats.compute_mode = "none needed"
     stats.seconds = time.perf_counter() - started
     return stats, pipeline
+
+
+async def _raw_batches(
+    paths: list[str], batch_lines: int, source: FileSource | None
+) -> AsyncIterator[RawBatch]:
+    if source is not None:
+        async for b in source:
+            yield RawBatch(
+                file=b.file,
+                count=b.count,
+                size=b.size,
+                first_line=b.first_line,
+                lines=b.lines,
+                decoded=b.decoded,
+            )
+        return
+    for fb in read_batches(paths, batch_lines):
+        if fb.blob is not None:
+            yield RawBatch(blob=fb.blob, count=fb.count, first_line=fb.first_line, file=fb.file)
+        else:
+            yield RawBatch(values=fb.values, file=fb.file, lines=fb.explicit_lines)
+        await asyncio.sleep(0)  # let delivered batches be written between reads
 
 
 def _progress_bar(paths: list[str]) -> Any:

@@ -178,7 +178,7 @@ class Service:
         m = self.metrics
         raw = out.raw
         now_ms = time.time() * 1000.0
-        m.messages_consumed(raw.topic or self.settings.input_topic, len(raw.values))
+        m.messages_consumed(raw.topic or self.settings.input_topic, raw.n_messages)
         m.bars_processed(out.n_bars)
         for reject in out.rejects:
             m.dead_letter(reject.reason)
@@ -186,7 +186,7 @@ class Service:
             m.result_produced(status, n)
             m.analyses(status, n)
         m.batch("ok")
-        m.observe_batch(len(raw.values), time.monotonic() - raw.closed_at)
+        m.observe_batch(raw.n_messages, time.monotonic() - raw.closed_at)
         if raw.timestamps_ms:
             stamps = np.asarray(raw.timestamps_ms, dtype=np.float64)
             m.observe_end_to_end((now_ms - stamps[stamps > 0]) / 1000.0)

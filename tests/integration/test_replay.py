@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -124,3 +126,79 @@ def test_replay_exit_codes(tmp_path: Path) -> None:
         bad_env.stderr.strip().splitlines() == [bad_env.stderr.strip().splitlines()[0]]
         and "SFA_WINDOW_DAYS" in bad_env.stderr
     )
+
+
+def test_reader_process_and_inline_reading_agree(market: Path, tmp_path: Path) -> None:
+    """Replay reads and decodes in a helper process when it has a core to spare; the
+    output, dead letters and their line numbers must not depend on that."""
+    good = market.read_bytes().splitlines()
+    jsonl = tmp_path / "mixed.jsonl"
+    jsonl.write_bytes(
+        b"\n".join(good[:700])
+        + b"\n\n  \r\n{oops\r\n"
+        + b"\n".join(good[700:1500])
+        + b'\n{"symbol":"X.SH","date":"2020-02-30","close":1}\n'
+        + b"\n".join(good[1500:])
+    )  # no final newline
+    zipped = tmp_path / "more.jsonl.gz"
+    zipped.write_bytes(gzip.compress(b"\n".join(good[:900]) + b'\n{"symbol":1}\n'))
+    csv_file = tmp_path / "bars.csv"
+    csv_file.write_text("symbol,date,close\n600000.SH,2021-03-01,10.5\n600000.SH,2021-03-02,x\n")
+    files = [str(jsonl), str(zipped), str(csv_file)]
+    outputs = {}
+    for processes in ("1", "0"):
+        out, err = tmp_path / f"r{processes}.jsonl", tmp_path / f"e{processes}.jsonl"
+        done = _sfa(
+            "replay",
+            *files,
+            "--output",
+            str(out),
+            "--errors",
+            str(err),
+            env={"SFA_DECODE_PROCESSES": processes, "SFA_BATCH_MAX_MESSAGES": "257"},
+        )
+        assert done.returncode == 0, done.stderr
+        outputs[processes] = (out.read_bytes(), err.read_bytes(), done.stderr.splitlines()[-1])
+    assert outputs["1"][0] == outputs["0"][0] and outputs["1"][0]
+    assert outputs["1"][1] == outputs["0"][1]
+    errors = [orjson.loads(x) for x in outputs["1"][1].splitlines()]
+    assert [(e["source"]["file"], e["source"]["line"], e["reason"]) for e in errors] == [
+        (str(jsonl), 703, "invalid_json"),
+        (str(jsonl), 1504, "invalid_field:date"),
+        (str(zipped), 901, "missing_field:date"),
+        (str(csv_file), 3, "invalid_field:close"),
+    ]
+
+
+def test_a_file_that_breaks_mid_replay_fails_with_one_line(market: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(gzip.compress(market.read_bytes())[:200_000])  # truncated stream
+    done = _sfa("replay", str(broken), "--output", str(tmp_path / "r.jsonl"))
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "broken.jsonl.gz" in done.stderr
+
+
+def test_reader_process_exits_with_its_parent(market: Path, tmp_path: Path) -> None:
+    """A SIGKILLed replay cannot stop its helper; the helper must notice by itself."""
+    script = (
+        "import sys, time\n"
+        "from service.filesource import FileSource\n"
+        f"src = FileSource([{str(market)!r}], 10, 1 << 20, read_ahead=1)\n"
+        "print(src._proc.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    helper = int(parent.stdout.readline())
+    os.kill(helper, 0)  # alive: blocked on a full pipe
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(helper, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"helper {helper} outlived its parent")

@@ -11,6 +11,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import service.sources as sources
 from service.codec import decode_batch
@@ -244,3 +246,55 @@ def test_total_size_hint(tmp_path: Path) -> None:
     a = tmp_path / "a.jsonl"
     a.write_bytes(b"x" * 10)
     assert total_size_hint([str(a), str(tmp_path / "missing")]) == 10
+
+
+# --- the JSONL cutter: blobs where the lines are clean, lists elsewhere ---
+
+jsonl_lines = st.lists(
+    st.sampled_from([BAR, b'{"a":1}', b"", b"  ", b" " + BAR, BAR + b"\r", b"[1]", b"x"]),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=jsonl_lines,
+    chunk=st.integers(1, 200),
+    batch_lines=st.integers(1, 12),
+    final_newline=st.booleans(),
+)
+def test_jsonl_batches_match_a_line_by_line_reading(
+    tmp_path_factory: pytest.TempPathFactory,
+    lines: list[bytes],
+    chunk: int,
+    batch_lines: int,
+    final_newline: bool,
+) -> None:
+    p = tmp_path_factory.mktemp("cut") / "bars.jsonl"
+    p.write_bytes(b"\n".join(lines) + (b"\n" if final_newline and lines else b""))
+    want = [
+        (line.removesuffix(b"\r"), i)
+        for i, line in enumerate(p.read_bytes().split(b"\n"), 1)
+        if line.strip(b" \t\r")
+    ]
+    old = sources._CHUNK_BYTES
+    sources._CHUNK_BYTES = chunk
+    try:
+        batches = list(read_batches([str(p)], batch_lines))
+    finally:
+        sources._CHUNK_BYTES = old
+    got = [pair for fb in batches for pair in zip(fb.values, fb.lines, strict=True)]
+    assert got == want
+    assert all(0 < fb.count <= batch_lines for fb in batches)
+    for fb in batches:  # a blob exactly when every line of the batch is a clean object
+        if fb.blob is not None:
+            assert all(v.startswith(b"{") and not v.endswith(b"\r") for v in fb.values)
+
+
+def test_clean_jsonl_travels_as_blobs(tmp_path: Path) -> None:
+    p = tmp_path / "bars.jsonl"
+    p.write_bytes(b"".join(BAR + b"\n" for _ in range(10)))
+    batches = list(read_batches([str(p)], batch_lines=4))
+    assert [fb.blob is not None for fb in batches] == [True, True, True]
+    assert [(fb.first_line, fb.count) for fb in batches] == [(1, 4), (5, 4), (9, 2)]
+    assert batches[0].blob == b"\n".join([BAR] * 4)

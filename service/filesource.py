@@ -1,0 +1,170 @@
+"""Replay's source: files read, cut into batches and decoded in one helper process.
+
+Why a process of its own instead of a decode pool: handing each 2 MB batch to a pool
+costs a pickle and a pipe round trip, and the pool's manager thread fights the
+pipeline's main thread for the GIL before the next task may start, so the helper sat
+idle between batches. A helper that owns the whole read -> cut -> decode loop never
+waits for the parent: it streams finished batches (compact columns, a few hundred
+KB) through a pipe, and the pipe's capacity is the backpressure.
+
+The parent receives on a thread (a blocking `recv` releases the GIL) and feeds the
+same streamz pipeline as Kafka batches, with `RawBatch.decoded` already set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import orjson
+
+from service.codec import DecodedBatch, decode_batch, decode_lines
+from service.errors import InputError
+from service.sources import read_batches
+
+__all__ = ["DecodedFileBatch", "FileSource"]
+
+
+@dataclass(slots=True)
+class DecodedFileBatch:
+    """One batch of one file, decoded, with what the sink and progress need."""
+
+    file: str
+    count: int  # messages
+    size: int  # message bytes plus separators
+    first_line: int
+    lines: list[int] | None  # per message, when not consecutive from first_line
+    decoded: DecodedBatch
+
+
+def _serve(
+    paths: list[str], batch_lines: int, max_message_bytes: int, out: Connection, parent: int
+) -> None:
+    """The helper's whole life: every batch in order, then None (or the error text)."""
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    try:
+        for fb in read_batches(paths, batch_lines):
+            if fb.blob is not None:
+                decoded = decode_lines(fb.blob, max_message_bytes)
+                size = len(fb.blob) + 1
+            else:
+                values = fb.values
+                decoded = decode_batch(values, max_message_bytes)
+                size = sum(map(len, values)) + len(values)
+            out.send(
+                DecodedFileBatch(fb.file, fb.count, size, fb.first_line, fb.explicit_lines, decoded)
+            )
+        out.send(None)
+    except InputError as exc:
+        out.send(str(exc))
+    except BrokenPipeError:  # the parent stopped reading: nothing left to do
+        pass
+    except BaseException as exc:  # anything else: say what, rather than dying silently
+        out.send(f"file reader failed: {type(exc).__name__}: {exc}")
+    finally:
+        out.close()
+
+
+def _watch_parent(parent: int) -> None:
+    """A SIGKILLed parent cannot stop its helper; the helper notices and exits."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
+class FileSource:
+    """`async for batch in FileSource(paths, ...)`: decoded batches in file order.
+
+    Paths are checked here, in the caller, so a missing file fails at once with one
+    line. `close()` stops the helper early (on error or interrupt).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        batch_lines: int,
+        max_message_bytes: int,
+        read_ahead: int = 8,
+    ) -> None:
+        read_batches(paths, batch_lines)  # validates the paths and batch size, reads nothing
+        # A plain `python -m` child rather than multiprocessing's spawn: spawn re-imports
+        # the parent's __main__ (a benchmark, a test runner) before it can start work.
+        read_fd, write_fd = os.pipe()
+        spec = orjson.dumps([list(paths), batch_lines, max_message_bytes, write_fd, os.getpid()])
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "service.filesource", spec.decode()],
+                pass_fds=(write_fd,),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(write_fd)
+        self._conn = Connection(read_fd, writable=False)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, read_ahead))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._receive, name="sfa-file-recv", daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        """Pipe -> queue; a blocking recv lets the pipeline run meanwhile."""
+        while not self._stop.is_set():
+            try:
+                item = self._conn.recv()
+            except (EOFError, OSError):
+                item = "file reader exited unexpectedly"
+            except Exception as exc:  # never leave the pipeline waiting on a dead thread
+                item = f"file reader sent something unreadable: {exc}"
+            self._queue.put(item)
+            if not isinstance(item, DecodedFileBatch):
+                return
+
+    async def __aiter__(self) -> AsyncIterator[DecodedFileBatch]:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                item = await loop.run_in_executor(None, self._queue.get)
+            if item is None:
+                return
+            if isinstance(item, str):
+                raise InputError(item)
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._proc.poll() is None:
+            self._proc.terminate()
+        try:
+            self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+        self._conn.close()
+        while True:  # unblock the receiver if it waits on a full queue
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+
+
+def _main(argv: list[str]) -> int:
+    """`python -m service.filesource SPEC`: the helper, started by `FileSource` only."""
+    paths, batch_lines, max_message_bytes, fd, parent = orjson.loads(argv[0])
+    _serve(paths, batch_lines, max_message_bytes, Connection(fd, readable=False), parent)
+    return 0
+
+
+if __name__ == "__main__":
+    # run the imported module's copy, so what gets pickled names service.filesource
+    from service import filesource
+
+    sys.exit(filesource._main(sys.argv[1:]))
