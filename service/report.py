@@ -53,7 +53,7 @@ def strongest_patterns(state: StateStore, limit: int = 10) -> list[Strongest]:
 
 def render_summary(stats: ReplayStats, state: StateStore, top: list[Strongest]) -> str:
     rate = stats.bars / stats.seconds if stats.seconds else 0.0
-    analysed = sum(stats.statuses.values())
+    by_status = ", ".join(f"{n:,} {status}" for status, n in stats.statuses.most_common())
     n_symbols = len(state)
     ok_symbols = sum(
         1 for s in state.symbols() if (c := state.pattern(s)) is not None and c[0].status == "ok"
@@ -66,7 +66,7 @@ def render_summary(stats: ReplayStats, state: StateStore, top: list[Strongest]) 
         f"bars processed       {stats.bars:>12,}",
         f"throughput           {rate:>12,.0f} bars/s  ({stats.seconds:.1f} s, start-up included)",
         f"batches              {stats.batches:>12,}",
-        f"results emitted      {stats.results:>12,}  ({analysed:,} analyses)",
+        f"results emitted      {stats.results:>12,}  ({by_status or 'none'})",
         f"pattern computations {stats.analysed:>12,}",
         f"symbols analysed     {n_symbols:>12,}",
         f"success rate         {ok_symbols / n_symbols if n_symbols else 0.0:>12.1%}"
