@@ -150,6 +150,8 @@ class ComputeHandle:
         self.fallback_active = fallback_reason is not None
         self._cluster = cluster
         self._config_scope = config_scope
+        self._retry_at = time.monotonic() + settings.dask_reconnect_seconds
+        self._probing = asyncio.Lock()
 
     # --- work ---
 
@@ -165,6 +167,8 @@ class ComputeHandle:
         return list(await asyncio.gather(*(self.submit_chunk(c, params) for c in chunks)))
 
     async def _run_one(self, chunk: list[SymbolWindows], params: EngineParams) -> ChunkResult:
+        if self.fallback_active and self._due_for_probe():
+            await self._try_recover()
         last: BaseException | None = None
         for attempt in (1, 2):  # the first try, then one re-scatter from our copy
             if self.client is None or self.fallback_active:
@@ -222,9 +226,51 @@ class ComputeHandle:
 
     def _activate_fallback(self, reason: str) -> None:
         if not self.fallback_active:
-            log.warning("Dask unavailable, computing in-process from now on: %s", reason)
+            log.warning("Dask unavailable, computing in-process for now: %s", reason)
+            self._retry_at = time.monotonic() + self.settings.dask_reconnect_seconds
         self.fallback_active = True
         self.fallback_reason = reason
+
+    def _due_for_probe(self) -> bool:
+        interval = self.settings.dask_reconnect_seconds
+        return interval > 0 and time.monotonic() >= self._retry_at and not self._probing.locked()
+
+    async def _try_recover(self) -> None:
+        """A fallback is a state, not a verdict: a restarted worker, or a scheduler back
+        at its address, takes the work again. At most one probe per interval."""
+        async with self._probing:
+            self._retry_at = time.monotonic() + self.settings.dask_reconnect_seconds
+            client = self.client
+            if client is None or client.status != "running":
+                address = self.settings.dask_scheduler_address
+                if not address:
+                    return  # a LocalCluster's nannies restart its workers; nothing to dial
+                try:
+                    client = await Client(
+                        address, asynchronous=True, timeout=self.settings.dask_connect_timeout
+                    )
+                except Exception as exc:  # still away: stay local, try again later
+                    log.info("Dask scheduler %s still unreachable: %s", address, _reason(exc))
+                    return
+                old, self.client, self.mode = self.client, client, "remote"
+                if old is not None:
+                    with contextlib.suppress(Exception):
+                        await cast(Awaitable[Any], old.close())
+            try:  # fresh from the scheduler: the client's cached view lags by seconds
+                workers = await cast(Awaitable[dict[str, int]], client.nthreads())
+            except Exception as exc:
+                log.info("Dask probe failed: %s", _reason(exc))
+                return
+            if not workers:
+                log.info("Dask scheduler reachable but without workers yet")
+                return
+            log.warning(
+                "Dask reachable again (%d workers): back on the cluster after: %s",
+                len(workers),
+                self.fallback_reason,
+            )
+            self.fallback_active = False
+            self.fallback_reason = None
 
     # --- for metrics and health ---
 

@@ -99,6 +99,8 @@ class Settings(BaseModel):
     dask_processes: bool | None = Field(None, alias="SFA_DASK_PROCESSES")
     dask_fallback: Literal["local", "fail"] = Field("local", alias="SFA_DASK_FALLBACK")
     dask_task_retries: int = Field(2, alias="SFA_DASK_TASK_RETRIES", ge=0, le=20)
+    # After a fallback, how often to look for the cluster again (0: never).
+    dask_reconnect_seconds: float = Field(30.0, alias="SFA_DASK_RECONNECT_SECONDS", ge=0)
 
     @field_validator("years", mode="before")
     @classmethod

@@ -221,59 +221,44 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture()
-def remote() -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
-    """`dask scheduler` and one `dask worker` as real processes."""
-    address = f"tcp://127.0.0.1:{_free_port()}"
+def _start_remote(address: str) -> list[subprocess.Popen[bytes]]:
+    """`dask scheduler` at `address` and one `dask worker`, as real processes."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     common = ["--no-dashboard"]
-    procs = [
+    port = address.rsplit(":", 1)[1]
+    scheduler = [str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", port]
+    worker = [str(VENV_BIN / "dask"), "worker", address, "--nworkers", "1", "--nthreads", "1"]
+    return [
         subprocess.Popen(
-            [
-                str(VENV_BIN / "dask"),
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                address.rsplit(":", 1)[1],
-                *common,
-            ],
+            [*command, *common],
             env=env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        for command in (scheduler, [*worker, "--memory-limit", "1GB"])
     ]
-    procs.append(
-        subprocess.Popen(
-            [
-                str(VENV_BIN / "dask"),
-                "worker",
-                address,
-                "--nworkers",
-                "1",
-                "--nthreads",
-                "1",
-                "--memory-limit",
-                "1GB",
-                *common,
-            ],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    )
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture()
+def remote() -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """`dask scheduler` and one `dask worker` as real processes."""
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    procs = _start_remote(address)
     try:
         yield address, procs
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait(10)
+        _stop(procs)
 
 
 def test_remote_scheduler_runs_the_work_then_falls_back_when_it_dies(
@@ -292,9 +277,7 @@ def test_remote_scheduler_runs_the_work_then_falls_back_when_it_dies(
         got = loop.run(handle.run_chunks(chunks, PARAMS))
         assert_matches_local(chunks, got)
         assert {r.executed_by for r in got} == set(handle.worker_stats())
-        for proc in procs:  # the whole cluster goes away
-            proc.kill()
-            proc.wait(10)
+        _stop(procs)  # the whole cluster goes away
         with caplog.at_level(logging.WARNING, logger="service.cluster"):
             again = loop.run(handle.run_chunks(chunks, PARAMS))
         assert_matches_local(chunks, again)
@@ -332,3 +315,44 @@ def test_disabled_distribution_is_local_without_a_fallback(loop: LoopThread) -> 
     assert (handle.mode, handle.fallback_active, handle.client) == ("local", False, None)
     loop.run(handle.close())
     time.sleep(0)  # nothing to wait for: no cluster was started
+
+
+def test_after_a_fallback_the_work_returns_to_a_cluster_that_comes_back(
+    loop: LoopThread,
+    remote: tuple[str, list[subprocess.Popen[bytes]]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A scheduler restarted at the same address takes the work again: the fallback is
+    a state that ends (sfa_dask_fallback_active back to 0), not a verdict."""
+    address, procs = remote
+    handle = loop.run(
+        open_async(
+            settings(
+                dask_scheduler_address=address,
+                dask_connect_timeout=2,
+                dask_reconnect_seconds=1.0,
+            )
+        )
+    )
+    restarted: list[subprocess.Popen[bytes]] = []
+    try:
+        loop.run(wait_for_workers(handle, 1))
+        chunks = chunks_of(2, 2)
+        _stop(procs)
+        lost = loop.run(handle.run_chunks(chunks, PARAMS))
+        assert {r.executed_by for r in lost} == {"local"} and handle.fallback_active
+        restarted = _start_remote(address)
+        deadline = time.monotonic() + 90
+        executed: set[str] = {"local"}
+        with caplog.at_level(logging.INFO, logger="service.cluster"):
+            while executed == {"local"} and time.monotonic() < deadline:
+                time.sleep(0.5)
+                got = loop.run(handle.run_chunks(chunks, PARAMS))
+                assert_matches_local(chunks, got)
+                executed = {r.executed_by for r in got}
+        assert "local" not in executed and all(w.startswith("tcp://") for w in executed)
+        assert not handle.fallback_active and handle.fallback_reason is None
+        assert handle.mode == "remote" and "reachable again" in caplog.text
+    finally:
+        loop.run(handle.close())
+        _stop(restarted)
