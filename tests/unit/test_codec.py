@@ -17,7 +17,6 @@ from service.calendar import date_to_day
 from service.codec import (
     DecodedBatch,
     Reject,
-    _parse_each,
     _parse_joined,
     dead_letter_headers,
     decode_batch,
@@ -335,24 +334,22 @@ def test_adversarial_batches_match_per_message_parsing(values: list[bytes]) -> N
 
 
 def _same_as_per_message(values: list[bytes], max_bytes: int = 1_048_576) -> bool:
-    got = decode_batch(values, max_bytes)
-    bars, msg_index, _, rejects = _parse_each(values, max_bytes)
-    want = _reference(values, max_bytes)
-    assert [(r.index, r.array_index, r.reason, r.raw) for r in got.rejects] == want[1]
-    assert (
-        list(
-            zip(
-                got.symbols,
-                got.days.tolist(),
-                got.closes.tolist(),
-                got.message_index.tolist(),
-                strict=True,
-            )
-        )
-        == want[0]
-    )
-    del bars, msg_index, rejects
+    assert _as_reference(decode_batch(values, max_bytes)) == _reference(values, max_bytes)
     return True
+
+
+def _as_reference(out: DecodedBatch) -> tuple[list[Any], list[Any]]:
+    """A decoded batch in the reference's shape: (good bars, rejects)."""
+    good = list(
+        zip(
+            out.symbols,
+            out.days.tolist(),
+            out.closes.tolist(),
+            out.message_index.tolist(),
+            strict=True,
+        )
+    )
+    return good, [(r.index, r.array_index, r.reason, r.raw) for r in out.rejects]
 
 
 # --- an independent reference, for the property test ---

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import service.codec as codec
 from service.codec import decode_batch, decode_lines
 from service.fastdecode import decode_block
-from tests.unit.test_codec import _reference, bars, good_bars, msg
+from tests.unit.test_codec import _as_reference, _reference, bars, good_bars, msg
 
 GOOD = b'{"symbol":"A","date":"2021-02-03","close":1.5}'
 
@@ -59,19 +59,6 @@ tricky_objects = st.sampled_from(
     ]
 )
 object_messages = st.one_of(good_bars.map(msg), good_bars.map(msg), bars.map(msg), tricky_objects)
-
-
-def _as_reference(out: codec.DecodedBatch) -> tuple[list[Any], list[Any]]:
-    good = list(
-        zip(
-            out.symbols,
-            out.days.tolist(),
-            out.closes.tolist(),
-            out.message_index.tolist(),
-            strict=True,
-        )
-    )
-    return good, [(r.index, r.array_index, r.reason, r.raw) for r in out.rejects]
 
 
 @settings(max_examples=400, deadline=None)
