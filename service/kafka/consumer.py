@@ -56,6 +56,9 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
         # Sticky: a rebalance moves only the partitions that must move, so the
         # others keep their restored state and their in-flight batches.
         "partition.assignment.strategy": "cooperative-sticky",
+        # As for the producer (see producer_config): reconnect to the known brokers
+        # rather than re-bootstrapping, which after an outage retried every ~50 ms.
+        "metadata.recovery.strategy": "none",
     }
     conf.update(settings.kafka_common())
     if conf.get("group.protocol") == "consumer":

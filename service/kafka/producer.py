@@ -48,6 +48,12 @@ def producer_config(settings: Settings) -> dict[str, Any]:
         # without adding noticeable latency to the commit that follows.
         "linger.ms": 10,
         "compression.type": "lz4",
+        # librdkafka 2.16 "re-bootstraps" when every broker connection is lost; after a
+        # one-broker outage its transaction coordinator then stayed unknown and
+        # send_offsets_to_transaction blocked past its own timeout, wedging the service
+        # (tests/integration/test_broker_drill.py). Reconnecting to the known brokers
+        # recovers within seconds. Override with KAFKA_METADATA_RECOVERY_STRATEGY.
+        "metadata.recovery.strategy": "none",
     }
     conf.update(settings.kafka_common())
     # Retries must neither duplicate nor reorder output: idempotence is
