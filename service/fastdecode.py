@@ -32,7 +32,8 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
-from service.validate import _DAYS_OK, _SYMBOLS_OK, parse_day, symbol_ok
+from service.state.batch import factorize
+from service.validate import _SYMBOLS_OK, cached_days, parse_day, symbol_ok
 
 __all__ = ["Columns", "decode_block"]
 
@@ -252,23 +253,6 @@ def _floats(bars: list[Any], getter: Callable[[Any], Any], n: int) -> np.ndarray
         return np.array([_NAN if v is None else v for v in map(getter, bars)], np.float64)
 
 
-def _days(dates: list[Any], n: int) -> np.ndarray | None:
-    """Day numbers from the cache of valid dates; a live feed brings a new date now and
-    then, which is parsed (and cached) before a second try. None if any date is bad."""
-    lookup = _DAYS_OK.__getitem__
-    try:
-        return np.fromiter(map(lookup, dates), np.int32, n)
-    except (KeyError, TypeError):
-        pass
-    for d in set(dates).difference(_DAYS_OK):
-        if type(d) is str:
-            parse_day(d)  # caches the valid ones
-    try:
-        return np.fromiter(map(lookup, dates), np.int32, n)
-    except (KeyError, TypeError):
-        return None
-
-
 def _columns(
     blob: bytes, starts: np.ndarray, bars: list[Any], refer: list[int], aliased: bool
 ) -> Columns:
@@ -279,21 +263,18 @@ def _columns(
         filler = _AliasBar() if aliased else _Bar()
         bars = [filler if b is None else b for b in bars]
 
-    symbols: list[Any] = list(map(_SYMBOL, bars))
-    index = {s: i for i, s in enumerate(dict.fromkeys(symbols))}
-    codes = np.fromiter(map(index.__getitem__, symbols), np.int32, n)
-    uniques = list(index)
+    codes, uniques = factorize(list(map(_SYMBOL, bars)))
     # symbol_ok caches the good ones: only new symbols cost a regex
     bad = [i for i, s in enumerate(uniques) if s not in _SYMBOLS_OK and not symbol_ok(s)]
     if bad:
         flagged |= np.isin(codes, bad)
 
     dates = list(map(_DATE, bars))
-    days = _days(dates, n)
+    days = cached_days(dates)
     if days is None:  # a null or invalid date somewhere: find the rows
-        found = [_DAYS_OK.get(d) if type(d) is str else None for d in dates]
-        flagged |= np.fromiter((d is None for d in found), bool, n)
-        days = np.array([0 if d is None else d for d in found], dtype=np.int32)
+        found = [parse_day(d) for d in dates]
+        flagged |= np.fromiter((type(d) is str for d in found), bool, n)
+        days = np.array([0 if type(d) is str else d for d in found], dtype=np.int32)
 
     # msgspec has checked every number's range and refuses those beyond a double, so
     # each value here is a finite positive price, or NaN where absent or null.

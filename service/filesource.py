@@ -55,13 +55,12 @@ def _serve(
         for fb in read_batches(paths, batch_lines):
             if fb.blob is not None:
                 decoded = decode_lines(fb.blob, max_message_bytes)
-                size = len(fb.blob) + 1
             else:
-                values = fb.values
-                decoded = decode_batch(values, max_message_bytes)
-                size = sum(map(len, values)) + len(values)
+                decoded = decode_batch(fb.values, max_message_bytes)
             out.send(
-                DecodedFileBatch(fb.file, fb.count, size, fb.first_line, fb.explicit_lines, decoded)
+                DecodedFileBatch(
+                    fb.file, fb.count, fb.n_bytes, fb.first_line, fb.explicit_lines, decoded
+                )
             )
         out.send(None)
     except InputError as exc:

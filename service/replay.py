@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from service.codec import errors_file_record
-from service.decoder import Decoder
 from service.errors import SfaError
 from service.filesource import FileSource
 from service.pipeline import BatchOutput, Pipeline, RawBatch
@@ -60,9 +59,8 @@ class ReplayStats:
 class FileSink:
     """Results as JSONL to a file or stdout; dead letters as JSONL (SPEC 1) to a file.
 
-    Writes run on one thread of their own: a write syscall releases the GIL, so the
-    next batches are prepared meanwhile; a single thread keeps them in batch order
-    (the pipeline may call `write` for batch k+1 before batch k's write has finished).
+    Writes run on a thread of their own: a write syscall releases the GIL, so the
+    next batches are prepared meanwhile. One thread, so writes stay in call order.
     """
 
     def __init__(self, results: IO[bytes] | None, errors: IO[bytes] | None) -> None:
@@ -141,7 +139,6 @@ async def replay(
         compute,
         sink,
         on_delivered=delivered,
-        decoder=Decoder(settings.max_message_bytes, 0),
     )
     try:
         async for raw in _raw_batches(paths, settings.batch_max_messages, source):

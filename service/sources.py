@@ -94,6 +94,14 @@ class FileBatch:
         return self._lines
 
     @property
+    def n_bytes(self) -> int:
+        """Message bytes plus one separator each (what a JSONL file holds)."""
+        if self.blob is not None:
+            return len(self.blob) + 1
+        values = self._values or []
+        return sum(map(len, values)) + len(values)
+
+    @property
     def explicit_lines(self) -> list[int] | None:
         """`lines` when they are not simply consecutive from `first_line`."""
         return self._lines
@@ -158,7 +166,7 @@ def _jsonl(path: str, batch_lines: int) -> Iterator[FileBatch]:
                 if clean:
                     yield FileBatch(path, blob=region, count=take, first_line=line + done + 1)
                 else:
-                    values, lines = _keep(region.split(b"\n"), line + done, True)
+                    values, lines = _keep(region.split(b"\n"), line + done)
                     if values:
                         yield FileBatch(path, values, lines)
                 start, done = end + 1, done + take
@@ -166,16 +174,13 @@ def _jsonl(path: str, batch_lines: int) -> Iterator[FileBatch]:
             line += done
 
 
-def _keep(parts: list[bytes], line: int, spaced: bool) -> tuple[list[bytes], list[int]]:
+def _keep(parts: list[bytes], line: int) -> tuple[list[bytes], list[int]]:
     """Drop blank lines (empty or only spaces/tabs) and trailing CRs.
 
-    The usual chunk (no empty line; no CR, space or tab at all, as in compact JSON)
-    is proven by C-level passes and needs no per-line Python work. Two-byte substring
-    scans such as `b"\\n\\n" in chunk` would cost several times more.
+    When no part is empty, starts with a space or tab, or ends with a CR (lines that
+    are arrays, say), C-level passes prove it and no per-line Python work is needed.
     """
     if all(parts):
-        if not spaced:
-            return parts, list(range(line + 1, line + 1 + len(parts)))
         firsts = bytes(map(_first_byte, parts))
         if (
             b" " not in firsts

@@ -33,6 +33,7 @@ __all__ = [
     "DAY_MAX",
     "DAY_MIN",
     "CheckedBars",
+    "cached_days",
     "check_bars",
     "parse_day",
     "symbol_ok",
@@ -245,20 +246,30 @@ def _symbols(bars: list[dict[str, Any]]) -> tuple[list[Any], np.ndarray | None]:
     return col, (bad if bad.any() else None)
 
 
+def cached_days(dates: list[Any]) -> np.ndarray | None:
+    """Day numbers through the cache of valid dates (at most 73k entries); a feed brings
+    a new date now and then, which is parsed and cached before a second try. None when
+    any value is not a valid date: the caller then looks row by row."""
+    n = len(dates)
+    lookup = _DAYS_OK.__getitem__
+    try:
+        return np.fromiter(map(lookup, dates), np.int32, n)
+    except (KeyError, TypeError):
+        pass
+    try:
+        for d in set(dates).difference(_DAYS_OK):
+            parse_day(d)  # caches the valid ones
+        return np.fromiter(map(lookup, dates), np.int32, n)
+    except (KeyError, TypeError):  # an invalid or unhashable value
+        return None
+
+
 def _days(bars: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray | None]:
     col = _column(bars, "date")
     n = len(col)
-    lookup = _DAYS_OK.__getitem__  # only valid dates are cached: at most 73k entries
-    try:
-        return np.fromiter(map(lookup, col), np.int32, n), None
-    except (KeyError, TypeError):
-        pass
-    try:
-        for d in set(col).difference(_DAYS_OK):
-            parse_day(d)  # caches the valid ones
-        return np.fromiter(map(lookup, col), np.int32, n), None
-    except (KeyError, TypeError):
-        pass
+    days_or_none = cached_days(col)
+    if days_or_none is not None:
+        return days_or_none, None
     days = [parse_day(d) for d in _with_alias(bars, col, "date")]
     bad = np.fromiter((type(d) is str for d in days), bool, n)
     return np.array([0 if type(d) is str else d for d in days], dtype=np.int32), bad
