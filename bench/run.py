@@ -81,7 +81,7 @@ def _bare_orjson(path: Path) -> float:
 
 
 def _replay(path: Path, out_dir: Path) -> tuple[float, int, float, int]:
-    from service.replay import replay
+    from service.files.replay import replay
     from service.settings import load_settings
 
     settings = load_settings()

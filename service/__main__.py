@@ -18,11 +18,11 @@ __all__ = ["main"]
 
 # command -> (module, help). Modules load lazily so `sfa --help` stays fast.
 _COMMANDS = {
-    "run": ("service.runner", "consume bars from Kafka and publish results (the service)"),
-    "replay": ("service.replay", "run bar files through the pipeline on a local Dask cluster"),
-    "generate": ("service.generate", "write a deterministic synthetic market as JSONL"),
-    "produce": ("service.produce", "load bar files into a Kafka topic, keyed by symbol"),
-    "recommend": ("service.recommend", "sizing advice for a batch analysis (original API)"),
+    "run": ("service.cli.run", "consume bars from Kafka and publish results (the service)"),
+    "replay": ("service.cli.replay", "run bar files through the pipeline on a local Dask cluster"),
+    "generate": ("service.cli.generate", "write a deterministic synthetic market as JSONL"),
+    "produce": ("service.cli.produce", "load bar files into a Kafka topic, keyed by symbol"),
+    "recommend": ("service.cli.recommend", "sizing advice for a batch analysis (original API)"),
 }
 _NEEDS_SETTINGS = {"run", "replay", "produce"}
 

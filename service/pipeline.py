@@ -26,87 +26,23 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
 
 import numpy as np
 from streamz import Stream
 
-from service.codec import DecodedBatch, Reject, ResultEncoder, encode_pattern_part
-from service.decoder import Decoder
-from service.engine import EngineParams, PatternResult, SymbolWindows, position_of, signal_of
+from service.batches import BatchOutput, BatchSink, Compute, RawBatch
+from service.compute.tasks import ChunkResult
+from service.decode.pool import Decoder
+from service.decode.types import DecodedBatch
+from service.encode import ResultEncoder, encode_pattern_part
+from service.engine import PatternResult, SymbolWindows, position_of, signal_of
 from service.settings import Settings
 from service.state import StateStore
-from service.tasks import ChunkResult
 
-__all__ = ["BatchOutput", "BatchSink", "Compute", "Pipeline", "RawBatch"]
+__all__ = ["Pipeline"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class RawBatch:
-    """Messages as they came, plus where each came from (files or Kafka).
-
-    A file batch may instead carry its lines as one newline-joined `blob` (it crosses
-    to the decoder process in one piece), or arrive already `decoded` by the replay
-    file reader (service.filesource), with only its count and size.
-    """
-
-    values: list[bytes] = field(default_factory=list)
-    closed_at: float = field(default_factory=time.monotonic)
-    # files
-    file: str | None = None
-    lines: list[int] | None = None  # per message; None: `first_line` + index
-    blob: bytes | None = None  # instead of `values`: the messages joined by b"\n"
-    count: int = 0  # messages in `blob` or `decoded`
-    first_line: int = 1
-    decoded: DecodedBatch | None = None  # set by a source that decodes for itself
-    size: int = 0  # message bytes plus separators, when there are no `values`
-    # Kafka (parallel to values)
-    topic: str | None = None
-    partitions: list[int] | None = None
-    offsets: list[int] | None = None
-    timestamps_ms: list[int] | None = None
-
-    @property
-    def n_messages(self) -> int:
-        if self.blob is not None or self.decoded is not None:
-            return self.count
-        return len(self.values)
-
-    @property
-    def n_bytes(self) -> int:
-        """Message bytes plus one separator each (what a JSONL file holds)."""
-        if self.blob is not None:
-            return len(self.blob) + 1
-        if self.decoded is not None:
-            return self.size
-        return sum(map(len, self.values)) + len(self.values)
-
-    def line_of(self, index: int) -> int:
-        """The file line of message `index` (0 when unknown)."""
-        if self.lines is not None:
-            return self.lines[index] if 0 <= index < len(self.lines) else 0
-        return self.first_line + index
-
-    def input_ref(self, index: int) -> dict[str, Any] | None:
-        """SPEC 6 `input`: the message position in Kafka mode, null for files."""
-        if self.offsets is None or self.partitions is None:
-            return None
-        return {
-            "topic": self.topic,
-            "partition": self.partitions[index],
-            "offset": self.offsets[index],
-        }
-
-    def next_offsets(self) -> dict[tuple[str, int], int]:
-        """Per partition, the offset to commit once this batch is delivered."""
-        if self.offsets is None or self.partitions is None or self.topic is None:
-            return {}
-        # Offsets only grow within a partition in a batch: the last one seen is the max.
-        last = dict(zip(self.partitions, self.offsets, strict=True))
-        return {(self.topic, p): o + 1 for p, o in last.items()}
 
 
 @dataclass(slots=True)
@@ -129,36 +65,6 @@ class _Prepared:
     state_records: list[tuple[bytes, bytes]]
     prepared_at: float
     pending: Awaitable[list[ChunkResult]] | None = None
-
-
-@dataclass(slots=True)
-class BatchOutput:
-    """Everything one batch produces; the sink commits it as a unit."""
-
-    seq: int
-    raw: RawBatch
-    results: list[tuple[str, bytes]]
-    rejects: list[Reject]
-    state_records: list[tuple[bytes, bytes]]
-    n_bars: int
-    statuses: Counter[str]
-    executed_by: frozenset[str]
-    analysed: int
-    timings: dict[str, float]
-
-
-class BatchSink(Protocol):
-    """Where a finished batch goes. Called in batch order, one call at a time."""
-
-    async def write(self, out: BatchOutput) -> None: ...
-
-
-class Compute(Protocol):
-    """What the pipeline needs of the compute layer (service.cluster.ComputeHandle)."""
-
-    async def run_chunks(
-        self, chunks: list[list[SymbolWindows]], params: EngineParams
-    ) -> list[ChunkResult]: ...
 
 
 class Pipeline:

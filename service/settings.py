@@ -60,7 +60,7 @@ class Settings(BaseModel):
     max_inflight_batches: int = Field(4, alias="SFA_MAX_INFLIGHT_BATCHES", ge=1, le=1000)
     max_message_bytes: int = Field(1_048_576, alias="SFA_MAX_MESSAGE_BYTES", ge=64)
     # Helper processes that decode and validate batches beside the main thread;
-    # unset: one when the machine has a spare core (service.decoder).
+    # unset: one when the machine has a spare core (service.decode.pool).
     decode_processes: int | None = Field(None, alias="SFA_DECODE_PROCESSES", ge=0, le=32)
 
     # --- engine ---
@@ -136,7 +136,7 @@ class Settings(BaseModel):
     # --- derived views ---
 
     def effective_decode_processes(self) -> int:
-        from service.decoder import default_decode_processes
+        from service.decode.pool import default_decode_processes
 
         if self.decode_processes is None:
             return default_decode_processes()

@@ -1,4 +1,4 @@
-"""`service.cluster.open_async` against real Dask: a process LocalCluster (2 workers x 1
+"""`service.compute.stream.open_async` against real Dask: a process LocalCluster (2 workers x 1
 thread, shared by the module) and a remote scheduler + worker started as real processes.
 
 The handle lives on an event loop in a background thread for the whole module, the way
@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 
 from service.calendar import date_to_day, spring_festival_date
-from service.cluster import ComputeHandle, open_async
+from service.compute.stream import ComputeHandle, open_async
+from service.compute.tasks import ChunkResult, analyze_chunk
 from service.engine import EngineParams, SymbolWindows
 from service.errors import SfaError
 from service.settings import Settings, load_settings
-from service.tasks import ChunkResult, analyze_chunk
 
 pytestmark = [
     pytest.mark.integration,
@@ -199,7 +199,7 @@ def test_a_killed_worker_loses_the_chunk_which_is_scattered_again(
     chunks = chunks_of(1, 4, offset=500)
     client.scatter = scatter_then_kill_the_holder  # type: ignore[method-assign]
     try:
-        with caplog.at_level(logging.WARNING, logger="service.cluster"):
+        with caplog.at_level(logging.WARNING, logger="service.compute"):
             got = loop.run(local.run_chunks(chunks, PARAMS))
     finally:
         client.scatter = real_scatter  # type: ignore[method-assign]
@@ -278,7 +278,7 @@ def test_remote_scheduler_runs_the_work_then_falls_back_when_it_dies(
         assert_matches_local(chunks, got)
         assert {r.executed_by for r in got} == set(handle.worker_stats())
         _stop(procs)  # the whole cluster goes away
-        with caplog.at_level(logging.WARNING, logger="service.cluster"):
+        with caplog.at_level(logging.WARNING, logger="service.compute"):
             again = loop.run(handle.run_chunks(chunks, PARAMS))
         assert_matches_local(chunks, again)
         assert {r.executed_by for r in again} == {"local"}
@@ -293,7 +293,7 @@ def test_unreachable_scheduler_falls_back_locally_or_fails_with_one_line(
 ) -> None:
     nowhere = f"tcp://127.0.0.1:{_free_port()}"
     quick = settings(dask_scheduler_address=nowhere, dask_connect_timeout=1)
-    with caplog.at_level(logging.WARNING, logger="service.cluster"):
+    with caplog.at_level(logging.WARNING, logger="service.compute"):
         handle = loop.run(open_async(quick))
     try:
         assert handle.mode == "local" and handle.fallback_active and handle.client is None
@@ -344,7 +344,7 @@ def test_after_a_fallback_the_work_returns_to_a_cluster_that_comes_back(
         restarted = _start_remote(address)
         deadline = time.monotonic() + 90
         executed: set[str] = {"local"}
-        with caplog.at_level(logging.INFO, logger="service.cluster"):
+        with caplog.at_level(logging.INFO, logger="service.compute"):
             # the batch that finds the cluster back may still run a chunk here: go on
             # until a whole batch runs on the cluster
             while "local" in executed and time.monotonic() < deadline:

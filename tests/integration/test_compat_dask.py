@@ -24,7 +24,7 @@ from service import (
     ParallelProcessingConfig,
     ParallelSpringFestivalEngine,
 )
-from service import cluster as cluster_module
+from service.compute import sync as cluster_module
 from tests.unit.test_compat import make_frame
 
 pytestmark = [
@@ -150,7 +150,7 @@ def test_unreachable_scheduler_falls_back_to_threads_and_says_so(
         }
     )
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="service.cluster"):
+    with caplog.at_level(logging.WARNING, logger="service.compute"):
         result = ParallelSpringFestivalEngine(config=config).analyze_multiple_stocks_parallel(
             FRAMES
         )
@@ -172,7 +172,7 @@ def test_sequential_when_no_cluster_can_be_had(
 
     monkeypatch.setattr(cluster_module, "LocalCluster", no_cluster)
     config = ParallelProcessingConfig(enable_distributed=True, chunk_size=3)
-    with caplog.at_level(logging.WARNING, logger="service.cluster"):
+    with caplog.at_level(logging.WARNING, logger="service.compute"):
         result = ParallelSpringFestivalEngine(config=config).analyze_multiple_stocks_parallel(
             FRAMES
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from service.replay import replay
+from service.files.replay import replay
 from service.settings import load_settings
 
 pytestmark = pytest.mark.integration
@@ -183,7 +183,7 @@ def test_reader_process_exits_with_its_parent(market: Path, tmp_path: Path) -> N
     """A SIGKILLed replay cannot stop its helper; the helper must notice by itself."""
     script = (
         "import sys, time\n"
-        "from service.filesource import FileSource\n"
+        "from service.files.source import FileSource\n"
         f"src = FileSource([{str(market)!r}], 10, 1 << 20, read_ahead=1)\n"
         "print(src._proc.pid, flush=True)\n"
         "time.sleep(60)\n"

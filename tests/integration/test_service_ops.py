@@ -633,7 +633,9 @@ def test_metrics_and_health_of_a_running_service(
     _assert_json_log(lines)
     records = [json.loads(line) for line in lines]
     assert any(
-        r["level"] == "WARNING" and r["logger"] == "service.cluster" and unreachable in r["msg"]
+        r["level"] == "WARNING"
+        and r["logger"] == "service.compute.stream"
+        and unreachable in r["msg"]
         for r in records
     ), "no warning that Dask is unreachable"
     assert any(r["logger"] == "service.kafka.librdkafka" for r in records)

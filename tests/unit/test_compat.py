@@ -24,9 +24,9 @@ from service import (
     SeasonalPattern,
     get_processing_recommendations,
 )
+from service.cli.recommend import add_arguments, run
 from service.compat import frame_to_windows
 from service.engine import EngineParams, Pattern, PatternResult, analyze_patterns
-from service.recommend import add_arguments, run
 
 _SEQ = ParallelProcessingConfig(execution="sequential", chunk_size=2)
 _PATTERN_FIELDS = [f.name for f in fields(Pattern) if f.name != "volatility_ratio"]

@@ -10,10 +10,11 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.batches import BatchOutput, RawBatch
+from service.compute.tasks import ChunkResult, analyze_chunk
 from service.engine import EngineParams, SymbolWindows
-from service.pipeline import BatchOutput, Pipeline, RawBatch
+from service.pipeline import Pipeline
 from service.settings import load_settings
-from service.tasks import ChunkResult, analyze_chunk
 
 
 class InlineCompute:
@@ -144,7 +145,7 @@ def test_last_result_independent_of_batching_and_order(
 
 def test_decoding_in_a_helper_process_changes_nothing() -> None:
     """The spawn-based decoder returns exactly what inline decoding does, in batch order."""
-    from service.decoder import Decoder
+    from service.decode.pool import Decoder
 
     values = [*MARKET[:3000], b"{bad", *MARKET[3000:]]
     _, inline_sink = _run(values, 700)

@@ -11,7 +11,6 @@ rounding (low <= open, close <= high) and JSON lines stay short.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import sys
 from collections.abc import Iterator
@@ -27,10 +26,8 @@ from service.calendar import FIRST_YEAR, date_to_day, day_to_date, sf_day_table
 __all__ = [
     "FESTIVAL_SPAN",
     "MarketBlock",
-    "add_arguments",
     "generate_bars",
     "generate_blocks",
-    "run",
     "symbol_names",
     "trading_days",
     "write_jsonl",
@@ -39,7 +36,7 @@ __all__ = [
 FESTIVAL_SPAN = 15  # trading days on each side of SF(y) that carry the festival drift
 _HOLIDAY_DAYS = 7  # SF(y) .. SF(y)+6 is the closed holiday week
 _MEAN_REVERSION = 1.0 / 250  # keeps log prices near their base over decades
-_LAST_YEAR = 2099  # SPEC 1: dates up to 2099-12-31
+LAST_YEAR = 2099  # SPEC 1: dates up to 2099-12-31
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +89,7 @@ def _festival_masks(days: np.ndarray, start_year: int, end_year: int) -> tuple[n
     pre = np.zeros(len(days), dtype=bool)
     post = np.zeros(len(days), dtype=bool)
     sf = sf_day_table()
-    for y in range(start_year, min(end_year + 1, _LAST_YEAR) + 1):
+    for y in range(start_year, min(end_year + 1, LAST_YEAR) + 1):
         i = int(np.searchsorted(days, sf[y - FIRST_YEAR]))  # first trading day on/after SF
         pre[max(0, i - FESTIVAL_SPAN) : i] = True
         post[i : i + FESTIVAL_SPAN] = True
@@ -110,8 +107,8 @@ def generate_blocks(
     """
     if n_symbols < 1:
         raise ValueError("n_symbols must be >= 1")
-    if not FIRST_YEAR <= start_year <= end_year <= _LAST_YEAR:
-        raise ValueError(f"need {FIRST_YEAR} <= start_year <= end_year <= {_LAST_YEAR}")
+    if not FIRST_YEAR <= start_year <= end_year <= LAST_YEAR:
+        raise ValueError(f"need {FIRST_YEAR} <= start_year <= end_year <= {LAST_YEAR}")
     rng = np.random.default_rng(seed)
     n = n_symbols
     base = np.log(rng.uniform(5.0, 200.0, n))
@@ -211,42 +208,3 @@ def write_jsonl(
             if bar is not None:
                 bar.update(len(chunk))
     return lines
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of `sfa generate` (the dispatcher in `service.__main__` calls this)."""
-    parser.add_argument("--symbols", type=int, required=True, help="number of symbols")
-    parser.add_argument("--start-year", type=int, required=True, help="first calendar year")
-    parser.add_argument("--end-year", type=int, required=True, help="last calendar year")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument(
-        "--output", default="-", help="JSONL file to write, '-' for stdout (default)"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Write the market; a progress bar appears only when stderr is a terminal."""
-    if args.symbols < 1:
-        print("sfa: --symbols must be >= 1", file=sys.stderr)
-        return 2
-    if not FIRST_YEAR <= args.start_year <= args.end_year <= _LAST_YEAR:
-        print(
-            f"sfa: need {FIRST_YEAR} <= --start-year <= --end-year <= {_LAST_YEAR}",
-            file=sys.stderr,
-        )
-        return 2
-    progress = sys.stderr.isatty()
-    if args.output == "-":
-        write_jsonl(
-            sys.stdout.buffer,
-            args.symbols,
-            args.start_year,
-            args.end_year,
-            args.seed,
-            progress=progress,
-        )
-        sys.stdout.buffer.flush()
-        return 0
-    with open(args.output, "wb") as fh:
-        write_jsonl(fh, args.symbols, args.start_year, args.end_year, args.seed, progress=progress)
-    return 0

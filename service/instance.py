@@ -1,4 +1,4 @@
-"""`sfa run`: the Kafka service around the shared pipeline.
+"""One instance of the Kafka service: consumer, shared pipeline, producer, metrics.
 
 One consumer (group member), one producer (transactional by default), one pipeline.
 The asyncio loop owns the pipeline and the state; blocking Kafka calls run on one
@@ -15,7 +15,6 @@ Failure policy (SPEC 7):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import contextlib
@@ -29,67 +28,24 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service import __version__
-from service.codec import dead_letter_headers
-from service.decoder import Decoder
-from service.errors import ConfigError, FatalError, SfaError
+from service.batches import BatchOutput, RawBatch
+from service.decode.pool import Decoder
+from service.errors import ConfigError, SfaError
 from service.kafka.admin import ensure_topics
 from service.kafka.consumer import BatchConsumer
 from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
 from service.kafka.restore import read_state_partitions
+from service.kafka.sink import KafkaSink
 from service.metrics import Health, Metrics, MetricsServer
-from service.pipeline import BatchOutput, Pipeline, RawBatch
+from service.pipeline import Pipeline
 from service.settings import Settings
 from service.state import StateStore
 
-__all__ = ["KafkaSink", "Service", "add_arguments", "run"]
+__all__ = ["Service"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SHUTDOWN_GRACE_S = 25.0
-
-
-class KafkaSink:
-    """Writes one batch's results, dead letters and state changes, then commits its offsets.
-
-    exactly_once: all of it, offsets included, in one transaction.
-    at_least_once: produce, flush and verify delivery, then commit the offsets.
-    """
-
-    def __init__(self, service: Service) -> None:
-        self._svc = service
-
-    async def write(self, out: BatchOutput) -> None:
-        await self._svc.in_producer_thread(lambda: self._write_blocking(out))
-        self._svc.after_commit(out)
-
-    def _write_blocking(self, out: BatchOutput) -> None:
-        svc = self._svc
-        s = svc.settings
-        producer = svc.producer
-        raw = out.raw
-        if isinstance(producer, TransactionalProducer):
-            producer.begin()
-        for symbol, payload in out.results:
-            producer.produce(s.output_topic, payload, key=symbol.encode())
-        for reject in out.rejects:
-            assert raw.partitions is not None and raw.offsets is not None
-            headers: list[tuple[str, str | bytes | None]] = [
-                *dead_letter_headers(
-                    reject,
-                    raw.topic or s.input_topic,
-                    raw.partitions[reject.index],
-                    raw.offsets[reject.index],
-                )
-            ]
-            producer.produce(s.dlq_topic, reject.raw, headers=headers)
-        for key, value, partition in svc.state_records_with_partitions(out):
-            producer.produce(s.state_topic, value, key=key, partition=partition)
-        offsets = raw.next_offsets()
-        if isinstance(producer, TransactionalProducer):
-            producer.commit(offsets, svc.consumer.group_metadata())
-        else:
-            producer.flush_and_verify()
-            svc.consumer.commit_offsets(offsets)
 
 
 class Service:
@@ -204,7 +160,7 @@ class Service:
     # --- main loop ---
 
     async def serve(self) -> int:
-        from service.cluster import open_async
+        from service.compute.stream import open_async
 
         s = self.settings
         self._loop = asyncio.get_running_loop()
@@ -346,20 +302,3 @@ def _raw_batch(messages: list[Any], topic: str) -> RawBatch:
     return RawBatch(
         values=values, topic=topic, partitions=partitions, offsets=offsets, timestamps_ms=stamps
     )
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = (
-        "Everything is configured from the environment (SPEC section 9), e.g. "
-        "KAFKA_BOOTSTRAP_SERVERS, KAFKA_GROUP_ID, SFA_INPUT_TOPIC, SFA_PROCESSING_GUARANTEE, "
-        "SFA_METRICS_PORT, DASK_SCHEDULER_ADDRESS; any KAFKA_SOME_PROPERTY reaches librdkafka "
-        "as some.property."
-    )
-
-
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        return asyncio.run(Service(settings).serve())
-    except FatalError as exc:
-        log.error("fatal: %s", exc)
-        return 3

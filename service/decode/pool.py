@@ -18,7 +18,8 @@ import threading
 import time
 from collections.abc import Sequence
 
-from service.codec import DecodedBatch, decode_batch, decode_lines
+from service.decode.batch import decode_batch, decode_lines
+from service.decode.types import DecodedBatch
 
 __all__ = ["Decoder", "default_decode_processes"]
 

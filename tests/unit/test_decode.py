@@ -14,12 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.calendar import date_to_day
-from service.codec import (
-    DecodedBatch,
-    Reject,
-    _parse_joined,
+from service.decode.batch import decode_batch
+from service.decode.exact import _parse_joined
+from service.decode.types import DecodedBatch, Reject
+from service.encode import (
     dead_letter_headers,
-    decode_batch,
     encode_pattern_part,
     encode_result,
     errors_file_record,
@@ -724,7 +723,7 @@ input_refs = st.one_of(
 def test_result_encoder_writes_what_encode_result_writes(
     rows: list[Any], window_days: int, alignment: str
 ) -> None:
-    from service.codec import ResultEncoder
+    from service.encode import ResultEncoder
 
     encoder = ResultEncoder(window_days, alignment)
     for symbol, day, status, part, position, signal, bars_held, ref in rows:

@@ -1,7 +1,7 @@
 """File inputs for `sfa replay` and `sfa produce`: JSONL (optionally gzip), CSV, Parquet.
 
 Every format is turned into the same thing the Kafka path sees: one message value
-per element, so decoding and validation (`service.codec`) are shared and a file
+per element, so decoding and validation (`service.decode`) are shared and a file
 replay rejects exactly what the live service would. A bad record is never an error
 here; only a file that cannot be read at all raises `InputError`.
 
@@ -36,8 +36,8 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
+from service.decode.rules import ALIASES
 from service.errors import InputError
-from service.validate import ALIASES
 
 __all__ = ["FileBatch", "iter_keyed_bars", "read_batches", "total_size_hint"]
 

@@ -10,9 +10,9 @@ import argparse
 import sys
 import time
 
+from service.files.readers import iter_keyed_bars, total_size_hint
 from service.kafka.producer import AtLeastOnceProducer
 from service.settings import Settings
-from service.sources import iter_keyed_bars, total_size_hint
 
 __all__ = ["add_arguments", "run"]
 

@@ -6,8 +6,8 @@ twice the parse itself. A msgspec `Struct` decoder checks the JSON types while i
 parses (a bool or a string where a number belongs is an error there), so what is
 left for Python is a few C-level column passes.
 
-This path only ever *accepts* what the exact path (`service.codec._decode_values`,
-orjson plus `service.validate`) accepts, with the same values; anything else it hands
+This path only ever *accepts* what the exact path (`service.decode.exact`,
+orjson plus `service.decode.rules`) accepts, with the same values; anything else it hands
 back, message by message, to the exact path, which alone decides a reason:
 
 * a message msgspec refuses (malformed JSON, a wrong type, a number out of range)
@@ -16,7 +16,7 @@ back, message by message, to the exact path, which alone decides a reason:
   finite positive number, low above high, a field given under its alias, ...)
   is re-decoded exactly; the exact path may still keep it.
 
-Property tests in `tests/unit/test_fastdecode.py` hold the two paths to the same
+Property tests in `tests/unit/test_decode_fast.py` hold the two paths to the same
 output on random and adversarial input.
 """
 
@@ -32,8 +32,8 @@ from typing import Annotated, Any
 import msgspec
 import numpy as np
 
+from service.decode.rules import _SYMBOLS_OK, cached_days, parse_day, symbol_ok
 from service.state.batch import factorize
-from service.validate import _SYMBOLS_OK, cached_days, parse_day, symbol_ok
 
 __all__ = ["Columns", "decode_block"]
 
@@ -164,7 +164,7 @@ def _parse(blob: bytes, starts: np.ndarray, aliased: bool) -> tuple[list[Any], l
     listed for the exact path.
 
     The joined text parses to exactly `count` objects when it parses at all (see
-    `service.codec._parse_joined` for the proof), so row i is message i.
+    `service.decode.exact._parse_joined` for the proof), so row i is message i.
     """
     decode = _DECODE_ALIASED if aliased else _DECODE
     count = len(starts) + 1

@@ -17,15 +17,9 @@ import pytest
 
 from bench.baseline import baseline_analyze
 from service.calendar import spring_festival_date
+from service.cli.generate import add_arguments, run
 from service.engine.types import EngineParams
-from service.generate import (
-    add_arguments,
-    generate_bars,
-    run,
-    symbol_names,
-    trading_days,
-    write_jsonl,
-)
+from service.market import generate_bars, symbol_names, trading_days, write_jsonl
 
 _SYMBOL = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 

@@ -9,7 +9,7 @@ from service.calendar import day_to_date
 from service.engine import PatternResult, position_and_signal
 
 if TYPE_CHECKING:
-    from service.replay import ReplayStats
+    from service.files.replay import ReplayStats
     from service.state import StateStore
 
 __all__ = ["Strongest", "render_summary", "strongest_patterns"]

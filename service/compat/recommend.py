@@ -18,8 +18,6 @@ cluster pays only for very large batches. Memory is the caller's frames
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 from typing import Any
@@ -33,9 +31,7 @@ __all__ = [
     "CONVERT_SECONDS_PER_POINT",
     "CONVERT_SECONDS_PER_SYMBOL",
     "SECONDS_PER_TASK",
-    "add_arguments",
     "get_processing_recommendations",
-    "run",
 ]
 
 #: Frame -> window arrays, per symbol (pandas call overhead dominates), measured 1.5 ms.
@@ -118,33 +114,3 @@ def get_processing_recommendations(
         "available_memory_gb": available_gb,
         "memory_optimization_needed": estimated_gb > 0.5 * available_gb,
     }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stocks", type=int, required=True, metavar="N", help="number of symbols")
-    parser.add_argument(
-        "--points", type=int, default=2000, metavar="M", help="bars per symbol (default 2000)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.stocks < 0 or args.points < 0:
-        print("sfa recommend: --stocks and --points must be >= 0")
-        return 2
-    rec = get_processing_recommendations(args.stocks, args.points)
-    if args.json:
-        print(json.dumps(rec, indent=2, sort_keys=True))
-        return 0
-    mode = "a Dask cluster" if rec["use_distributed"] else "in-process (a cluster would not pay)"
-    print(f"{rec['total_stocks']} symbols x {rec['avg_data_points_per_stock']} bars: run {mode}")
-    print(f"  workers            {rec['recommended_workers']} (1 thread each)")
-    print(f"  chunk size         {rec['recommended_chunk_size']} symbols per task")
-    print(f"  time, sequential   {rec['estimated_sequential_seconds']:.1f} s")
-    print(f"  time, recommended  {rec['estimated_parallel_seconds']:.1f} s")
-    print(f"  speedup            x{rec['speedup_factor']:.2f}")
-    memory = f"{rec['estimated_memory_gb']:.2f} GB of {rec['available_memory_gb']:.1f} GB free"
-    print(f"  memory             {memory}")
-    if rec["memory_optimization_needed"]:
-        print("  memory is tight: optimize_for_memory_usage, or analyze_large_dataset_streaming")
-    return 0

@@ -1,15 +1,11 @@
-"""Where the analyses run: a remote Dask scheduler, a LocalCluster, or this process.
-
-Two doors share one policy. `open_async` serves the streaming pipeline (inside its
-asyncio loop); `open_sync` serves the compat API (a plain `with` block). Both apply
-every DASK_* setting for real (`dask_config`): the memory fractions and comm timeouts go
-into `dask.config` before any worker starts, because a Nanny copies the parent's config
-into its worker process, and they are restored when the handle closes.
+"""The streaming pipeline's compute: a remote Dask scheduler, a LocalCluster, or this
+process, inside the pipeline's asyncio loop (`open_async`, `ComputeHandle`).
 
 A chunk is scattered from the copy we still hold, so when a worker dies the chunk can be
 scattered again; after a second loss it is computed here with a WARNING. Nothing falls
 back silently: every fallback logs its reason and is visible as `fallback_active` /
-`fallback_reason` (metrics: sfa_dask_fallback_active) or as the compat result's mode.
+`fallback_reason` (metrics: sfa_dask_fallback_active). After a fallback the handle
+looks for the cluster again every SFA_DASK_RECONNECT_SECONDS.
 """
 
 from __future__ import annotations
@@ -17,106 +13,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from typing import Any, Literal, cast
 
 import dask.config
 from distributed import Client, Future, LocalCluster
-from distributed.client import FutureCancelledError
-from distributed.comm.core import CommClosedError
-from distributed.scheduler import KilledWorker
 
+from service.compute.config import (
+    LOST_WORK_ERRORS,
+    dask_config,
+    local_cluster_kwargs,
+    reason_of,
+    want_processes,
+)
+from service.compute.tasks import ChunkResult, analyze_chunk
 from service.engine import EngineParams, SymbolWindows
 from service.errors import SfaError
 from service.settings import Settings
-from service.tasks import ChunkResult, analyze_chunk
 
-__all__ = [
-    "LOST_WORK_ERRORS",
-    "MIN_TCP_TIMEOUT",
-    "ComputeHandle",
-    "SyncCompute",
-    "SyncMode",
-    "dask_config",
-    "default_n_workers",
-    "local_cluster_kwargs",
-    "open_async",
-    "open_sync",
-]
+__all__ = ["ComputeHandle", "Mode", "open_async"]
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["remote", "local_cluster", "local"]
-SyncMode = Literal["remote", "local_cluster", "threads", "sequential"]
-
-#: What a lost worker or scheduler looks like from the client. A task's own exception
-#: (an engine bug) is deliberately absent: it must surface, not be recomputed elsewhere.
-LOST_WORK_ERRORS: tuple[type[BaseException], ...] = (
-    KilledWorker,
-    CommClosedError,
-    FutureCancelledError,
-    OSError,
-    TimeoutError,
-)
-
-
-def default_n_workers() -> int:
-    """One worker process per usable core, at most 4: more rarely pays for its memory."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 4))
-
-
-#: distributed's TCP keep-alive needs 10 probes plus an idle second: a lower
-#: `distributed.comm.timeouts.tcp` fails an assertion on every new connection.
-MIN_TCP_TIMEOUT = 11.0
-
-
-def dask_config(settings: Settings) -> dict[str, Any]:
-    """The DASK_* settings as dask.config keys (workers read them at start)."""
-    tcp = settings.dask_tcp_timeout
-    if tcp < MIN_TCP_TIMEOUT:
-        log.warning("DASK_TCP_TIMEOUT=%ss is below Dask's minimum; using %ss", tcp, MIN_TCP_TIMEOUT)
-        tcp = MIN_TCP_TIMEOUT
-    return {
-        "distributed.worker.memory.target": settings.dask_memory_target_fraction,
-        "distributed.worker.memory.spill": settings.dask_memory_spill_fraction,
-        "distributed.worker.memory.pause": settings.dask_memory_pause_fraction,
-        "distributed.worker.memory.terminate": settings.dask_memory_terminate_fraction,
-        "distributed.comm.timeouts.connect": f"{settings.dask_connect_timeout}s",
-        "distributed.comm.timeouts.tcp": f"{tcp}s",
-    }
-
-
-def local_cluster_kwargs(settings: Settings, *, processes: bool = True) -> dict[str, Any]:
-    """LocalCluster arguments from the settings; no dashboard (no port to collide on)."""
-    n_workers = settings.dask_n_workers or default_n_workers()
-    threads = settings.dask_threads_per_worker
-    if not processes:  # one in-process worker with as many threads as the whole cluster
-        n_workers, threads = 1, n_workers * threads
-    return {
-        "n_workers": n_workers,
-        "threads_per_worker": threads,
-        "memory_limit": settings.dask_memory_limit,
-        "processes": processes,
-        # None still starts the scheduler's HTTP server on 8787; ":0" takes a free port.
-        "dashboard_address": ":0",
-    }
-
-
-def _want_processes(settings: Settings) -> bool:
-    if settings.dask_processes is not None:
-        return settings.dask_processes
-    return default_n_workers() > 2
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _worker_memory(client: Client | None) -> dict[str, int]:
@@ -181,11 +101,11 @@ class ComputeHandle:
                     "chunk of %d symbols lost on the cluster (attempt %d): %s",
                     len(chunk),
                     attempt,
-                    _reason(exc),
+                    reason_of(exc),
                 )
         if last is not None:
             if not self.is_reachable():
-                self._activate_fallback(f"cluster lost: {_reason(last)}")
+                self._activate_fallback(f"cluster lost: {reason_of(last)}")
             log.warning(
                 "computing a chunk of %d symbols in-process after losing it twice", len(chunk)
             )
@@ -250,7 +170,7 @@ class ComputeHandle:
                         address, asynchronous=True, timeout=self.settings.dask_connect_timeout
                     )
                 except Exception as exc:  # still away: stay local, try again later
-                    log.info("Dask scheduler %s still unreachable: %s", address, _reason(exc))
+                    log.info("Dask scheduler %s still unreachable: %s", address, reason_of(exc))
                     return
                 old, self.client, self.mode = self.client, client, "remote"
                 if old is not None:
@@ -259,7 +179,7 @@ class ComputeHandle:
             try:  # fresh from the scheduler: the client's cached view lags by seconds
                 workers = await cast(Awaitable[dict[str, int]], client.nthreads())
             except Exception as exc:
-                log.info("Dask probe failed: %s", _reason(exc))
+                log.info("Dask probe failed: %s", reason_of(exc))
                 return
             if not workers:
                 log.info("Dask scheduler reachable but without workers yet")
@@ -311,7 +231,7 @@ async def open_async(settings: Settings) -> ComputeHandle:
         if settings.dask_enable_distributed:
             cluster = await LocalCluster(
                 asynchronous=True,
-                **local_cluster_kwargs(settings, processes=_want_processes(settings)),
+                **local_cluster_kwargs(settings, processes=want_processes(settings)),
             )
             client = await Client(cluster, asynchronous=True)
             return ComputeHandle(settings, "local_cluster", client, cluster, config_scope=scope)
@@ -321,122 +241,9 @@ async def open_async(settings: Settings) -> ComputeHandle:
             with contextlib.suppress(Exception):
                 await cast(Awaitable[Any], cluster.close())
         where = f"scheduler {address}" if address else "a LocalCluster"
-        reason = f"cannot reach {where}: {_reason(exc)}"
+        reason = f"cannot reach {where}: {reason_of(exc)}"
         if settings.dask_fallback == "fail":
             scope.close()
             raise SfaError(f"{reason} (SFA_DASK_FALLBACK=fail)") from exc
         log.warning("Dask unavailable, computing in-process: %s", reason)
         return ComputeHandle(settings, "local", fallback_reason=reason, config_scope=scope)
-
-
-class SyncCompute:
-    """The compat API's compute for one `with` block; `client` is None when sequential."""
-
-    def __init__(
-        self, settings: Settings, mode: SyncMode, client: Client | None, reasons: list[str]
-    ) -> None:
-        self.settings = settings
-        self.mode: SyncMode = mode
-        self.client = client
-        self.fallback_reason = "; ".join(reasons) or None
-
-    def run_chunks(
-        self, chunks: list[list[SymbolWindows]], params: EngineParams
-    ) -> list[ChunkResult]:
-        """Scatter the chunks, map analyze_chunk over them, gather; lost chunks go again
-        once from our copy, then run here with a WARNING."""
-        if self.client is None or not chunks:
-            return [analyze_chunk(chunk, params) for chunk in chunks]
-        results: list[ChunkResult | None] = [None] * len(chunks)
-        todo = list(range(len(chunks)))
-        for attempt in (1, 2):
-            todo = self._map(chunks, todo, params, results, attempt)
-            if not todo:
-                break
-        for i in todo:
-            log.warning(
-                "computing chunk %d (%d symbols) in-process after losing it twice",
-                i,
-                len(chunks[i]),
-            )
-            results[i] = analyze_chunk(chunks[i], params)
-        return [r for r in results if r is not None]
-
-    def _map(
-        self,
-        chunks: list[list[SymbolWindows]],
-        todo: list[int],
-        params: EngineParams,
-        results: list[ChunkResult | None],
-        attempt: int,
-    ) -> list[int]:
-        client = self.client
-        assert client is not None
-        try:
-            data = client.scatter(
-                [chunks[i] for i in todo], hash=False, timeout=self.settings.dask_connect_timeout
-            )
-        except LOST_WORK_ERRORS as exc:
-            log.warning("scatter failed (attempt %d): %s", attempt, _reason(exc))
-            return todo
-        futures = client.map(
-            analyze_chunk, data, params=params, retries=self.settings.dask_task_retries, pure=False
-        )
-        failed: list[int] = []
-        for i, future in zip(todo, futures, strict=True):
-            try:
-                results[i] = future.result()
-            except LOST_WORK_ERRORS as exc:
-                log.warning(
-                    "chunk %d lost on the cluster (attempt %d): %s", i, attempt, _reason(exc)
-                )
-                failed.append(i)
-        for future in (*futures, *data):
-            future.release()  # local bookkeeping only: works even when the scheduler is gone
-        return failed
-
-
-def _start(settings: Settings, mode: SyncMode, stack: contextlib.ExitStack) -> Client | None:
-    if mode == "remote":
-        return stack.enter_context(
-            Client(settings.dask_scheduler_address, timeout=settings.dask_connect_timeout)
-        )
-    if mode == "sequential":
-        return None
-    cluster = LocalCluster(**local_cluster_kwargs(settings, processes=mode == "local_cluster"))
-    stack.enter_context(cluster)
-    return stack.enter_context(Client(cluster))
-
-
-@contextlib.contextmanager
-def open_sync(settings: Settings, start: SyncMode | None = None) -> Iterator[SyncCompute]:
-    """remote (if an address is set) -> local_cluster (if enabled) -> threads -> sequential.
-
-    Each step that cannot be had logs a WARNING and adds its reason to `fallback_reason`.
-    `start` skips the earlier steps (e.g. 'sequential' for tests and tiny inputs).
-    """
-    chain: list[SyncMode] = []
-    if settings.dask_scheduler_address:
-        chain.append("remote")
-    if settings.dask_enable_distributed:
-        chain.append("local_cluster")
-    chain += ["threads", "sequential"]
-    if start is not None:
-        chain = chain[chain.index(start) :] if start in chain else [start, "sequential"]
-    reasons: list[str] = []
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(dask.config.set(dask_config(settings)))
-        for mode in chain:
-            attempt = contextlib.ExitStack()
-            try:
-                client = _start(settings, mode, attempt)
-            except Exception as exc:  # distributed raises OSError, TimeoutError, ValueError, ...
-                attempt.close()
-                reason = f"{mode} unavailable: {_reason(exc)}"
-                log.warning("Dask %s; falling back", reason)
-                reasons.append(reason)
-                continue
-            stack.enter_context(attempt)
-            yield SyncCompute(settings, mode, client, reasons)
-            return
-    raise AssertionError("unreachable: sequential mode always starts")  # pragma: no cover

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import service.sources as sources
-from service.codec import decode_batch
+import service.files.readers as sources
+from service.decode.batch import decode_batch
 from service.errors import InputError
-from service.sources import FileBatch, iter_keyed_bars, read_batches, total_size_hint
+from service.files.readers import FileBatch, iter_keyed_bars, read_batches, total_size_hint
 
 BAR = b'{"symbol":"A","date":"2021-02-03","close":1.5}'
 

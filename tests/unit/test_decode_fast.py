@@ -1,4 +1,4 @@
-"""The columnar fast path (service.fastdecode) against the independent reference.
+"""The columnar fast path (service.decode.fast) against the independent reference.
 
 The fast path may only accept what the exact path accepts, with the same values, and
 must hand everything else back message by message. These tests feed it blocks where
@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import service.codec as codec
-from service.codec import decode_batch, decode_lines
-from service.fastdecode import decode_block
-from tests.unit.test_codec import _as_reference, _reference, bars, good_bars, msg
+import service.decode.batch as decode_batch_module
+from service.decode.batch import decode_batch, decode_lines
+from service.decode.fast import decode_block
+from tests.unit.test_decode import _as_reference, _reference, bars, good_bars, msg
 
 GOOD = b'{"symbol":"A","date":"2021-02-03","close":1.5}'
 
@@ -92,13 +92,13 @@ def test_one_broken_message_costs_only_itself(
     values = [GOOD] * 1000
     values[where] = bad
     exact_calls: list[int] = []
-    real = codec._decode_values
+    real = decode_batch_module.decode_values
 
     def counting(vs: Any, limit: int) -> Any:
         exact_calls.append(len(vs))
         return real(vs, limit)
 
-    monkeypatch.setattr(codec, "_decode_values", counting)
+    monkeypatch.setattr(decode_batch_module, "decode_values", counting)
     out = decode_lines(b"\n".join(values))
     assert exact_calls == [1]  # the broken message alone went the exact path
     assert len(out) == 999 and [r.index for r in out.rejects] == [where]

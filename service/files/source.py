@@ -27,9 +27,10 @@ from typing import Any
 
 import orjson
 
-from service.codec import DecodedBatch, decode_batch, decode_lines
+from service.decode.batch import decode_batch, decode_lines
+from service.decode.types import DecodedBatch
 from service.errors import InputError
-from service.sources import read_batches
+from service.files.readers import read_batches
 
 __all__ = ["DecodedFileBatch", "FileSource"]
 
@@ -101,7 +102,7 @@ class FileSource:
         spec = orjson.dumps([list(paths), batch_lines, max_message_bytes, write_fd, os.getpid()])
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "service.filesource", spec.decode()],
+                [sys.executable, "-m", "service.files.source", spec.decode()],
                 pass_fds=(write_fd,),
                 stdin=subprocess.DEVNULL,
             )
@@ -156,14 +157,14 @@ class FileSource:
 
 
 def _main(argv: list[str]) -> int:
-    """`python -m service.filesource SPEC`: the helper, started by `FileSource` only."""
+    """`python -m service.files.source SPEC`: the helper, started by `FileSource` only."""
     paths, batch_lines, max_message_bytes, fd, parent = orjson.loads(argv[0])
     _serve(paths, batch_lines, max_message_bytes, Connection(fd, readable=False), parent)
     return 0
 
 
 if __name__ == "__main__":
-    # run the imported module's copy, so what gets pickled names service.filesource
-    from service import filesource
+    # run the imported module's copy, so what gets pickled names service.files.source
+    from service.files import source
 
-    sys.exit(filesource._main(sys.argv[1:]))
+    sys.exit(source._main(sys.argv[1:]))

@@ -1,7 +1,7 @@
 """The original system's Python API (SPEC 8): same names and defaults, new insides.
 
 Frames become `SymbolWindows` (only window bars travel); chunks of `chunk_size` symbols
-are scattered to real Dask workers running `service.tasks.analyze_chunk`; every fallback
+are scattered to real Dask workers running `service.compute.tasks.analyze_chunk`; every fallback
 (remote -> local cluster -> threads -> sequential) is logged and recorded in the result,
 because the original silently reran everything sequentially when its Dask path broke.
 """
@@ -21,9 +21,10 @@ import pandas as pd
 import psutil
 
 from service.calendar import date_to_day
-from service.cluster import SyncCompute, SyncMode, default_n_workers, open_sync
+from service.compat.recommend import get_processing_recommendations
+from service.compute.config import default_n_workers
+from service.compute.sync import SyncCompute, SyncMode, open_sync
 from service.engine import EngineParams, PatternResult, SymbolWindows, window_year_of
-from service.recommend import get_processing_recommendations
 from service.settings import Settings, load_settings
 
 __all__ = [

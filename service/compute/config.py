@@ -1,0 +1,98 @@
+"""Where the analyses run, as Dask settings: every DASK_* variable applied for real.
+
+The memory fractions and comm timeouts go into `dask.config` before any worker starts
+(`dask_config`), because a Nanny copies the parent's config into its worker process;
+the shells restore them when they close. `LOST_WORK_ERRORS` is what a lost worker or
+scheduler looks like from the client, for both shells.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from distributed.client import FutureCancelledError
+from distributed.comm.core import CommClosedError
+from distributed.scheduler import KilledWorker
+
+from service.settings import Settings
+
+__all__ = [
+    "LOST_WORK_ERRORS",
+    "MIN_TCP_TIMEOUT",
+    "dask_config",
+    "default_n_workers",
+    "local_cluster_kwargs",
+    "reason_of",
+    "want_processes",
+]
+
+log = logging.getLogger(__name__)
+
+#: What a lost worker or scheduler looks like from the client. A task's own exception
+#: (an engine bug) is deliberately absent: it must surface, not be recomputed elsewhere.
+LOST_WORK_ERRORS: tuple[type[BaseException], ...] = (
+    KilledWorker,
+    CommClosedError,
+    FutureCancelledError,
+    OSError,
+    TimeoutError,
+)
+
+
+def default_n_workers() -> int:
+    """One worker process per usable core, at most 4: more rarely pays for its memory."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
+
+
+#: distributed's TCP keep-alive needs 10 probes plus an idle second: a lower
+#: `distributed.comm.timeouts.tcp` fails an assertion on every new connection.
+MIN_TCP_TIMEOUT = 11.0
+
+
+def dask_config(settings: Settings) -> dict[str, Any]:
+    """The DASK_* settings as dask.config keys (workers read them at start)."""
+    tcp = settings.dask_tcp_timeout
+    if tcp < MIN_TCP_TIMEOUT:
+        log.warning("DASK_TCP_TIMEOUT=%ss is below Dask's minimum; using %ss", tcp, MIN_TCP_TIMEOUT)
+        tcp = MIN_TCP_TIMEOUT
+    return {
+        "distributed.worker.memory.target": settings.dask_memory_target_fraction,
+        "distributed.worker.memory.spill": settings.dask_memory_spill_fraction,
+        "distributed.worker.memory.pause": settings.dask_memory_pause_fraction,
+        "distributed.worker.memory.terminate": settings.dask_memory_terminate_fraction,
+        "distributed.comm.timeouts.connect": f"{settings.dask_connect_timeout}s",
+        "distributed.comm.timeouts.tcp": f"{tcp}s",
+    }
+
+
+def local_cluster_kwargs(settings: Settings, *, processes: bool = True) -> dict[str, Any]:
+    """LocalCluster arguments from the settings; no dashboard (no port to collide on)."""
+    n_workers = settings.dask_n_workers or default_n_workers()
+    threads = settings.dask_threads_per_worker
+    if not processes:  # one in-process worker with as many threads as the whole cluster
+        n_workers, threads = 1, n_workers * threads
+    return {
+        "n_workers": n_workers,
+        "threads_per_worker": threads,
+        "memory_limit": settings.dask_memory_limit,
+        "processes": processes,
+        # None still starts the scheduler's HTTP server on 8787; ":0" takes a free port.
+        "dashboard_address": ":0",
+    }
+
+
+def want_processes(settings: Settings) -> bool:
+    if settings.dask_processes is not None:
+        return settings.dask_processes
+    return default_n_workers() > 2
+
+
+def reason_of(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
