@@ -50,7 +50,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from service.batches import BatchOutput
+from service.batches import BatchOutput, KafkaOrigin
 from service.decode.batch import decode_batch
 from service.instance import Service
 from service.kafka.producer import AtLeastOnceProducer
@@ -210,15 +210,16 @@ class BenchService(Service):
     def after_commit(self, out: BatchOutput) -> None:
         now, now_ms = time.monotonic(), time.time() * 1000.0
         super().after_commit(out)
-        run, raw = self.run, out.raw
+        run, batch = self.run, out.batch
         if run.first_commit is None:
             run.first_commit = time.perf_counter()
-        run.batch_latency.append(now - raw.closed_at)
-        if raw.timestamps_ms:
-            stamps = np.asarray(raw.timestamps_ms, dtype=np.float64)
+        run.batch_latency.append(now - batch.closed_at)
+        origin = batch.origin
+        if isinstance(origin, KafkaOrigin) and origin.timestamps_ms:
+            stamps = np.asarray(origin.timestamps_ms, dtype=np.float64)
             run.end_to_end.append((now_ms - stamps[stamps > 0]) / 1000.0)
         run.bars += out.n_bars
-        run.messages += raw.n_messages
+        run.messages += batch.n_messages
         run.rejects += len(out.rejects)
         run.results += len(out.results)
         # The topic holds only our messages and a batch commits at most once (a retried

@@ -1,9 +1,14 @@
-"""The batch types and the two protocols every stage of the pipeline imports.
+"""The batch type and the two protocols every stage of the pipeline imports.
 
 A batch is formed before the pipeline (the Kafka consumer's bounded `consume`, the
-file readers' line batches) and travels through it as one element; `BatchOutput` is
-what a finished batch produced, which a `BatchSink` delivers as a unit; `Compute` is
-what the pipeline asks of the compute layer.
+file readers' line batches) and travels through it as one element: a payload (the
+messages, in one of three shapes) plus where they came from (`KafkaOrigin` or
+`FileOrigin`). `BatchOutput` is what a finished batch produced, which a `BatchSink`
+delivers as a unit; `Compute` is what the pipeline asks of the compute layer.
+
+    Kafka consumer --Batch(list[bytes], KafkaOrigin)--\\
+    file readers  --Batch(bytes | list[bytes], FileOrigin)--> Pipeline --BatchOutput--> BatchSink
+    replay reader --Batch(DecodedBatch, FileOrigin)---/
 """
 
 from __future__ import annotations
@@ -17,59 +22,34 @@ from service.compute.tasks import ChunkResult
 from service.decode.types import DecodedBatch, Reject
 from service.engine import EngineParams, SymbolWindows
 
-__all__ = ["BatchOutput", "BatchSink", "Compute", "RawBatch"]
+__all__ = [
+    "Batch",
+    "BatchOutput",
+    "BatchSink",
+    "Compute",
+    "FileOrigin",
+    "KafkaOrigin",
+    "Origin",
+    "Payload",
+]
+
+#: A batch's messages: one bytes object per message; or the messages joined by b"\n"
+#: (a clean JSONL stretch, one object to hand to a decoder process); or already decoded
+#: (replay's reader process decodes as it reads).
+Payload = list[bytes] | bytes | DecodedBatch
 
 
-@dataclass(slots=True)
-class RawBatch:
-    """Messages as they came, plus where each came from (files or Kafka).
+@dataclass(frozen=True, slots=True)
+class KafkaOrigin:
+    """Where each message of a Kafka batch came from (lists parallel to the messages)."""
 
-    A file batch may instead carry its lines as one newline-joined `blob` (it crosses
-    to the decoder process in one piece), or arrive already `decoded` by the replay
-    file reader (service.files.source), with only its count and size.
-    """
+    topic: str
+    partitions: list[int]
+    offsets: list[int]
+    timestamps_ms: list[int]
 
-    values: list[bytes] = field(default_factory=list)
-    closed_at: float = field(default_factory=time.monotonic)
-    # files
-    file: str | None = None
-    lines: list[int] | None = None  # per message; None: `first_line` + index
-    blob: bytes | None = None  # instead of `values`: the messages joined by b"\n"
-    count: int = 0  # messages in `blob` or `decoded`
-    first_line: int = 1
-    decoded: DecodedBatch | None = None  # set by a source that decodes for itself
-    size: int = 0  # message bytes plus separators, when there are no `values`
-    # Kafka (parallel to values)
-    topic: str | None = None
-    partitions: list[int] | None = None
-    offsets: list[int] | None = None
-    timestamps_ms: list[int] | None = None
-
-    @property
-    def n_messages(self) -> int:
-        if self.blob is not None or self.decoded is not None:
-            return self.count
-        return len(self.values)
-
-    @property
-    def n_bytes(self) -> int:
-        """Message bytes plus one separator each (what a JSONL file holds)."""
-        if self.blob is not None:
-            return len(self.blob) + 1
-        if self.decoded is not None:
-            return self.size
-        return sum(map(len, self.values)) + len(self.values)
-
-    def line_of(self, index: int) -> int:
-        """The file line of message `index` (0 when unknown)."""
-        if self.lines is not None:
-            return self.lines[index] if 0 <= index < len(self.lines) else 0
-        return self.first_line + index
-
-    def input_ref(self, index: int) -> dict[str, Any] | None:
-        """SPEC 6 `input`: the message position in Kafka mode, null for files."""
-        if self.offsets is None or self.partitions is None:
-            return None
+    def input_ref(self, index: int) -> dict[str, Any]:
+        """SPEC 6 `input`: the position of message `index`."""
         return {
             "topic": self.topic,
             "partition": self.partitions[index],
@@ -78,11 +58,63 @@ class RawBatch:
 
     def next_offsets(self) -> dict[tuple[str, int], int]:
         """Per partition, the offset to commit once this batch is delivered."""
-        if self.offsets is None or self.partitions is None or self.topic is None:
-            return {}
         # Offsets only grow within a partition in a batch: the last one seen is the max.
         last = dict(zip(self.partitions, self.offsets, strict=True))
         return {(self.topic, p): o + 1 for p, o in last.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class FileOrigin:
+    """The file a batch came from and the line of each message (CSV: where the record
+    ends; Parquet: the row). `lines` is None when they run on from `first_line`."""
+
+    file: str
+    first_line: int = 1
+    lines: list[int] | None = None
+
+    def line_of(self, index: int) -> int:
+        """The file line of message `index` (0 when unknown)."""
+        if self.lines is not None:
+            return self.lines[index] if 0 <= index < len(self.lines) else 0
+        return self.first_line + index
+
+
+Origin = KafkaOrigin | FileOrigin
+
+
+@dataclass(slots=True)
+class Batch:
+    """Messages plus where they came from; `n_bytes` counts a separator per message
+    (what a JSONL file holds), for progress. Build one with the `of_*` constructors."""
+
+    payload: Payload
+    origin: Origin
+    n_messages: int
+    n_bytes: int
+    closed_at: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def of_values(cls, values: list[bytes], origin: Origin) -> Batch:
+        return cls(values, origin, len(values), sum(map(len, values)) + len(values))
+
+    @classmethod
+    def of_lines(cls, blob: bytes, count: int, origin: Origin) -> Batch:
+        """`count` messages joined by single newlines."""
+        return cls(blob, origin, count, len(blob) + 1)
+
+    @classmethod
+    def of_decoded(cls, decoded: DecodedBatch, count: int, size: int, origin: Origin) -> Batch:
+        """Already decoded: `count` messages that took `size` bytes."""
+        return cls(decoded, origin, count, size)
+
+    def messages(self) -> list[bytes]:
+        """One bytes object per message (a joined payload is split on demand)."""
+        payload = self.payload
+        if isinstance(payload, bytes):
+            return payload.split(b"\n") if payload else []
+        if isinstance(payload, list):
+            return payload
+        raise TypeError("a decoded batch no longer holds its messages")
 
 
 @dataclass(slots=True)
@@ -90,7 +122,7 @@ class BatchOutput:
     """Everything one batch produces; the sink commits it as a unit."""
 
     seq: int
-    raw: RawBatch
+    batch: Batch
     results: list[tuple[str, bytes]]
     rejects: list[Reject]
     state_records: list[tuple[bytes, bytes]]

@@ -28,14 +28,14 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service import __version__
-from service.batches import BatchOutput, RawBatch
+from service.batches import BatchOutput, KafkaOrigin
 from service.decode.pool import Decoder
 from service.errors import ConfigError, SfaError
 from service.kafka.admin import ensure_topics
 from service.kafka.consumer import BatchConsumer
 from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
 from service.kafka.restore import read_state_partitions
-from service.kafka.sink import KafkaSink
+from service.kafka.sink import KafkaSink, SinkTopics
 from service.metrics import Health, Metrics, MetricsServer
 from service.pipeline import Pipeline
 from service.settings import Settings
@@ -122,19 +122,13 @@ class Service:
 
         self._on_loop(finish_and_drop)
 
-    # --- sink support ---
-
-    def state_records_with_partitions(
-        self, out: BatchOutput
-    ) -> list[tuple[bytes, bytes, int | None]]:
-        """Partition p of the state topic holds the state of input partition p."""
-        return [(k, v, self.state.partition_of_record(k)) for k, v in out.state_records]
+    # --- after each commit ---
 
     def after_commit(self, out: BatchOutput) -> None:
         m = self.metrics
-        raw = out.raw
+        batch = out.batch
         now_ms = time.time() * 1000.0
-        m.messages_consumed(raw.topic or self.settings.input_topic, raw.n_messages)
+        m.messages_consumed(self.settings.input_topic, batch.n_messages)
         m.bars_processed(out.n_bars)
         for reject in out.rejects:
             m.dead_letter(reject.reason)
@@ -142,9 +136,9 @@ class Service:
             m.result_produced(status, n)
             m.analyses(status, n)
         m.batch("ok")
-        m.observe_batch(raw.n_messages, time.monotonic() - raw.closed_at)
-        if raw.timestamps_ms:
-            stamps = np.asarray(raw.timestamps_ms, dtype=np.float64)
+        m.observe_batch(batch.n_messages, time.monotonic() - batch.closed_at)
+        if isinstance(batch.origin, KafkaOrigin) and batch.origin.timestamps_ms:
+            stamps = np.asarray(batch.origin.timestamps_ms, dtype=np.float64)
             m.observe_end_to_end((now_ms - stamps[stamps > 0]) / 1000.0)
         self.health.batch_finished()
         self._sync_fallback()
@@ -197,11 +191,24 @@ class Service:
             await self._shutdown()
         return code
 
+    def _new_sink(self) -> KafkaSink:
+        s = self.settings
+        topics = SinkTopics(output=s.output_topic, dlq=s.dlq_topic, state=s.state_topic)
+        options: dict[str, Any] = {
+            "state_partition": self.state.partition_of_record,
+            "run": self.in_producer_thread,
+            "on_committed": self.after_commit,
+        }
+        producer = self.producer
+        if isinstance(producer, TransactionalProducer):
+            return KafkaSink.exactly_once(producer, self.consumer, topics, **options)
+        return KafkaSink.at_least_once(producer, self.consumer, topics, **options)
+
     def _new_pipeline(self) -> Pipeline:
         return Pipeline(
             self.settings,
             self.compute,
-            KafkaSink(self),
+            self._new_sink(),
             state=self.state,
             with_changelog=True,
             decoder=self.decoder,
@@ -224,23 +231,18 @@ class Service:
                 )
                 paused = full
             timeout = 0.05 if full else wait_s
-            raw = await self.in_kafka_thread(
-                functools.partial(self._poll_raw, s.batch_max_messages, timeout)
+            batch = await self.in_kafka_thread(
+                functools.partial(self.consumer.poll_batch, s.batch_max_messages, timeout)
             )
-            if raw is None:
+            if batch is None:
                 if full:
                     await asyncio.sleep(0.01)
                 continue
             try:
-                await pipeline.submit(raw)
+                await pipeline.submit(batch)
             except Exception as exc:
                 await self._after_failure(exc)
         return 0
-
-    def _poll_raw(self, max_messages: int, timeout: float) -> RawBatch | None:
-        """On the consumer thread: poll and build the batch's columns off the loop."""
-        messages = self.consumer.poll_batch(max_messages, timeout)
-        return _raw_batch(messages, self.settings.input_topic) if messages else None
 
     async def _after_failure(self, exc: BaseException) -> None:
         if isinstance(exc, SfaError) and exc.retriable:
@@ -290,15 +292,3 @@ class Service:
         self._producing.shutdown(wait=False)
         self.decoder.close()
         log.info("stopped")
-
-
-def _raw_batch(messages: list[Any], topic: str) -> RawBatch:
-    values, partitions, offsets, stamps = [], [], [], []
-    for m in messages:
-        values.append(m.value() or b"")
-        partitions.append(m.partition())
-        offsets.append(m.offset())
-        stamps.append(m.timestamp()[1])
-    return RawBatch(
-        values=values, topic=topic, partitions=partitions, offsets=offsets, timestamps_ms=stamps
-    )

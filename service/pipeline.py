@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from streamz import Stream
 
-from service.batches import BatchOutput, BatchSink, Compute, RawBatch
+from service.batches import Batch, BatchOutput, BatchSink, Compute, KafkaOrigin
 from service.compute.tasks import ChunkResult
 from service.decode.pool import Decoder
 from service.decode.types import DecodedBatch
@@ -58,7 +58,7 @@ class _Touched:
 @dataclass(slots=True)
 class _Prepared:
     seq: int
-    raw: RawBatch
+    batch: Batch
     decoded: DecodedBatch
     touched: list[_Touched]
     chunks: list[list[SymbolWindows]]
@@ -68,7 +68,7 @@ class _Prepared:
 
 
 class Pipeline:
-    """Feed `RawBatch`es with `submit`; results reach the sink in batch order.
+    """Feed `Batch`es with `submit`; results reach the sink in batch order.
 
     `submit` returns once the batch is accepted, waiting while
     `max_inflight_batches` are already in flight (backpressure for the source).
@@ -128,7 +128,7 @@ class Pipeline:
         """The error that stopped this pipeline, if any; the driver decides what follows."""
         return self._failure
 
-    async def submit(self, raw: RawBatch) -> None:
+    async def submit(self, batch: Batch) -> None:
         self._raise_if_failed()
         while self._inflight >= self._max_inflight and self._failure is None:
             self._room.clear()
@@ -137,7 +137,7 @@ class Pipeline:
         self._inflight += 1
         self._idle.clear()
         try:
-            await self.source.emit(raw)
+            await self.source.emit(batch)
         except Exception as exc:
             self._fail(exc)
         self._raise_if_failed()
@@ -161,39 +161,41 @@ class Pipeline:
 
     # --- graph nodes ---
 
-    async def _decode(self, raw: RawBatch) -> tuple[RawBatch, DecodedBatch | None]:
+    async def _decode(self, batch: Batch) -> tuple[Batch, DecodedBatch | None]:
+        payload = batch.payload
         try:
-            if raw.decoded is not None:
-                return raw, raw.decoded
-            if raw.blob is not None:
-                return raw, await self._decoder.decode_lines(raw.blob)
-            return raw, await self._decoder.decode(raw.values)
+            if isinstance(payload, DecodedBatch):
+                return batch, payload
+            if isinstance(payload, bytes):
+                return batch, await self._decoder.decode_lines(payload)
+            return batch, await self._decoder.decode(payload)
         except Exception as exc:
             self._fail(exc)
-            return raw, None
+            return batch, None
 
-    def _prepare(self, item: tuple[RawBatch, DecodedBatch | None]) -> _Prepared | None:
-        raw, decoded = item
+    def _prepare(self, item: tuple[Batch, DecodedBatch | None]) -> _Prepared | None:
+        batch, decoded = item
         if decoded is None or self._failure is not None:
             return None
         try:
-            return self._prepare_decoded(raw, decoded)
+            return self._prepare_decoded(batch, decoded)
         except Exception as exc:  # an exception here would kill streamz's worker loop
             self._fail(exc)
             return None
 
-    def _prepare_decoded(self, raw: RawBatch, decoded: DecodedBatch) -> _Prepared:
+    def _prepare_decoded(self, batch: Batch, decoded: DecodedBatch) -> _Prepared:
         seq = self._seq
         self._seq += 1
         partition: int | np.ndarray = -1
-        if raw.partitions is not None and len(decoded):
-            partition = np.asarray(raw.partitions, dtype=np.int32)[decoded.message_index]
+        kafka = batch.origin if isinstance(batch.origin, KafkaOrigin) else None
+        if kafka is not None and len(decoded):
+            partition = np.asarray(kafka.partitions, dtype=np.int32)[decoded.message_index]
         outcome = self.state.apply_codes(
             decoded.codes, decoded.uniques, decoded.days, decoded.closes, partition
         )
         state = self.state
         last_msg: dict[str, int] = {}
-        if raw.offsets is not None and len(decoded):
+        if kafka is not None and len(decoded):
             # message indexes grow along the batch, so the max per code is the last one
             last = np.full(len(decoded.uniques), -1, dtype=np.int64)
             np.maximum.at(last, decoded.codes, decoded.message_index)
@@ -206,7 +208,7 @@ class Pipeline:
         size = self.settings.dask_chunk_size
         chunks = [stale[i : i + size] for i in range(0, len(stale), size)]
         records = state.changelog_records(outcome) if self._with_changelog else []
-        return _Prepared(seq, raw, decoded, touched, chunks, records, time.monotonic())
+        return _Prepared(seq, batch, decoded, touched, chunks, records, time.monotonic())
 
     def _dispatch(self, prepared: _Prepared | None) -> _Prepared | None:
         if prepared is not None and prepared.chunks:
@@ -248,7 +250,7 @@ class Pipeline:
                 t0 = time.monotonic()
                 await self._sink.write(out)
                 out.timings["deliver"] = time.monotonic() - t0
-                out.timings["batch_latency"] = time.monotonic() - prepared.raw.closed_at
+                out.timings["batch_latency"] = time.monotonic() - prepared.batch.closed_at
             except Exception as exc:
                 self._fail(exc)
                 return None
@@ -263,7 +265,8 @@ class Pipeline:
             for result in chunk.results:
                 fresh[result.symbol] = result
                 state.set_pattern(result.symbol, result, encode_pattern_part(result))
-        raw = prepared.raw
+        origin = prepared.batch.origin
+        kafka = origin if isinstance(origin, KafkaOrigin) else None
         window_days = self.params.window_days
         encode = self._encoder.encode
         statuses: Counter[str] = Counter()
@@ -284,12 +287,12 @@ class Pipeline:
                 position,
                 signal_of(pattern, position.phase),
                 t.bars,
-                raw.input_ref(t.message_index) if t.message_index >= 0 else None,
+                kafka.input_ref(t.message_index) if kafka and t.message_index >= 0 else None,
             )
             results.append((t.symbol, payload))
         return BatchOutput(
             seq=prepared.seq,
-            raw=raw,
+            batch=prepared.batch,
             results=results,
             rejects=prepared.decoded.rejects,
             state_records=prepared.state_records,

@@ -9,7 +9,7 @@ Decisions:
 
 * JSONL: a line holding only whitespace is blank and skipped; `\\r\\n` endings are fine.
   A batch is at most `batch_lines` file lines; when all of them are clean objects it
-  stays one newline-joined blob (`FileBatch.blob`), the cheapest thing to hand on.
+  stays one newline-joined payload (`Batch.of_lines`), the cheapest thing to hand on.
 * CSV: the first row must be a header naming at least one bar field (canonical or
   alias), otherwise the file is taken to have no header. Symbol and date columns
   always stay strings (`000001` must not become `1`); other cells that look like a
@@ -36,10 +36,11 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
+from service.batches import Batch, FileOrigin
 from service.decode.rules import ALIASES
 from service.errors import InputError
 
-__all__ = ["FileBatch", "iter_keyed_bars", "read_batches", "total_size_hint"]
+__all__ = ["iter_keyed_bars", "read_batches", "total_size_hint"]
 
 _CHUNK_BYTES = 4 << 20
 _ROWS_PER_CHUNK = 5000
@@ -48,63 +49,6 @@ _last_byte = itemgetter(-1)
 _STRING_COLUMNS = frozenset({"symbol", "stock_code", "date", "trade_date"})
 _KNOWN_COLUMNS = frozenset({*ALIASES, *ALIASES.values(), "volume"})
 _NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
-
-
-class FileBatch:
-    """Up to `batch_lines` messages of one file, with the line each came from.
-
-    A clean JSONL stretch (every line an object starting at its first byte, no CR) stays
-    one newline-joined `blob`: it goes to the decoder as a single bytes object, and
-    nobody pays for a bytes object per line. Anything else is a list of `values`.
-    """
-
-    __slots__ = ("_lines", "_values", "blob", "count", "file", "first_line")
-
-    def __init__(
-        self,
-        file: str,
-        values: list[bytes] | None = None,
-        lines: list[int] | None = None,
-        *,
-        blob: bytes | None = None,
-        count: int = 0,
-        first_line: int = 1,
-    ) -> None:
-        if (values is None) == (blob is None):
-            raise ValueError("FileBatch: give either values (with lines) or a blob")
-        self.file = file
-        self._values = values
-        self._lines = lines
-        self.blob = blob
-        self.count = count if blob is not None else len(values or [])
-        self.first_line = first_line
-
-    @property
-    def values(self) -> list[bytes]:
-        """One bytes object per message (split on demand for a blob)."""
-        if self.blob is not None:
-            return self.blob.split(b"\n")
-        return self._values or []
-
-    @property
-    def lines(self) -> list[int]:
-        """The 1-based file line of each message (CSV: where it ends; Parquet: row)."""
-        if self._lines is None:
-            return list(range(self.first_line, self.first_line + self.count))
-        return self._lines
-
-    @property
-    def n_bytes(self) -> int:
-        """Message bytes plus one separator each (what a JSONL file holds)."""
-        if self.blob is not None:
-            return len(self.blob) + 1
-        values = self._values or []
-        return sum(map(len, values)) + len(values)
-
-    @property
-    def explicit_lines(self) -> list[int] | None:
-        """`lines` when they are not simply consecutive from `first_line`."""
-        return self._lines
 
 
 def _kind(path: str) -> str:
@@ -134,7 +78,7 @@ _NEWLINE = ord("\n")
 _BRACE = ord("{")
 
 
-def _jsonl(path: str, batch_lines: int) -> Iterator[FileBatch]:
+def _jsonl(path: str, batch_lines: int) -> Iterator[Batch]:
     """`batch_lines` file lines at a time, cut with one numpy pass per read chunk.
 
     Blank lines and CRs are dropped (see `_keep`); they only make a batch hold fewer
@@ -164,11 +108,11 @@ def _jsonl(path: str, batch_lines: int) -> Iterator[FileBatch]:
                     and b"\r" not in region
                 )
                 if clean:
-                    yield FileBatch(path, blob=region, count=take, first_line=line + done + 1)
+                    yield Batch.of_lines(region, take, FileOrigin(path, line + done + 1))
                 else:
                     values, lines = _keep(region.split(b"\n"), line + done)
                     if values:
-                        yield FileBatch(path, values, lines)
+                        yield Batch.of_values(values, FileOrigin(path, lines=lines))
                 start, done = end + 1, done + take
             data = data[start:]
             line += done
@@ -273,7 +217,7 @@ def _parquet(path: str) -> Iterator[tuple[list[bytes], list[int]]]:
 # --- public ---
 
 
-def read_batches(paths: Sequence[str], batch_lines: int = 5000) -> Iterator[FileBatch]:
+def read_batches(paths: Sequence[str], batch_lines: int = 5000) -> Iterator[Batch]:
     """Messages of every file in order, `batch_lines` at a time (a batch never spans
     two files). Every path is checked before the first batch, so a typo in the last
     file fails at start rather than after an hour of replay."""
@@ -286,7 +230,7 @@ def read_batches(paths: Sequence[str], batch_lines: int = 5000) -> Iterator[File
     return _batches(list(paths), batch_lines)
 
 
-def _batches(paths: list[str], batch_lines: int) -> Iterator[FileBatch]:
+def _batches(paths: list[str], batch_lines: int) -> Iterator[Batch]:
     readers = {"csv": _csv, "parquet": _parquet}
     for path in paths:
         values: list[bytes] = []
@@ -300,14 +244,15 @@ def _batches(paths: list[str], batch_lines: int) -> Iterator[FileBatch]:
                 values.extend(vs)
                 lines.extend(ls)
                 while len(values) >= batch_lines:
-                    yield FileBatch(path, values[:batch_lines], lines[:batch_lines])
+                    origin = FileOrigin(path, lines=lines[:batch_lines])
+                    yield Batch.of_values(values[:batch_lines], origin)
                     del values[:batch_lines], lines[:batch_lines]
         except InputError:
             raise
         except (OSError, EOFError, UnicodeDecodeError, zlib.error, csv.Error) as exc:
             raise _fail(path, exc) from exc
         if values:
-            yield FileBatch(path, values, lines)
+            yield Batch.of_values(values, FileOrigin(path, lines=lines))
 
 
 def total_size_hint(paths: Sequence[str]) -> int:
@@ -347,5 +292,5 @@ def iter_keyed_bars(paths: Sequence[str]) -> Iterator[tuple[bytes | None, bytes]
     line stays one array message); the key is the bar's symbol, or the first element's
     for an array, else None. The key is what keeps a symbol on one partition."""
     for batch in read_batches(paths):
-        for value in batch.values:
+        for value in batch.messages():
             yield _key(value), value

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from service.batches import BatchOutput, RawBatch
+from service.batches import Batch, BatchOutput
 from service.files.readers import read_batches, total_size_hint
 from service.files.sink import FileSink
 from service.files.source import FileSource
@@ -41,7 +41,7 @@ class ReplayStats:
 
     def add(self, out: BatchOutput) -> None:
         self.batches += 1
-        self.messages += out.raw.n_messages
+        self.messages += out.batch.n_messages
         self.bars += out.n_bars
         self.results += len(out.results)
         self.analysed += out.analysed
@@ -79,7 +79,7 @@ async def replay(
     def delivered(out: BatchOutput) -> None:
         stats.add(out)
         if bar is not None:
-            bar.update(out.raw.n_bytes)
+            bar.update(out.batch.n_bytes)
 
     # With a core to spare, a helper process reads and decodes (service.files.source);
     # otherwise the files are read here and decoded inline.
@@ -97,8 +97,8 @@ async def replay(
         on_delivered=delivered,
     )
     try:
-        async for raw in _raw_batches(paths, settings.batch_max_messages, source):
-            await pipeline.submit(raw)
+        async for batch in _batches(paths, settings.batch_max_messages, source):
+            await pipeline.submit(batch)
         await pipeline.drain()
     finally:
         sink.close()
@@ -118,25 +118,16 @@ async def replay(
     return stats, pipeline
 
 
-async def _raw_batches(
+async def _batches(
     paths: list[str], batch_lines: int, source: FileSource | None
-) -> AsyncIterator[RawBatch]:
+) -> AsyncIterator[Batch]:
     if source is not None:
-        async for b in source:
-            yield RawBatch(
-                file=b.file,
-                count=b.count,
-                size=b.size,
-                first_line=b.first_line,
-                lines=b.lines,
-                decoded=b.decoded,
-            )
+        async for batch in source:
+            batch.closed_at = time.monotonic()  # batch latency counts from here, as for Kafka
+            yield batch
         return
-    for fb in read_batches(paths, batch_lines):
-        if fb.blob is not None:
-            yield RawBatch(blob=fb.blob, count=fb.count, first_line=fb.first_line, file=fb.file)
-        else:
-            yield RawBatch(values=fb.values, file=fb.file, lines=fb.explicit_lines)
+    for batch in read_batches(paths, batch_lines):
+        yield batch
         await asyncio.sleep(0)  # let delivered batches be written between reads
 
 

@@ -6,7 +6,7 @@ import asyncio
 import concurrent.futures
 from typing import IO
 
-from service.batches import BatchOutput
+from service.batches import BatchOutput, FileOrigin
 from service.encode import errors_file_record
 
 __all__ = ["FileSink"]
@@ -30,10 +30,12 @@ class FileSink:
             data = b"\n".join([payload for _, payload in out.results]) + b"\n"
         errors = b""
         if self._errors is not None and out.rejects:
-            raw = out.raw
-            file = raw.file or "-"
+            origin = out.batch.origin
+            if not isinstance(origin, FileOrigin):
+                raise TypeError("FileSink writes the dead letters of file batches only")
             errors = b"".join(
-                errors_file_record(r, file, raw.line_of(r.index)) + b"\n" for r in out.rejects
+                errors_file_record(r, origin.file, origin.line_of(r.index)) + b"\n"
+                for r in out.rejects
             )
         if data or errors:
             loop = asyncio.get_running_loop()

@@ -8,7 +8,7 @@ waits for the parent: it streams finished batches (compact columns, a few hundre
 KB) through a pipe, and the pipe's capacity is the backpressure.
 
 The parent receives on a thread (a blocking `recv` releases the GIL) and feeds the
-same streamz pipeline as Kafka batches, with `RawBatch.decoded` already set.
+same streamz pipeline as Kafka batches, with a decoded payload (`Batch.of_decoded`).
 """
 
 from __future__ import annotations
@@ -21,30 +21,17 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
 import orjson
 
+from service.batches import Batch
 from service.decode.batch import decode_batch, decode_lines
-from service.decode.types import DecodedBatch
 from service.errors import InputError
 from service.files.readers import read_batches
 
-__all__ = ["DecodedFileBatch", "FileSource"]
-
-
-@dataclass(slots=True)
-class DecodedFileBatch:
-    """One batch of one file, decoded, with what the sink and progress need."""
-
-    file: str
-    count: int  # messages
-    size: int  # message bytes plus separators
-    first_line: int
-    lines: list[int] | None  # per message, when not consecutive from first_line
-    decoded: DecodedBatch
+__all__ = ["FileSource"]
 
 
 def _serve(
@@ -53,16 +40,13 @@ def _serve(
     """The helper's whole life: every batch in order, then None (or the error text)."""
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     try:
-        for fb in read_batches(paths, batch_lines):
-            if fb.blob is not None:
-                decoded = decode_lines(fb.blob, max_message_bytes)
+        for batch in read_batches(paths, batch_lines):
+            payload = batch.payload
+            if isinstance(payload, bytes):
+                decoded = decode_lines(payload, max_message_bytes)
             else:
-                decoded = decode_batch(fb.values, max_message_bytes)
-            out.send(
-                DecodedFileBatch(
-                    fb.file, fb.count, fb.n_bytes, fb.first_line, fb.explicit_lines, decoded
-                )
-            )
+                decoded = decode_batch(batch.messages(), max_message_bytes)
+            out.send(Batch.of_decoded(decoded, batch.n_messages, batch.n_bytes, batch.origin))
         out.send(None)
     except InputError as exc:
         out.send(str(exc))
@@ -124,10 +108,10 @@ class FileSource:
             except Exception as exc:  # never leave the pipeline waiting on a dead thread
                 item = f"file reader sent something unreadable: {exc}"
             self._queue.put(item)
-            if not isinstance(item, DecodedFileBatch):
+            if not isinstance(item, Batch):
                 return
 
-    async def __aiter__(self) -> AsyncIterator[DecodedFileBatch]:
+    async def __aiter__(self) -> AsyncIterator[Batch]:
         loop = asyncio.get_running_loop()
         while True:
             try:

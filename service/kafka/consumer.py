@@ -1,6 +1,6 @@
 """A consumer-group member that hands out batches and tells the service about rebalances.
 
-The service never sees librdkafka: batches are `MessageLike`, partitions are
+The service never sees librdkafka: records come out as one `Batch`, partitions are
 `(topic, partition)` tuples, offsets are plain ints (the next offset to read,
 as Kafka commits them). Offsets are only committed on request: by the
 transaction in exactly-once mode, or by `commit_offsets` after delivery in
@@ -22,12 +22,13 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from service.batches import Batch, KafkaOrigin
 from service.kafka.clientlog import with_logger
 from service.kafka.errors import classify
 from service.kafka.message import MessageLike, TopicPartitionKey
 from service.settings import Settings
 
-__all__ = ["BatchConsumer", "MessageLike", "PartitionListener", "consumer_config"]
+__all__ = ["BatchConsumer", "PartitionListener", "consumer_config", "to_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,21 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
     conf["enable.auto.commit"] = False
     conf["enable.auto.offset.store"] = False
     return with_logger(conf)
+
+
+def to_batch(messages: Sequence[MessageLike]) -> Batch:
+    """The records as one batch; librdkafka's `Message` goes no further than this.
+
+    The consumer subscribes to one topic (the service's input), so a batch has one.
+    """
+    values, partitions, offsets, stamps = [], [], [], []
+    for m in messages:
+        values.append(m.value() or b"")
+        partitions.append(m.partition() or 0)
+        offsets.append(m.offset() or 0)
+        stamps.append(m.timestamp()[1])
+    topic = messages[0].topic() or ""
+    return Batch.of_values(values, KafkaOrigin(topic, partitions, offsets, stamps))
 
 
 def _keys(partitions: Iterable[TopicPartition]) -> list[TopicPartitionKey]:
@@ -127,8 +143,9 @@ class BatchConsumer:
 
     # --- reading ---
 
-    def poll_batch(self, max_messages: int, timeout_s: float) -> list[MessageLike]:
-        """Up to `max_messages` records, waiting at most `timeout_s` for the first.
+    def poll_batch(self, max_messages: int, timeout_s: float) -> Batch | None:
+        """Up to `max_messages` records as one `Batch`, waiting at most `timeout_s` for the
+        first; None when nothing came.
 
         Error events (a broker went away, a partition was deleted) are logged and
         skipped: librdkafka recovers from them itself, and a batch should not fail
@@ -142,16 +159,16 @@ class BatchConsumer:
             # Refreshed here, on the consumer's own thread: called from the producer's
             # thread it waits behind a running consume() (~190 ms a batch, measured).
             self._group_meta = self._consumer.consumer_group_metadata()
-        batch: list[MessageLike] = []
+        good: list[MessageLike] = []
         for msg in messages:
             err = msg.error()
             if err is None:
-                batch.append(msg)
+                good.append(msg)
             elif err.fatal():
                 raise classify(KafkaException(err), "consume")
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error event: %s", err)
-        return batch
+        return to_batch(good) if good else None
 
     def pause_all(self) -> None:
         """Stop fetching (backpressure) while still serving rebalances in `poll_batch`."""

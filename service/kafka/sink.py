@@ -1,58 +1,171 @@
-"""The Kafka sink: one batch's results, dead letters and state changes, then its offsets."""
+"""The Kafka sink: one batch's results, dead letters and state changes, then its offsets.
+
+The order is the delivery guarantee (SPEC 7), so it lives here alone, built from the
+producer, the consumer and the topics, and unit-tested with fakes:
+
+* exactly_once: `begin`, every record, then `commit(offsets, group metadata)`: the
+  consumed offsets commit *inside* the transaction, with the output or not at all;
+  the consumer never commits on its own.
+* at_least_once: every record, `flush_and_verify` (every record acknowledged, else
+  `DeliveryError`), and only then the consumer commits the offsets: a crash repeats
+  output but never loses it.
+
+The blocking calls run through `run` (the service's producer thread); `on_committed`
+is told about each batch once its offsets are committed (metrics, health).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from service.batches import BatchOutput
+from service.batches import BatchOutput, KafkaOrigin
 from service.encode import dead_letter_headers
-from service.kafka.producer import TransactionalProducer
 
-if TYPE_CHECKING:
-    from service.instance import Service
+__all__ = [
+    "AtLeastOnceSinkProducer",
+    "KafkaSink",
+    "SinkConsumer",
+    "SinkProducer",
+    "SinkTopics",
+    "TransactionalSinkProducer",
+]
 
-__all__ = ["KafkaSink"]
+Offsets = Mapping[tuple[str, int], int]
+Headers = list[tuple[str, str | bytes | None]]
+
+
+class SinkProducer(Protocol):
+    """The producer call both delivery modes make."""
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+    ) -> None: ...
+
+
+class TransactionalSinkProducer(SinkProducer, Protocol):
+    """`service.kafka.producer.TransactionalProducer` as the sink uses it."""
+
+    def begin(self) -> None: ...
+    def commit(self, offsets: Offsets, group_metadata: object) -> None: ...
+
+
+class AtLeastOnceSinkProducer(SinkProducer, Protocol):
+    """`service.kafka.producer.AtLeastOnceProducer` as the sink uses it."""
+
+    def flush_and_verify(self) -> None: ...
+
+
+class SinkConsumer(Protocol):
+    """The consumer calls the sink makes."""
+
+    def group_metadata(self) -> object: ...
+    def commit_offsets(self, offsets: Offsets) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SinkTopics:
+    output: str
+    dlq: str
+    state: str
+
+
+async def _inline(fn: Callable[[], None]) -> None:
+    fn()
+
+
+def _nothing() -> None:
+    pass
 
 
 class KafkaSink:
-    """Writes one batch's results, dead letters and state changes, then commits its offsets.
+    """`await sink.write(out)`: produce the batch's records, then commit its offsets.
 
-    exactly_once: all of it, offsets included, in one transaction.
-    at_least_once: produce, flush and verify delivery, then commit the offsets.
+    Build it with `exactly_once(...)` or `at_least_once(...)`: the two differ only in
+    how a batch starts and how its offsets commit.
     """
 
-    def __init__(self, service: Service) -> None:
-        self._svc = service
+    def __init__(
+        self,
+        producer: SinkProducer,
+        topics: SinkTopics,
+        *,
+        begin: Callable[[], None],
+        commit: Callable[[Offsets], None],
+        state_partition: Callable[[bytes], int | None],
+        run: Callable[[Callable[[], None]], Awaitable[None]] = _inline,
+        on_committed: Callable[[BatchOutput], None] | None = None,
+    ) -> None:
+        self._producer = producer
+        self._topics = topics
+        self._begin = begin
+        self._commit = commit
+        self._state_partition = state_partition
+        self._run = run
+        self._on_committed = on_committed
+
+    @classmethod
+    def exactly_once(
+        cls,
+        producer: TransactionalSinkProducer,
+        consumer: SinkConsumer,
+        topics: SinkTopics,
+        **kwargs: Any,
+    ) -> KafkaSink:
+        """Records and offsets in one transaction (the consumer commits nothing)."""
+
+        def commit(offsets: Offsets) -> None:
+            producer.commit(offsets, consumer.group_metadata())
+
+        return cls(producer, topics, begin=producer.begin, commit=commit, **kwargs)
+
+    @classmethod
+    def at_least_once(
+        cls,
+        producer: AtLeastOnceSinkProducer,
+        consumer: SinkConsumer,
+        topics: SinkTopics,
+        **kwargs: Any,
+    ) -> KafkaSink:
+        """Records flushed and verified, then the consumer commits the offsets."""
+
+        def commit(offsets: Offsets) -> None:
+            producer.flush_and_verify()
+            consumer.commit_offsets(offsets)
+
+        return cls(producer, topics, begin=_nothing, commit=commit, **kwargs)
 
     async def write(self, out: BatchOutput) -> None:
-        await self._svc.in_producer_thread(lambda: self._write_blocking(out))
-        self._svc.after_commit(out)
+        await self._run(lambda: self.write_blocking(out))
+        if self._on_committed is not None:
+            self._on_committed(out)
 
-    def _write_blocking(self, out: BatchOutput) -> None:
-        svc = self._svc
-        s = svc.settings
-        producer = svc.producer
-        raw = out.raw
-        if isinstance(producer, TransactionalProducer):
-            producer.begin()
+    def write_blocking(self, out: BatchOutput) -> None:
+        """The whole batch on the caller's thread; raises when it did not commit."""
+        origin = out.batch.origin
+        if not isinstance(origin, KafkaOrigin):
+            raise TypeError("KafkaSink delivers Kafka batches only")
+        produce, topics = self._producer.produce, self._topics
+        self._begin()
         for symbol, payload in out.results:
-            producer.produce(s.output_topic, payload, key=symbol.encode())
+            produce(topics.output, payload, key=symbol.encode())
         for reject in out.rejects:
-            assert raw.partitions is not None and raw.offsets is not None
-            headers: list[tuple[str, str | bytes | None]] = [
+            headers: Headers = [
                 *dead_letter_headers(
                     reject,
-                    raw.topic or s.input_topic,
-                    raw.partitions[reject.index],
-                    raw.offsets[reject.index],
+                    origin.topic,
+                    origin.partitions[reject.index],
+                    origin.offsets[reject.index],
                 )
             ]
-            producer.produce(s.dlq_topic, reject.raw, headers=headers)
-        for key, value, partition in svc.state_records_with_partitions(out):
-            producer.produce(s.state_topic, value, key=key, partition=partition)
-        offsets = raw.next_offsets()
-        if isinstance(producer, TransactionalProducer):
-            producer.commit(offsets, svc.consumer.group_metadata())
-        else:
-            producer.flush_and_verify()
-            svc.consumer.commit_offsets(offsets)
+            produce(topics.dlq, reject.raw, headers=headers)
+        for key, value in out.state_records:
+            # partition p of the state topic holds the state of input partition p
+            produce(topics.state, value, key=key, partition=self._state_partition(key))
+        self._commit(origin.next_offsets())

@@ -10,10 +10,10 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from service.batches import Batch, KafkaOrigin
 from service.kafka.admin import ensure_topics
 from service.kafka.consumer import BatchConsumer
 from service.kafka.errors import MissingTopicError
-from service.kafka.message import MessageLike
 from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
 from service.kafka.restore import read_state_partitions
 from service.settings import Settings, load_settings
@@ -67,18 +67,30 @@ def _produce(settings: Settings, topic: str, values: list[bytes], partition: int
     producer.close()
 
 
+Record = tuple[bytes, int, int]  # value, partition, offset
+
+
+def _records(batch: Batch | None) -> list[Record]:
+    """What a polled batch carried, message by message."""
+    if batch is None:
+        return []
+    origin = batch.origin
+    assert isinstance(origin, KafkaOrigin)
+    return list(zip(batch.messages(), origin.partitions, origin.offsets, strict=True))
+
+
 def _poll_until(
     consumers: list[BatchConsumer],
-    done: Callable[[list[MessageLike]], bool],
+    done: Callable[[list[Record]], bool],
     timeout_s: float = 20.0,
-) -> list[MessageLike]:
-    """Poll every consumer (serving rebalances) until `done(messages so far)`."""
-    got: list[MessageLike] = []
+) -> list[Record]:
+    """Poll every consumer (serving rebalances) until `done(records so far)`."""
+    got: list[Record] = []
     deadline = time.monotonic() + timeout_s
     while not done(got):
         assert time.monotonic() < deadline, "condition not met in time"
         for consumer in consumers:
-            got.extend(consumer.poll_batch(500, 0.1))
+            got.extend(_records(consumer.poll_batch(500, 0.1)))
     return got
 
 
@@ -116,7 +128,7 @@ def test_subscribe_poll_commit_and_lag(
     consumers.append(consumer)
     consumer.subscribe([topic])
     got = _poll_until([consumer], lambda got: len(got) >= 15)
-    assert sorted(m.value() or b"" for m in got) == sorted(
+    assert sorted(value for value, _, _ in got) == sorted(
         [b"a%d" % i for i in range(10)] + [b"b%d" % i for i in range(5)]
     )
     assert listener.assigned == {(topic, 0), (topic, 1)}
@@ -134,23 +146,23 @@ def test_pause_all_stops_delivery_until_resume(
     consumer = BatchConsumer(settings)
     consumers.append(consumer)
     consumer.subscribe([topic])
-    first: list[MessageLike] = []
+    first: list[Record] = []
     deadline = time.monotonic() + 20
     while not first and time.monotonic() < deadline:
-        first = consumer.poll_batch(10, 0.2)
+        first = _records(consumer.poll_batch(10, 0.2))
     assert len(first) == 10  # the rest is prefetched locally by now
     consumer.pause_all()
-    held: list[MessageLike] = []
+    held: list[Record] = []
     end = time.monotonic() + 1.5
     while time.monotonic() < end:
-        held += consumer.poll_batch(500, 0.1)
+        held += _records(consumer.poll_batch(500, 0.1))
     assert held == []
     consumer.resume_all()
-    rest: list[MessageLike] = []
+    rest: list[Record] = []
     deadline = time.monotonic() + 20
     while len(rest) < 90 and time.monotonic() < deadline:
-        rest += consumer.poll_batch(500, 0.1)
-    assert [m.offset() for m in rest] == list(range(10, 100))
+        rest += _records(consumer.poll_batch(500, 0.1))
+    assert [offset for _, _, offset in rest] == list(range(10, 100))
 
 
 def test_transaction_commit_is_visible_abort_is_not_and_rewind(
@@ -168,8 +180,8 @@ def test_transaction_commit_is_visible_abort_is_not_and_rewind(
     producer = TransactionalProducer(settings)
     try:
         producer.begin()
-        for msg in batch[:3]:
-            producer.produce(sink, b"out-" + (msg.value() or b""), key=msg.key())
+        for value, _, _ in batch[:3]:
+            producer.produce(sink, b"out-" + value, key=b"k")
         producer.commit({(source, 0): 3}, consumer.group_metadata())
         assert consumer.committed() == {(source, 0): 3}
 
@@ -184,7 +196,7 @@ def test_transaction_commit_is_visible_abort_is_not_and_rewind(
     # After an abort the service re-reads from the committed offset.
     consumer.rewind_to_committed()
     again = _poll_until([consumer], lambda got: len(got) >= 3)
-    assert [m.offset() for m in again] == [3, 4, 5]
+    assert [offset for _, _, offset in again] == [3, 4, 5]
 
 
 def test_two_members_split_four_partitions(

@@ -15,20 +15,34 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import service.files.readers as sources
+from service.batches import Batch, FileOrigin
 from service.decode.batch import decode_batch
 from service.errors import InputError
-from service.files.readers import FileBatch, iter_keyed_bars, read_batches, total_size_hint
+from service.files.readers import iter_keyed_bars, read_batches, total_size_hint
 
 BAR = b'{"symbol":"A","date":"2021-02-03","close":1.5}'
+
+
+def _origin(batch: Batch) -> FileOrigin:
+    assert isinstance(batch.origin, FileOrigin)
+    return batch.origin
+
+
+def _lines(batch: Batch) -> list[int]:
+    return [_origin(batch).line_of(i) for i in range(batch.n_messages)]
+
+
+def _file(batch: Batch) -> str:
+    return _origin(batch).file
 
 
 def _all(paths: list[str], batch_lines: int = 5000) -> tuple[list[bytes], list[int]]:
     values: list[bytes] = []
     lines: list[int] = []
     for fb in read_batches(paths, batch_lines):
-        assert isinstance(fb, FileBatch) and len(fb.values) == len(fb.lines) > 0
-        values += fb.values
-        lines += fb.lines
+        assert isinstance(fb, Batch) and len(fb.messages()) == len(_lines(fb)) > 0
+        values += fb.messages()
+        lines += _lines(fb)
     return values, lines
 
 
@@ -47,9 +61,9 @@ def test_jsonl_plain_file_and_batches(tmp_path: Path) -> None:
     p = tmp_path / "bars.ndjson"
     p.write_bytes(b"".join(BAR + b"\n" for _ in range(7)))
     batches = list(read_batches([str(p)], batch_lines=3))
-    assert [len(b.values) for b in batches] == [3, 3, 1]
-    assert [b.lines for b in batches] == [[1, 2, 3], [4, 5, 6], [7]]
-    assert {b.file for b in batches} == {str(p)}
+    assert [len(b.messages()) for b in batches] == [3, 3, 1]
+    assert [_lines(b) for b in batches] == [[1, 2, 3], [4, 5, 6], [7]]
+    assert {_file(b) for b in batches} == {str(p)}
 
 
 def test_jsonl_chunk_boundaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,7 +94,7 @@ def test_batches_never_span_files(tmp_path: Path) -> None:
     a.write_bytes(BAR + b"\n" + BAR + b"\n")
     b.write_bytes(BAR + b"\n")
     batches = list(read_batches([str(a), str(b)], batch_lines=5))
-    assert [(x.file, x.lines) for x in batches] == [(str(a), [1, 2]), (str(b), [1])]
+    assert [(_file(x), _lines(x)) for x in batches] == [(str(a), [1, 2]), (str(b), [1])]
 
 
 # --- CSV ---
@@ -283,18 +297,18 @@ def test_jsonl_batches_match_a_line_by_line_reading(
         batches = list(read_batches([str(p)], batch_lines))
     finally:
         sources._CHUNK_BYTES = old
-    got = [pair for fb in batches for pair in zip(fb.values, fb.lines, strict=True)]
+    got = [pair for fb in batches for pair in zip(fb.messages(), _lines(fb), strict=True)]
     assert got == want
-    assert all(0 < fb.count <= batch_lines for fb in batches)
+    assert all(0 < fb.n_messages <= batch_lines for fb in batches)
     for fb in batches:  # a blob exactly when every line of the batch is a clean object
-        if fb.blob is not None:
-            assert all(v.startswith(b"{") and not v.endswith(b"\r") for v in fb.values)
+        if isinstance(fb.payload, bytes):
+            assert all(v.startswith(b"{") and not v.endswith(b"\r") for v in fb.messages())
 
 
 def test_clean_jsonl_travels_as_blobs(tmp_path: Path) -> None:
     p = tmp_path / "bars.jsonl"
     p.write_bytes(b"".join(BAR + b"\n" for _ in range(10)))
     batches = list(read_batches([str(p)], batch_lines=4))
-    assert [fb.blob is not None for fb in batches] == [True, True, True]
-    assert [(fb.first_line, fb.count) for fb in batches] == [(1, 4), (5, 4), (9, 2)]
-    assert batches[0].blob == b"\n".join([BAR] * 4)
+    assert [isinstance(fb.payload, bytes) for fb in batches] == [True, True, True]
+    assert [(_lines(fb)[0], fb.n_messages) for fb in batches] == [(1, 4), (5, 4), (9, 2)]
+    assert batches[0].payload == b"\n".join([BAR] * 4)

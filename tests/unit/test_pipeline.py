@@ -10,34 +10,10 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.batches import BatchOutput, RawBatch
-from service.compute.tasks import ChunkResult, analyze_chunk
-from service.engine import EngineParams, SymbolWindows
+from service.batches import Batch, BatchOutput, FileOrigin
 from service.pipeline import Pipeline
 from service.settings import load_settings
-
-
-class InlineCompute:
-    """Runs chunks in the calling process: the pipeline's contract without a cluster."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def run_chunks(
-        self, chunks: list[list[SymbolWindows]], params: EngineParams
-    ) -> list[ChunkResult]:
-        self.calls += 1
-        await asyncio.sleep(0)
-        return [analyze_chunk(chunk, params) for chunk in chunks]
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.outputs: list[BatchOutput] = []
-
-    async def write(self, out: BatchOutput) -> None:
-        await asyncio.sleep(0)
-        self.outputs.append(out)
+from tests.unit.fakes import InlineCompute, ListSink
 
 
 def _run(values: list[bytes], batch: int, **env: str) -> tuple[dict[str, dict], ListSink]:
@@ -48,7 +24,9 @@ def _run(values: list[bytes], batch: int, **env: str) -> tuple[dict[str, dict], 
         pipeline = Pipeline(settings, InlineCompute(), sink)
         for i in range(0, len(values), batch):
             chunk = values[i : i + batch]
-            await pipeline.submit(RawBatch(values=chunk, file="mem", lines=list(range(len(chunk)))))
+            await pipeline.submit(
+                Batch.of_values(chunk, FileOrigin("mem", lines=list(range(len(chunk)))))
+            )
         await pipeline.drain()
 
     asyncio.run(go())
@@ -87,7 +65,7 @@ def test_one_result_per_symbol_per_batch_in_batch_order() -> None:
     for out in sink.outputs:
         symbols = [s for s, _ in out.results]
         assert len(symbols) == len(set(symbols))
-        assert sorted(symbols) == sorted({orjson.loads(v)["symbol"] for v in out.raw.values})
+        assert sorted(symbols) == sorted({orjson.loads(v)["symbol"] for v in out.batch.messages()})
     assert set(last) == {"S0.SH", "S1.SH", "S2.SH"}
     assert all(r["status"] == "ok" for r in last.values())
     assert all(r["input"] is None for r in last.values())
@@ -157,7 +135,9 @@ def test_decoding_in_a_helper_process_changes_nothing() -> None:
         pipeline = Pipeline(settings, InlineCompute(), sink, decoder=decoder)
         for i in range(0, len(values), 700):
             chunk = values[i : i + 700]
-            await pipeline.submit(RawBatch(values=chunk, file="m", lines=list(range(len(chunk)))))
+            await pipeline.submit(
+                Batch.of_values(chunk, FileOrigin("m", lines=list(range(len(chunk)))))
+            )
         await pipeline.drain()
 
     assert decoder.processes == 1
@@ -192,7 +172,7 @@ def test_the_sink_sees_one_batch_at_a_time_in_batch_order() -> None:
     async def go() -> None:
         pipeline = Pipeline(settings, InlineCompute(), sink)
         for i in range(0, 3000, 100):
-            await pipeline.submit(RawBatch(values=MARKET[i : i + 100]))
+            await pipeline.submit(Batch.of_values(MARKET[i : i + 100], FileOrigin("m")))
         await pipeline.drain()
 
     asyncio.run(go())

@@ -1,0 +1,162 @@
+"""The Kafka sink's delivery order (SPEC 7), with recording fakes for producer and consumer.
+
+What the broker then does with those calls (transactions, fencing, offsets) is tested
+against the real broker in tests/integration; here only the order is at stake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+
+from service.batches import Batch, BatchOutput, FileOrigin, KafkaOrigin
+from service.decode.types import Reject
+from service.kafka.sink import KafkaSink, SinkTopics
+from tests.unit.fakes import CallLog, FakeConsumer, FakeProducer
+
+TOPICS = SinkTopics(output="out", dlq="dlq", state="state")
+STATE_PARTITIONS = {b"s:A": 1, b"s:B": 0}
+
+
+def _output(origin: KafkaOrigin | FileOrigin | None = None) -> BatchOutput:
+    origin = origin or KafkaOrigin("bars", [0, 1, 0], [10, 20, 11], [0, 0, 0])
+    batch = Batch.of_values([b'{"a":1}', b"{bad", b'{"b":1}'], origin)
+    return BatchOutput(
+        seq=0,
+        batch=batch,
+        results=[("A", b"result-A"), ("B", b"result-B")],
+        rejects=[Reject(1, None, "invalid_json", b"{bad")],
+        state_records=[(b"s:A", b"state-A"), (b"s:B", b"state-B")],
+        n_bars=2,
+        statuses=Counter({"ok": 2}),
+        executed_by=frozenset({"local"}),
+        analysed=2,
+        timings={},
+    )
+
+
+def _records(log: CallLog) -> list[tuple[str, ...]]:
+    return [(c[1], c[2]) for c in log if c[0] == "produce"]
+
+
+def _names(log: CallLog) -> list[str]:
+    return [c[0] for c in log]
+
+
+def test_exactly_once_sends_the_offsets_inside_the_transaction() -> None:
+    log: CallLog = []
+    producer, consumer = FakeProducer(log), FakeConsumer(log)
+    committed: list[BatchOutput] = []
+    sink = KafkaSink.exactly_once(
+        producer,
+        consumer,
+        TOPICS,
+        state_partition=STATE_PARTITIONS.get,
+        on_committed=committed.append,
+    )
+    out = _output()
+    asyncio.run(sink.write(out))
+    assert _names(log) == ["begin", "produce", "produce", "produce", "produce", "produce", "commit"]
+    assert _records(log) == [
+        ("out", b"result-A"),
+        ("out", b"result-B"),
+        ("dlq", b"{bad"),
+        ("state", b"state-A"),
+        ("state", b"state-B"),
+    ]
+    # offsets = last offset + 1 per partition, with the consumer's group metadata
+    assert log[-1] == ("commit", {("bars", 0): 12, ("bars", 1): 21}, FakeConsumer.GROUP_METADATA)
+    assert "commit_offsets" not in _names(log)  # the consumer never commits on its own
+    assert committed == [out]
+
+
+def test_records_carry_keys_headers_and_state_partitions() -> None:
+    log: CallLog = []
+    sink = KafkaSink.exactly_once(
+        FakeProducer(log), FakeConsumer(log), TOPICS, state_partition=STATE_PARTITIONS.get
+    )
+    sink.write_blocking(_output())
+    produced = [c for c in log if c[0] == "produce"]
+    assert [c[3] for c in produced[:2]] == [b"A", b"B"]  # results keyed by symbol
+    headers = dict(produced[2][4])
+    assert headers["sfa.reason"] == b"invalid_json"
+    # the rejected message was message 1: partition 1, offset 20
+    assert (headers["sfa.source.partition"], headers["sfa.source.offset"]) == (b"1", b"20")
+    assert [(c[3], c[5]) for c in produced[3:]] == [(b"s:A", 1), (b"s:B", 0)]
+
+
+def test_at_least_once_flushes_and_verifies_before_it_commits() -> None:
+    log: CallLog = []
+    sink = KafkaSink.at_least_once(
+        FakeProducer(log), FakeConsumer(log), TOPICS, state_partition=STATE_PARTITIONS.get
+    )
+    sink.write_blocking(_output())
+    names = _names(log)
+    assert "begin" not in names and "commit" not in names
+    assert names[-2:] == ["flush_and_verify", "commit_offsets"]
+    assert all(n == "produce" for n in names[:-2])
+    assert log[-1] == ("commit_offsets", {("bars", 0): 12, ("bars", 1): 21})
+
+
+def test_at_least_once_commits_nothing_when_delivery_fails() -> None:
+    log: CallLog = []
+    committed: list[BatchOutput] = []
+    failing = FakeProducer(log, fail_on="flush_and_verify", error=RuntimeError("not delivered"))
+    sink = KafkaSink.at_least_once(
+        failing,
+        FakeConsumer(log),
+        TOPICS,
+        state_partition=STATE_PARTITIONS.get,
+        on_committed=committed.append,
+    )
+    with pytest.raises(RuntimeError, match="not delivered"):
+        asyncio.run(sink.write(_output()))
+    assert "commit_offsets" not in _names(log)
+    assert committed == []
+
+
+def test_exactly_once_reports_nothing_when_the_commit_fails() -> None:
+    log: CallLog = []
+    committed: list[BatchOutput] = []
+    sink = KafkaSink.exactly_once(
+        FakeProducer(log, fail_on="commit"),
+        FakeConsumer(log),
+        TOPICS,
+        state_partition=STATE_PARTITIONS.get,
+        on_committed=committed.append,
+    )
+    with pytest.raises(RuntimeError):
+        asyncio.run(sink.write(_output()))
+    assert committed == []
+
+
+def test_the_blocking_part_runs_where_the_service_says() -> None:
+    log: CallLog = []
+    ran: list[str] = []
+
+    async def producer_thread(fn: object) -> None:
+        ran.append("producer thread")
+        assert callable(fn)
+        fn()
+
+    sink = KafkaSink.exactly_once(
+        FakeProducer(log),
+        FakeConsumer(log),
+        TOPICS,
+        state_partition=STATE_PARTITIONS.get,
+        run=producer_thread,
+    )
+    asyncio.run(sink.write(_output()))
+    assert ran == ["producer thread"] and _names(log)[-1] == "commit"
+
+
+def test_a_file_batch_is_refused() -> None:
+    log: CallLog = []
+    sink = KafkaSink.exactly_once(
+        FakeProducer(log), FakeConsumer(log), TOPICS, state_partition=STATE_PARTITIONS.get
+    )
+    with pytest.raises(TypeError):
+        sink.write_blocking(_output(FileOrigin("bars.jsonl")))
+    assert log == []
