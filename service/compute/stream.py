@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable
 from typing import Any, Literal, cast
 
@@ -27,6 +26,7 @@ from service.compute.config import (
     reason_of,
     want_processes,
 )
+from service.compute.policy import ComputePolicy, EmptyClusterWatch, Step
 from service.compute.tasks import ChunkResult, analyze_chunk
 from service.engine import EngineParams, SymbolWindows
 from service.errors import SfaError
@@ -66,12 +66,21 @@ class ComputeHandle:
         self.settings = settings
         self.mode: Mode = mode
         self.client = client
-        self.fallback_reason = fallback_reason
-        self.fallback_active = fallback_reason is not None
+        self.policy = ComputePolicy(
+            attempts=2,  # the first try, then one re-scatter from our copy
+            reconnect_seconds=settings.dask_reconnect_seconds,
+            fallback_reason=fallback_reason,
+        )
         self._cluster = cluster
         self._config_scope = config_scope
-        self._retry_at = time.monotonic() + settings.dask_reconnect_seconds
-        self._probing = asyncio.Lock()
+
+    @property
+    def fallback_active(self) -> bool:
+        return self.policy.fallback_active
+
+    @property
+    def fallback_reason(self) -> str | None:
+        return self.policy.fallback_reason
 
     # --- work ---
 
@@ -87,27 +96,35 @@ class ComputeHandle:
         return list(await asyncio.gather(*(self.submit_chunk(c, params) for c in chunks)))
 
     async def _run_one(self, chunk: list[SymbolWindows], params: EngineParams) -> ChunkResult:
-        if self.fallback_active and self._due_for_probe():
-            await self._try_recover()
-        last: BaseException | None = None
-        for attempt in (1, 2):  # the first try, then one re-scatter from our copy
-            if self.client is None or self.fallback_active:
-                break
+        policy = self.policy
+        if policy.probe_due():
+            await self._probe()
+        losses = 0
+        step = policy.first_step(self.client is not None)
+        while step is Step.CLUSTER:
             try:
                 return await self._on_cluster(chunk, params)
             except LOST_WORK_ERRORS as exc:
-                last = exc
+                losses += 1
+                reason = reason_of(exc)
                 log.warning(
                     "chunk of %d symbols lost on the cluster (attempt %d): %s",
                     len(chunk),
-                    attempt,
-                    reason_of(exc),
+                    losses,
+                    reason,
                 )
-        if last is not None:
-            if not self.is_reachable():
-                self._activate_fallback(f"cluster lost: {reason_of(last)}")
+                was_active = policy.fallback_active
+                step = policy.after_loss(losses, self.client is not None, self.is_reachable, reason)
+                if policy.fallback_active and not was_active:
+                    log.warning(
+                        "Dask unavailable, computing in-process for now: %s",
+                        policy.fallback_reason,
+                    )
+        if losses:
             log.warning(
-                "computing a chunk of %d symbols in-process after losing it twice", len(chunk)
+                "computing a chunk of %d symbols in-process after losing it %d time(s)",
+                len(chunk),
+                losses,
             )
         return await asyncio.to_thread(analyze_chunk, chunk, params)
 
@@ -130,67 +147,58 @@ class ComputeHandle:
         """Await a task, but give up when the cluster has had no workers for a connect timeout
         (a task waits forever for workers that never come back)."""
         waiter: asyncio.Future[Any] = asyncio.ensure_future(future)  # type: ignore[arg-type]
-        empty_since: float | None = None
+        watch = EmptyClusterWatch(self.settings.dask_connect_timeout)
         while True:
             done, _ = await asyncio.wait({waiter}, timeout=1.0)
             if done:
                 result: ChunkResult = waiter.result()
                 return result
-            if self.n_workers() == 0:
-                empty_since = empty_since or time.monotonic()
-                if time.monotonic() - empty_since > self.settings.dask_connect_timeout:
-                    waiter.cancel()
-                    raise TimeoutError("no Dask workers for longer than DASK_CONNECT_TIMEOUT")
-            else:
-                empty_since = None
+            if watch.give_up(self.n_workers()):
+                waiter.cancel()
+                raise TimeoutError("no Dask workers for longer than DASK_CONNECT_TIMEOUT")
 
-    def _activate_fallback(self, reason: str) -> None:
-        if not self.fallback_active:
-            log.warning("Dask unavailable, computing in-process for now: %s", reason)
-            self._retry_at = time.monotonic() + self.settings.dask_reconnect_seconds
-        self.fallback_active = True
-        self.fallback_reason = reason
-
-    def _due_for_probe(self) -> bool:
-        interval = self.settings.dask_reconnect_seconds
-        return interval > 0 and time.monotonic() >= self._retry_at and not self._probing.locked()
-
-    async def _try_recover(self) -> None:
+    async def _probe(self) -> None:
         """A fallback is a state, not a verdict: a restarted worker, or a scheduler back
-        at its address, takes the work again. At most one probe per interval."""
-        async with self._probing:
-            self._retry_at = time.monotonic() + self.settings.dask_reconnect_seconds
-            client = self.client
-            if client is None or client.status != "running":
-                address = self.settings.dask_scheduler_address
-                if not address:
-                    return  # a LocalCluster's nannies restart its workers; nothing to dial
-                try:
-                    client = await Client(
-                        address, asynchronous=True, timeout=self.settings.dask_connect_timeout
-                    )
-                except Exception as exc:  # still away: stay local, try again later
-                    log.info("Dask scheduler %s still unreachable: %s", address, reason_of(exc))
-                    return
-                old, self.client, self.mode = self.client, client, "remote"
-                if old is not None:
-                    with contextlib.suppress(Exception):
-                        await cast(Awaitable[Any], old.close())
-            try:  # fresh from the scheduler: the client's cached view lags by seconds
-                workers = await cast(Awaitable[dict[str, int]], client.nthreads())
-            except Exception as exc:
-                log.info("Dask probe failed: %s", reason_of(exc))
-                return
-            if not workers:
-                log.info("Dask scheduler reachable but without workers yet")
-                return
-            log.warning(
-                "Dask reachable again (%d workers): back on the cluster after: %s",
-                len(workers),
-                self.fallback_reason,
-            )
-            self.fallback_active = False
-            self.fallback_reason = None
+        at its address, takes the work again (the policy says when to look)."""
+        self.policy.probe_started()
+        reason, workers = self.policy.fallback_reason, 0
+        try:
+            workers = await self._count_workers()
+        finally:
+            if self.policy.probe_finished(workers):
+                log.warning(
+                    "Dask reachable again (%d workers): back on the cluster after: %s",
+                    workers,
+                    reason,
+                )
+
+    async def _count_workers(self) -> int:
+        """Workers the scheduler has now (0 when it cannot be reached), reconnecting to
+        DASK_SCHEDULER_ADDRESS when the old client is gone."""
+        client = self.client
+        if client is None or client.status != "running":
+            address = self.settings.dask_scheduler_address
+            if not address:
+                return 0  # a LocalCluster's nannies restart its workers; nothing to dial
+            try:
+                client = await Client(
+                    address, asynchronous=True, timeout=self.settings.dask_connect_timeout
+                )
+            except Exception as exc:  # still away: stay local, try again later
+                log.info("Dask scheduler %s still unreachable: %s", address, reason_of(exc))
+                return 0
+            old, self.client, self.mode = self.client, client, "remote"
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await cast(Awaitable[Any], old.close())
+        try:  # fresh from the scheduler: the client's cached view lags by seconds
+            workers = await cast(Awaitable[dict[str, int]], client.nthreads())
+        except Exception as exc:
+            log.info("Dask probe failed: %s", reason_of(exc))
+            return 0
+        if not workers:
+            log.info("Dask scheduler reachable but without workers yet")
+        return len(workers)
 
     # --- for metrics and health ---
 

@@ -22,6 +22,7 @@ from service.compute.config import (
     local_cluster_kwargs,
     reason_of,
 )
+from service.compute.policy import ComputePolicy, Step
 from service.compute.tasks import ChunkResult, analyze_chunk
 from service.engine import EngineParams, SymbolWindows
 from service.settings import Settings
@@ -31,6 +32,10 @@ __all__ = ["SyncCompute", "SyncMode", "open_sync"]
 log = logging.getLogger(__name__)
 
 SyncMode = Literal["remote", "local_cluster", "threads", "sequential"]
+
+
+def _still_there() -> bool:
+    return True
 
 
 class SyncCompute:
@@ -43,6 +48,7 @@ class SyncCompute:
         self.mode: SyncMode = mode
         self.client = client
         self.fallback_reason = "; ".join(reasons) or None
+        self.policy = ComputePolicy(attempts=2, reconnect_seconds=0.0)
 
     def run_chunks(
         self, chunks: list[list[SymbolWindows]], params: EngineParams
@@ -53,15 +59,20 @@ class SyncCompute:
             return [analyze_chunk(chunk, params) for chunk in chunks]
         results: list[ChunkResult | None] = [None] * len(chunks)
         todo = list(range(len(chunks)))
-        for attempt in (1, 2):
-            todo = self._map(chunks, todo, params, results, attempt)
-            if not todo:
-                break
+        losses = 0
+        step = self.policy.first_step(has_client=True)
+        while todo and step is Step.CLUSTER:
+            todo = self._map(chunks, todo, params, results, losses + 1)
+            if todo:
+                losses += 1
+                # One `with` block: a lost chunk never turns the whole block local.
+                step = self.policy.after_loss(losses, True, _still_there, "chunks lost")
         for i in todo:
             log.warning(
-                "computing chunk %d (%d symbols) in-process after losing it twice",
+                "computing chunk %d (%d symbols) in-process after losing it %d time(s)",
                 i,
                 len(chunks[i]),
+                losses,
             )
             results[i] = analyze_chunk(chunks[i], params)
         return [r for r in results if r is not None]
