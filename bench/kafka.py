@@ -53,6 +53,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from service.batches import BatchOutput, KafkaOrigin
 from service.decode.batch import decode_batch
 from service.instance import Service
+from service.kafka.config import client_config
 from service.kafka.producer import AtLeastOnceProducer
 from service.market import generate_bars
 from service.pipeline import Pipeline
@@ -66,7 +67,7 @@ _FLUSH_EVERY = 50_000
 
 
 def create_input_topic(settings: Settings, topic: str, partitions: int) -> None:
-    admin = AdminClient(settings.kafka_common())
+    admin = AdminClient(client_config(settings))
     futures = admin.create_topics([NewTopic(topic, num_partitions=partitions)])
     for future in futures.values():
         future.result(timeout=30)
@@ -103,7 +104,7 @@ def load_market(settings: Settings, topic: str, args: argparse.Namespace) -> int
 
 
 def end_offsets(settings: Settings, topic: str, partitions: int) -> dict[int, int]:
-    consumer = Consumer({**settings.kafka_common(), "group.id": f"sfa-bench-meta-{uuid.uuid4()}"})
+    consumer = Consumer({**client_config(settings), "group.id": f"sfa-bench-meta-{uuid.uuid4()}"})
     try:
         return {
             p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
@@ -133,7 +134,7 @@ def bare_consume_decode(settings: Settings, topic: str, total_messages: int) -> 
     batches of SFA_BATCH_MAX_MESSAGES), decode each batch, nothing else."""
     group = f"sfa-bench-bare-{uuid.uuid4()}"
     conf: dict[str, Any] = {
-        **settings.kafka_common(),
+        **client_config(settings),
         "group.id": group,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
@@ -292,7 +293,7 @@ def _profiled(svc: BenchService, timeout_s: float, path: str) -> None:
 
 
 def committed_offsets(settings: Settings, group: str, topic: str, n: int) -> dict[int, int]:
-    consumer = Consumer({**settings.kafka_common(), "group.id": group})
+    consumer = Consumer({**client_config(settings), "group.id": group})
     try:
         tps = consumer.committed([TopicPartition(topic, p) for p in range(n)], timeout=30)
         return {tp.partition: tp.offset for tp in tps}
@@ -301,7 +302,7 @@ def committed_offsets(settings: Settings, group: str, topic: str, n: int) -> dic
 
 
 def cleanup(settings: Settings, topics: list[str], groups: list[str]) -> None:
-    admin = AdminClient(settings.kafka_common())
+    admin = AdminClient(client_config(settings))
     with contextlib.suppress(Exception):
         for future in admin.delete_topics(topics, operation_timeout=30).values():
             with contextlib.suppress(Exception):

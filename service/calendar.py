@@ -16,7 +16,10 @@ import numpy as np
 
 __all__ = [
     "EPOCH",
+    "FIRST_BAR_DAY",
     "FIRST_YEAR",
+    "LAST_BAR_DAY",
+    "LAST_BAR_YEAR",
     "LAST_YEAR",
     "date_to_day",
     "day_to_date",
@@ -28,6 +31,12 @@ FIRST_YEAR = 1901
 LAST_YEAR = 2100
 EPOCH = dt.date(1970, 1, 1)
 _EPOCH_ORDINAL = EPOCH.toordinal()
+
+#: SPEC 1: a bar's date lies in 1901-01-01..2099-12-31. The calendar reaches 2100 only
+#: so that late-2099 positions know the next festival; no 2100 bar is ever valid.
+LAST_BAR_YEAR = 2099
+FIRST_BAR_DAY = dt.date(FIRST_YEAR, 1, 1).toordinal() - _EPOCH_ORDINAL
+LAST_BAR_DAY = dt.date(LAST_BAR_YEAR, 12, 31).toordinal() - _EPOCH_ORDINAL
 
 
 def date_to_day(d: dt.date) -> int:

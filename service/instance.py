@@ -29,7 +29,7 @@ import numpy as np
 
 from service import __version__
 from service.batches import BatchOutput, KafkaOrigin
-from service.decode.pool import Decoder
+from service.decode.pool import Decoder, decode_processes
 from service.errors import ConfigError, SfaError
 from service.kafka.admin import ensure_topics
 from service.kafka.consumer import BatchConsumer
@@ -58,7 +58,7 @@ class Service:
         self.health = Health(stall_seconds=settings.stall_seconds)
         self.server = MetricsServer(self.metrics, self.health, port=settings.metrics_port)
         self.state = StateStore(self.params)
-        self.decoder = Decoder(settings.max_message_bytes, settings.effective_decode_processes())
+        self.decoder = Decoder(settings.max_message_bytes, decode_processes(settings))
         # Two threads: the consumer's runs `consume`, inside which librdkafka calls our
         # rebalance listener, which drains the pipeline, whose sink needs the producer's
         # thread. One shared thread would deadlock on every revocation.

@@ -21,7 +21,7 @@ from typing import IO, Any
 import numpy as np
 import orjson
 
-from service.calendar import FIRST_YEAR, date_to_day, day_to_date, sf_day_table
+from service.calendar import FIRST_YEAR, LAST_BAR_YEAR, date_to_day, day_to_date, sf_day_table
 
 __all__ = [
     "FESTIVAL_SPAN",
@@ -36,7 +36,7 @@ __all__ = [
 FESTIVAL_SPAN = 15  # trading days on each side of SF(y) that carry the festival drift
 _HOLIDAY_DAYS = 7  # SF(y) .. SF(y)+6 is the closed holiday week
 _MEAN_REVERSION = 1.0 / 250  # keeps log prices near their base over decades
-LAST_YEAR = 2099  # SPEC 1: dates up to 2099-12-31
+LAST_YEAR = LAST_BAR_YEAR  # SPEC 1: dates up to 2099-12-31
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,8 @@
 Each field names its environment variable in `alias`. A bad value raises
 `ConfigError` with one line naming the variable, so the CLI can print it and exit 2.
 Any other `KAFKA_SOME_PROPERTY` is passed to librdkafka as `some.property`;
-values whose key looks secret are masked in every rendering of the settings.
+values whose key looks secret (password, secret, key, token, ...) are kept as
+`SecretStr`, so no rendering of the settings (repr, model_dump, logs) shows them.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import socket
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from service.calendar import FIRST_YEAR, LAST_BAR_YEAR
 from service.engine.types import EngineParams
 from service.errors import ConfigError
 
-__all__ = ["Settings", "load_settings", "mask_secrets"]
+__all__ = ["Settings", "load_settings"]
 
 _SECRET_RE = re.compile(r"password|secret|key|token|credential|jaas", re.IGNORECASE)
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -52,7 +54,9 @@ class Settings(BaseModel):
     )
     instance_id: str = Field(default_factory=socket.gethostname, alias="SFA_INSTANCE_ID")
     transactional_id: str | None = Field(None, alias="SFA_TRANSACTIONAL_ID")
-    kafka_extra: dict[str, str] = Field(default_factory=dict, alias="_kafka_extra")
+    # Every other KAFKA_* variable, as librdkafka properties; secret-looking ones are
+    # SecretStr, unwrapped only where a client config is built (service.kafka.config).
+    kafka_extra: dict[str, str | SecretStr] = Field(default_factory=dict, alias="_kafka_extra")
 
     # --- batching and flow control ---
     batch_max_messages: int = Field(20_000, alias="SFA_BATCH_MAX_MESSAGES", ge=1, le=1_000_000)
@@ -102,6 +106,16 @@ class Settings(BaseModel):
     # After a fallback, how often to look for the cluster again (0: never).
     dask_reconnect_seconds: float = Field(30.0, alias="SFA_DASK_RECONNECT_SECONDS", ge=0)
 
+    @field_validator("kafka_extra", mode="before")
+    @classmethod
+    def _wrap_secrets(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        return {
+            k: SecretStr(v) if isinstance(v, str) and _SECRET_RE.search(k) else v
+            for k, v in value.items()
+        }
+
     @field_validator("years", mode="before")
     @classmethod
     def _parse_years(cls, value: Any) -> Any:
@@ -114,8 +128,8 @@ class Settings(BaseModel):
             years = frozenset(int(part) for part in text.split(",") if part.strip())
         except ValueError:
             raise ValueError("expected comma-separated years such as 2019,2020,2021") from None
-        if any(not 1901 <= y <= 2099 for y in years):
-            raise ValueError("years must lie in 1901..2099")
+        if any(not FIRST_YEAR <= y <= LAST_BAR_YEAR for y in years):
+            raise ValueError(f"years must lie in {FIRST_YEAR}..{LAST_BAR_YEAR}")
         return years
 
     @field_validator("dask_connect_timeout", "dask_tcp_timeout", mode="before")
@@ -135,13 +149,6 @@ class Settings(BaseModel):
 
     # --- derived views ---
 
-    def effective_decode_processes(self) -> int:
-        from service.decode.pool import default_decode_processes
-
-        if self.decode_processes is None:
-            return default_decode_processes()
-        return self.decode_processes
-
     def engine_params(self) -> EngineParams:
         return EngineParams(
             window_days=self.window_days,
@@ -156,21 +163,13 @@ class Settings(BaseModel):
         """Stable across restarts of one instance, so a restarted producer fences its zombie."""
         return self.transactional_id or f"{self.kafka_group_id}-{self.instance_id}"
 
-    def kafka_common(self) -> dict[str, Any]:
-        """librdkafka settings shared by every client (bootstrap plus KAFKA_* passthrough)."""
-        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap_servers}
-        conf.update(self.kafka_extra)
-        return conf
-
     def redacted(self) -> dict[str, Any]:
-        """For logs: every field, secrets masked."""
+        """For logs: every field, secrets as ***."""
         data = self.model_dump()
-        data["kafka_extra"] = mask_secrets(self.kafka_extra)
+        data["kafka_extra"] = {
+            k: ("***" if isinstance(v, SecretStr) else v) for k, v in self.kafka_extra.items()
+        }
         return data
-
-
-def mask_secrets(conf: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: ("***" if _SECRET_RE.search(k) else v) for k, v in conf.items()}
 
 
 # Env names the Settings model owns; every other KAFKA_* is librdkafka passthrough.

@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from service.calendar import date_to_day
+from service.calendar import FIRST_BAR_DAY, LAST_BAR_DAY
 from service.compat.recommend import get_processing_recommendations
 from service.compute.config import default_n_workers
 from service.compute.sync import SyncCompute, SyncMode, open_sync
+from service.decode.rules import ALIASES
 from service.engine import EngineParams, PatternResult, SymbolWindows, window_year_of
 from service.settings import Settings, load_settings
 
@@ -40,16 +41,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Execution = Literal["auto", "remote", "local_cluster", "threads", "sequential"]
-# The original column names (SPEC 8) -> SPEC 1 names.
-_ALIASES = {"stock_code": "symbol", "trade_date": "date"} | {
-    f"{name}_price": name for name in ("close", "open", "high", "low")
-}
+# The original column names (SPEC 8) -> SPEC 1 names: SPEC 1's alias table, reversed.
+_ALIASES = {alias: canonical for canonical, alias in ALIASES.items()}
 _PATTERN_FIELDS = (
     *("pattern_strength", "average_return_before", "average_return_after", "volatility_before"),
     *("volatility_after", "consistency_score", "confidence_level", "peak_day", "trough_day"),
 )
-_FIRST_DAY = date_to_day(pd.Timestamp("1901-01-01").date())
-_LAST_DAY = date_to_day(pd.Timestamp("2099-12-31").date())
 _MB = 1024 * 1024
 #: ParallelProcessingConfig knob -> Settings field (the DASK_* variable it comes from).
 _KNOBS = {
@@ -235,7 +232,7 @@ def _clean_bars(frame: Any) -> tuple[np.ndarray, np.ndarray] | str:
     days[has_date] = stamps[has_date].to_numpy().astype("datetime64[D]").astype(np.int64)
     close = _numbers(closes)
     with np.errstate(invalid="ignore"):
-        ok = has_date & (days >= _FIRST_DAY) & (days <= _LAST_DAY) & np.isfinite(close)
+        ok = has_date & (days >= FIRST_BAR_DAY) & (days <= LAST_BAR_DAY) & np.isfinite(close)
         ok &= close > 0
     for name in ("open", "high", "low", "volume"):
         ok &= _valid_optional(frame, name, 0.0, strict=name != "volume")

@@ -19,10 +19,11 @@ cluster pays only for very large batches. Memory is the caller's frames
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import psutil
+
+from service.host import usable_cores
 
 __all__ = [
     "ANALYZE_SECONDS_PER_POINT",
@@ -54,13 +55,6 @@ _MIN_GAIN = 0.9
 _WINDOW_SHARE = 121 / 365  # default W=60: 2W+1 days of a year lie in a window
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def get_processing_recommendations(
     total_stocks: int, avg_data_points_per_stock: int = 2000
 ) -> dict[str, Any]:
@@ -78,7 +72,7 @@ def get_processing_recommendations(
     per_symbol = max(avg_data_points_per_stock, 1) * ANALYZE_SECONDS_PER_POINT
     analyze = total_stocks * per_symbol
     sequential = convert + analyze
-    cores = _cores()
+    cores = usable_cores()
 
     # Smallest chunk whose work dwarfs its task overhead, unless that starves workers.
     chunk = max(1, math.ceil(_TASK_WORK_FACTOR * SECONDS_PER_TASK / per_symbol))

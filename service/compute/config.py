@@ -9,18 +9,17 @@ scheduler looks like from the client, for both shells.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from distributed.client import FutureCancelledError
 from distributed.comm.core import CommClosedError
 from distributed.scheduler import KilledWorker
 
+from service.host import usable_cores
 from service.settings import Settings
 
 __all__ = [
     "LOST_WORK_ERRORS",
-    "MIN_TCP_TIMEOUT",
     "dask_config",
     "default_n_workers",
     "local_cluster_kwargs",
@@ -43,24 +42,13 @@ LOST_WORK_ERRORS: tuple[type[BaseException], ...] = (
 
 def default_n_workers() -> int:
     """One worker process per usable core, at most 4: more rarely pays for its memory."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, 4))
-
-
-#: distributed's TCP keep-alive needs 10 probes plus an idle second: a lower
-#: `distributed.comm.timeouts.tcp` fails an assertion on every new connection.
-MIN_TCP_TIMEOUT = 11.0
+    return max(1, min(usable_cores(), 4))
 
 
 def dask_config(settings: Settings) -> dict[str, Any]:
     """The DASK_* settings as dask.config keys (workers read them at start)."""
+    # Settings refuse DASK_TCP_TIMEOUT below distributed's minimum (ge=11), so no clamp.
     tcp = settings.dask_tcp_timeout
-    if tcp < MIN_TCP_TIMEOUT:
-        log.warning("DASK_TCP_TIMEOUT=%ss is below Dask's minimum; using %ss", tcp, MIN_TCP_TIMEOUT)
-        tcp = MIN_TCP_TIMEOUT
     return {
         "distributed.worker.memory.target": settings.dask_memory_target_fraction,
         "distributed.worker.memory.spill": settings.dask_memory_spill_fraction,

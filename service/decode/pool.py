@@ -14,39 +14,30 @@ import asyncio
 import concurrent.futures
 import multiprocessing
 import os
-import threading
-import time
 from collections.abc import Sequence
 
 from service.decode.batch import decode_batch, decode_lines
 from service.decode.types import DecodedBatch
+from service.host import exit_with_parent, usable_cores
+from service.settings import Settings
 
-__all__ = ["Decoder", "default_decode_processes"]
+__all__ = ["Decoder", "decode_processes", "default_decode_processes"]
 
 
 def default_decode_processes() -> int:
     """One helper process when there is a core to spare for it, else none."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return 1 if cores >= 2 else 0
+    return 1 if usable_cores() >= 2 else 0
+
+
+def decode_processes(settings: Settings) -> int:
+    """SFA_DECODE_PROCESSES, or the default for this host when it is unset."""
+    if settings.decode_processes is None:
+        return default_decode_processes()
+    return settings.decode_processes
 
 
 def _warm() -> int:
     return os.getpid()
-
-
-def _exit_with_parent(parent: int) -> None:
-    """Pool initializer: a SIGKILLed service cannot shut its pool down, and an idle
-    worker would wait on its task queue forever; so each worker watches its parent."""
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class Decoder:
@@ -62,7 +53,7 @@ class Decoder:
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 processes,
                 mp_context=ctx,
-                initializer=_exit_with_parent,
+                initializer=exit_with_parent,
                 initargs=(os.getpid(),),
             )
             self._pool.submit(_warm)  # start the interpreter now, while the input opens

@@ -19,12 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from service.calendar import date_to_day
+from service.calendar import FIRST_BAR_DAY, LAST_BAR_DAY, date_to_day
 
 __all__ = [
     "ALIASES",
-    "DAY_MAX",
-    "DAY_MIN",
     "cached_days",
     "parse_day",
     "symbol_ok",
@@ -43,8 +41,6 @@ ALIASES: dict[str, str] = {
 _NUMERIC = frozenset({float, int})  # bool is a subclass of int but `type(True) is bool`
 _NUMERIC_OR_NONE = frozenset({float, int, type(None)})
 
-DAY_MIN = date_to_day(dt.date(1901, 1, 1))
-DAY_MAX = date_to_day(dt.date(2099, 12, 31))
 
 _SYMBOL_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
 _DATE_RE = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
@@ -83,7 +79,7 @@ def parse_day(value: object) -> int | str:
             except ValueError:
                 return "invalid_field:date"
             day = date_to_day(d)
-            if not DAY_MIN <= day <= DAY_MAX:
+            if not FIRST_BAR_DAY <= day <= LAST_BAR_DAY:
                 return "date_out_of_range"
             _DAYS_OK[value] = day
             return day

@@ -7,17 +7,14 @@ per window size.
 
 from __future__ import annotations
 
-import datetime as dt
 from bisect import bisect_left
 from functools import lru_cache
 
-from service.calendar import date_to_day, sf_day_table
+from service.calendar import FIRST_BAR_DAY, LAST_BAR_DAY, sf_day_table
 from service.engine.types import EngineParams, PatternResult, Position, Signal
 
 __all__ = ["phase_of", "position_and_signal", "position_of", "signal_of"]
 
-_FIRST_DAY = date_to_day(dt.date(1901, 1, 1))
-_LAST_DAY = date_to_day(dt.date(2099, 12, 31))
 _NEUTRAL_PHASES = frozenset({"normal_period", "festival_day"})
 _BEFORE_PHASES = frozenset({"approaching", "pre_festival"})
 
@@ -61,7 +58,7 @@ def position_of(latest_day: int, window_days: int) -> Position:
     SF(year - 1) always ends by August, so this is SF(year) or, past its window,
     SF(year + 1), exactly as the SPEC words it.
     """
-    if not _FIRST_DAY <= latest_day <= _LAST_DAY:
+    if not FIRST_BAR_DAY <= latest_day <= LAST_BAR_DAY:
         raise ValueError(f"as_of day {latest_day} outside 1901-01-01..2099-12-31")
     sf, ends = _festivals(window_days)
     festival = sf[bisect_left(ends, latest_day)]

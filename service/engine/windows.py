@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from service.calendar import FIRST_YEAR, sf_day_table
+from service.calendar import FIRST_YEAR, LAST_BAR_YEAR, sf_day_table
 
 __all__ = [
     "LAST_WINDOW_YEAR",
@@ -21,7 +21,7 @@ __all__ = [
     "year_filter_mask",
 ]
 
-LAST_WINDOW_YEAR = 2099
+LAST_WINDOW_YEAR = LAST_BAR_YEAR  # a window holds bars, so none for 2100
 N_WINDOW_YEARS = LAST_WINDOW_YEAR - FIRST_YEAR + 1
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from service.batches import Batch, BatchOutput
+from service.decode.pool import decode_processes
 from service.files.readers import read_batches, total_size_hint
 from service.files.sink import FileSink
 from service.files.source import FileSource
@@ -83,7 +84,7 @@ async def replay(
 
     # With a core to spare, a helper process reads and decodes (service.files.source);
     # otherwise the files are read here and decoded inline.
-    helper = settings.effective_decode_processes() > 0
+    helper = decode_processes(settings) > 0
     source = (
         FileSource(paths, settings.batch_max_messages, settings.max_message_bytes)
         if helper

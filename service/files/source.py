@@ -19,7 +19,6 @@ import queue
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
@@ -30,6 +29,7 @@ from service.batches import Batch
 from service.decode.batch import decode_batch, decode_lines
 from service.errors import InputError
 from service.files.readers import read_batches
+from service.host import exit_with_parent
 
 __all__ = ["FileSource"]
 
@@ -38,7 +38,7 @@ def _serve(
     paths: list[str], batch_lines: int, max_message_bytes: int, out: Connection, parent: int
 ) -> None:
     """The helper's whole life: every batch in order, then None (or the error text)."""
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    exit_with_parent(parent)  # a SIGKILLed parent cannot stop its helper
     try:
         for batch in read_batches(paths, batch_lines):
             payload = batch.payload
@@ -56,13 +56,6 @@ def _serve(
         out.send(f"file reader failed: {type(exc).__name__}: {exc}")
     finally:
         out.close()
-
-
-def _watch_parent(parent: int) -> None:
-    """A SIGKILLed parent cannot stop its helper; the helper notices and exits."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(0)
 
 
 class FileSource:

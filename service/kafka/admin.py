@@ -16,7 +16,7 @@ import time
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from service.kafka.clientlog import with_logger
+from service.kafka.config import admin_config
 from service.kafka.errors import KafkaFatalError, MissingTopicError, classify
 from service.settings import Settings
 
@@ -26,7 +26,7 @@ _STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"
 
 
 def _admin(settings: Settings) -> AdminClient:
-    return AdminClient(with_logger(settings.kafka_common()))
+    return AdminClient(admin_config(settings))
 
 
 def partition_count(admin: AdminClient, topic: str, timeout_s: float = 30.0) -> int | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -23,12 +23,12 @@ from confluent_kafka import (
 )
 
 from service.batches import Batch, KafkaOrigin
-from service.kafka.clientlog import with_logger
+from service.kafka.config import consumer_config
 from service.kafka.errors import classify
 from service.kafka.message import MessageLike, TopicPartitionKey
 from service.settings import Settings
 
-__all__ = ["BatchConsumer", "PartitionListener", "consumer_config", "to_batch"]
+__all__ = ["BatchConsumer", "PartitionListener", "to_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -45,29 +45,6 @@ class PartitionListener(Protocol):
 
     def on_assigned(self, partitions: list[TopicPartitionKey]) -> None: ...
     def on_revoked(self, partitions: list[TopicPartitionKey]) -> None: ...
-
-
-def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:
-    """librdkafka settings: defaults, then KAFKA_* passthrough, then what correctness needs."""
-    conf: dict[str, Any] = {
-        "auto.offset.reset": "earliest",
-        "isolation.level": "read_committed",
-        "enable.partition.eof": False,
-        "client.id": f"sfa-{settings.instance_id}",
-        # Sticky: a rebalance moves only the partitions that must move, so the
-        # others keep their restored state and their in-flight batches.
-        "partition.assignment.strategy": "cooperative-sticky",
-        # As for the producer (see producer_config): reconnect to the known brokers
-        # rather than re-bootstrapping, which after an outage retried every ~50 ms.
-        "metadata.recovery.strategy": "none",
-    }
-    conf.update(settings.kafka_common())
-    if conf.get("group.protocol") == "consumer":
-        conf.pop("partition.assignment.strategy", None)  # the broker assigns (KIP-848)
-    conf["group.id"] = group_id or settings.kafka_group_id
-    conf["enable.auto.commit"] = False
-    conf["enable.auto.offset.store"] = False
-    return with_logger(conf)
 
 
 def to_batch(messages: Sequence[MessageLike]) -> Batch:

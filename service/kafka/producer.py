@@ -19,7 +19,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from service.kafka.clientlog import with_logger
+from service.kafka.config import producer_config
 from service.kafka.errors import (
     AbortableError,
     DeliveryError,
@@ -30,7 +30,7 @@ from service.kafka.errors import (
 from service.kafka.message import TopicPartitionKey
 from service.settings import Settings
 
-__all__ = ["AtLeastOnceProducer", "HeaderList", "TransactionalProducer", "producer_config"]
+__all__ = ["AtLeastOnceProducer", "HeaderList", "TransactionalProducer"]
 
 log = logging.getLogger(__name__)
 
@@ -38,29 +38,6 @@ HeaderList = list[tuple[str, str | bytes | None]]
 
 # How long produce() keeps polling for queue space before calling it a broker problem.
 _ENQUEUE_TIMEOUT_S = 60.0
-
-
-def producer_config(settings: Settings) -> dict[str, Any]:
-    """Defaults tuned for batch output, then KAFKA_* passthrough, then the non-negotiables."""
-    conf: dict[str, Any] = {
-        "client.id": f"sfa-{settings.instance_id}",
-        # A batch is produced in one burst; a short linger fills Kafka batches
-        # without adding noticeable latency to the commit that follows.
-        "linger.ms": 10,
-        "compression.type": "lz4",
-        # librdkafka 2.16 "re-bootstraps" when every broker connection is lost; after a
-        # one-broker outage its transaction coordinator then stayed unknown and
-        # send_offsets_to_transaction blocked past its own timeout, wedging the service
-        # (tests/integration/test_broker_drill.py). Reconnecting to the known brokers
-        # recovers within seconds. Override with KAFKA_METADATA_RECOVERY_STRATEGY.
-        "metadata.recovery.strategy": "none",
-    }
-    conf.update(settings.kafka_common())
-    # Retries must neither duplicate nor reorder output: idempotence is
-    # required by transactions and cheap insurance for at-least-once.
-    conf["enable.idempotence"] = True
-    conf["acks"] = "all"
-    return with_logger(conf)
 
 
 class _BaseProducer:

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from service.kafka.clientlog import with_logger
+from service.kafka.config import restore_config
 from service.kafka.errors import KafkaRetriableError, classify
 from service.settings import Settings
 
@@ -31,26 +29,6 @@ __all__ = ["read_state_partitions"]
 log = logging.getLogger(__name__)
 
 _BATCH = 10_000
-
-
-def _restore_config(settings: Settings) -> dict[str, Any]:
-    conf: dict[str, Any] = dict(settings.kafka_common())
-    conf.update(
-        {
-            # librdkafka insists on a group.id, but assign() never joins it and
-            # nothing is committed; unique so it cannot collide with a real group.
-            "group.id": f"sfa-restore-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "isolation.level": "read_committed",
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-            "client.id": f"sfa-restore-{settings.instance_id}",
-        }
-    )
-    conf.pop("group.protocol", None)
-    conf.pop("partition.assignment.strategy", None)
-    return with_logger(conf)
 
 
 def read_state_partitions(
@@ -67,7 +45,7 @@ def read_state_partitions(
     """
     if not partitions:
         return
-    consumer = Consumer(_restore_config(settings))
+    consumer = Consumer(restore_config(settings))
     try:
         yield from _read(consumer, state_topic, sorted(set(partitions)), timeout_s)
     finally:

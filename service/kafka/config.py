@@ -1,0 +1,121 @@
+"""librdkafka configuration for every client the service makes, in one place.
+
+Each config is built in three layers: our defaults (shared by every client, then the
+client's own), the user's KAFKA_* passthrough (which may override a default), then
+what correctness needs (which nothing overrides). Secrets arrive as `SecretStr` in the
+settings and are unwrapped here only, at the last moment, so no rendering of the
+settings (repr, logs, errors) can show them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import SecretStr
+
+from service.kafka.clientlog import with_logger
+from service.settings import Settings
+
+__all__ = [
+    "admin_config",
+    "client_config",
+    "consumer_config",
+    "producer_config",
+    "restore_config",
+]
+
+
+def _shared_defaults(settings: Settings, client: str) -> dict[str, Any]:
+    return {
+        "client.id": f"{client}-{settings.instance_id}",
+        # librdkafka 2.16 "re-bootstraps" when every broker connection is lost; after a
+        # one-broker outage its transaction coordinator then stayed unknown and
+        # send_offsets_to_transaction blocked past its own timeout, wedging the service,
+        # and consumers retried every ~50 ms (tests/integration/test_broker_drill.py).
+        # Reconnecting to the known brokers recovers within seconds. Override with
+        # KAFKA_METADATA_RECOVERY_STRATEGY=rebootstrap.
+        "metadata.recovery.strategy": "none",
+    }
+
+
+def _passthrough(settings: Settings) -> dict[str, Any]:
+    """Bootstrap plus every KAFKA_* property, secrets unwrapped."""
+    conf: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers}
+    for key, value in settings.kafka_extra.items():
+        conf[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
+    return conf
+
+
+def client_config(
+    settings: Settings, client: str = "sfa", defaults: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Shared defaults, then `defaults`, then the user's passthrough; with our logger."""
+    conf = _shared_defaults(settings, client)
+    conf.update(defaults or {})
+    conf.update(_passthrough(settings))
+    return with_logger(conf)
+
+
+def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:
+    """The group member: read committed, sticky assignment, offsets only on request."""
+    conf = client_config(
+        settings,
+        defaults={
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": False,
+            # Sticky: a rebalance moves only the partitions that must move, so the
+            # others keep their restored state and their in-flight batches.
+            "partition.assignment.strategy": "cooperative-sticky",
+        },
+    )
+    if conf.get("group.protocol") == "consumer":
+        conf.pop("partition.assignment.strategy", None)  # the broker assigns (KIP-848)
+    conf["group.id"] = group_id or settings.kafka_group_id
+    # Auto-commit would commit batches whose output was never written.
+    conf["enable.auto.commit"] = False
+    conf["enable.auto.offset.store"] = False
+    return conf
+
+
+def producer_config(settings: Settings) -> dict[str, Any]:
+    """Output: a short linger and lz4 for batch bursts; idempotent, acks=all always."""
+    conf = client_config(
+        settings,
+        defaults={
+            # A batch is produced in one burst; a short linger fills Kafka batches
+            # without adding noticeable latency to the commit that follows.
+            "linger.ms": 10,
+            "compression.type": "lz4",
+        },
+    )
+    # Retries must neither duplicate nor reorder output: idempotence is
+    # required by transactions and cheap insurance for at-least-once.
+    conf["enable.idempotence"] = True
+    conf["acks"] = "all"
+    return conf
+
+
+def restore_config(settings: Settings) -> dict[str, Any]:
+    """The state reader: assign, never subscribe; read committed; never commit."""
+    conf = client_config(settings, client="sfa-restore")
+    conf.update(
+        {
+            # librdkafka insists on a group.id, but assign() never joins it and
+            # nothing is committed; unique so it cannot collide with a real group.
+            "group.id": f"sfa-restore-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+        }
+    )
+    conf.pop("group.protocol", None)
+    conf.pop("partition.assignment.strategy", None)
+    return conf
+
+
+def admin_config(settings: Settings) -> dict[str, Any]:
+    return client_config(settings, client="sfa-admin")
