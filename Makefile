@@ -39,10 +39,10 @@ test-unit: $(STAMP) ## Run the fast, pure unit tests only
 test-integration: $(STAMP) ## Run the integration tests (real Kafka broker, real Dask)
 	$(BIN)/python -m pytest tests/integration
 
-lint: $(STAMP) ## ruff check + format check + mypy
+lint: $(STAMP) ## ruff check (with the layout's import bans) + format check + mypy (service strict, tests lenient)
 	$(BIN)/ruff check service tests bench
 	$(BIN)/ruff format --check service tests bench
-	$(BIN)/mypy service
+	$(BIN)/mypy service tests
 
 fmt: $(STAMP) ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix service tests bench

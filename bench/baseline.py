@@ -97,7 +97,7 @@ def baseline_analyze(symbol: str, frame: pd.DataFrame, params: EngineParams) -> 
     # -- SPEC 1: corrections, then latest(s) over every bar.
     closes_by_date: dict[dt.date, float] = {}
     for row in frame.itertuples(index=False):
-        closes_by_date[_as_date(row.date)] = float(row.close)
+        closes_by_date[_as_date(row.date)] = float(row.close)  # type: ignore[arg-type]
     if not closes_by_date:
         return _insufficient(symbol, ())
     latest = max(closes_by_date)

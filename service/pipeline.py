@@ -220,7 +220,7 @@ class Pipeline:
             compute = self._compute
             if callable(compute) and not hasattr(compute, "run_chunks"):
                 compute = await compute()
-            self._compute_ready = compute  # type: ignore[assignment]
+            self._compute_ready = compute
         assert self._compute_ready is not None
         return await self._compute_ready.run_chunks(chunks, self.params)
 

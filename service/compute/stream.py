@@ -146,7 +146,7 @@ class ComputeHandle:
     async def _watch(self, future: Future) -> ChunkResult:
         """Await a task, but give up when the cluster has had no workers for a connect timeout
         (a task waits forever for workers that never come back)."""
-        waiter: asyncio.Future[Any] = asyncio.ensure_future(future)  # type: ignore[arg-type]
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(future)
         watch = EmptyClusterWatch(self.settings.dask_connect_timeout)
         while True:
             done, _ = await asyncio.wait({waiter}, timeout=1.0)

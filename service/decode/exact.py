@@ -70,7 +70,7 @@ def _parse_joined(values: Sequence[bytes], max_message_bytes: int) -> list[Any] 
         parsed = _loads(blob)
     except _JSONDecodeError:  # broken JSON somewhere: find it message by message
         return None
-    return parsed if len(parsed) == n else None  # type: ignore[no-any-return]
+    return parsed if len(parsed) == n else None
 
 
 def _parse_each(

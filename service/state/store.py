@@ -288,7 +288,7 @@ class StateStore:
             return []
         e.days = frozen(m_days)
         e.closes = frozen(m_closes)
-        return np.unique(years[differs]).tolist()  # type: ignore[no-any-return]
+        return np.unique(years[differs]).tolist()
 
     def drop_partition(self, partition: int) -> int:
         """Forget the symbols of a revoked partition; returns how many were dropped."""

@@ -252,8 +252,8 @@ def _results(messages: list[Message]) -> tuple[dict[str, dict], list[dict]]:
     last: dict[str, dict] = {}
     every: list[dict] = []
     for msg in messages:
-        result = orjson.loads(msg.value())
-        assert msg.key().decode() == result["symbol"]
+        result = orjson.loads(msg.value() or b"")
+        assert (msg.key() or b"").decode() == result["symbol"]
         every.append(result)
         last[result["symbol"]] = result
     seen = Counter((r["symbol"], orjson.dumps(r["input"])) for r in every)
@@ -407,10 +407,10 @@ def test_produce_loads_jsonl_and_csv_keyed_by_symbol_and_the_service_consumes_it
     assert len(loaded) == len(market)
     partitions_of: dict[str, set[int]] = {}
     for msg in loaded:
-        bar = orjson.loads(msg.value())
+        bar = orjson.loads(msg.value() or b"")
         symbol = bar.get("symbol", bar.get("stock_code"))
         assert msg.key() == symbol.encode()
-        partitions_of.setdefault(symbol, set()).add(msg.partition())
+        partitions_of.setdefault(symbol, set()).add(msg.partition() or 0)
     assert all(len(p) == 1 for p in partitions_of.values()), "a symbol spans partitions"
     assert len(set().union(*partitions_of.values())) > 1, "everything landed on one partition"
 
@@ -536,7 +536,7 @@ def test_at_least_once_through_a_crash_misses_nothing(
     messages = _read_all(kafka_bootstrap, t["output"])
     last = {}
     for msg in messages:  # repeats are allowed here; gaps are not
-        result = orjson.loads(msg.value())
+        result = orjson.loads(msg.value() or b"")
         last[result["symbol"]] = result
     _assert_matches_replay(last, expected)
     _assert_json_log(service.lines())
@@ -580,7 +580,7 @@ def test_metrics_and_health_of_a_running_service(
     watch = progress(t["group"], t["input"])
     _wait("the whole input committed", watch.done, [service])
     results = _read_all(kafka_bootstrap, t["output"])
-    statuses = Counter(orjson.loads(m.value())["status"] for m in results)
+    statuses = Counter(orjson.loads(m.value() or b"")["status"] for m in results)
 
     def caught_up() -> bool:
         families = _scrape(port)

@@ -18,12 +18,8 @@ from hypothesis import strategies as st
 
 from bench.baseline import baseline_analyze, baseline_position_and_signal
 from service.calendar import date_to_day, spring_festival_date
+from service.engine import analyze_patterns, position_and_signal
 from service.engine.types import EngineParams, Pattern, PatternResult, SymbolWindows
-
-try:
-    from service.engine import analyze_patterns, position_and_signal
-except ImportError:  # the engine is written in parallel; the oracle tests still run
-    analyze_patterns = position_and_signal = None
 
 _D = dt.timedelta
 
@@ -280,9 +276,6 @@ def _assert_same(engine: PatternResult, base: PatternResult) -> None:
             assert _close(e, b), (f.name, e, b)
 
 
-@pytest.mark.skipif(
-    analyze_patterns is None, reason="service.engine.analyze_patterns not there yet"
-)
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=_symbols(), as_of_offsets=st.lists(st.integers(-200, 400), max_size=4))
 def test_engine_agrees_with_baseline(
@@ -308,9 +301,6 @@ def test_engine_agrees_with_baseline(
             assert _close(e_sig.strength, b_sig.strength)
 
 
-@pytest.mark.skipif(
-    analyze_patterns is None, reason="service.engine.analyze_patterns not there yet"
-)
 def test_engine_agrees_on_many_symbols_at_once() -> None:
     """Batching must not leak between symbols: the hand example next to a flat one."""
     frame = _hand_frame()

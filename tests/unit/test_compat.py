@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 from dataclasses import fields
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -136,7 +137,7 @@ def test_failures_carry_readable_reasons() -> None:
         "LIST": [1, 2, 3],
         "OK": make_frame(2),
     }
-    result = ParallelSpringFestivalEngine(config=_SEQ).analyze_multiple_stocks_parallel(frames)  # type: ignore[arg-type]
+    result = ParallelSpringFestivalEngine(config=_SEQ).analyze_multiple_stocks_parallel(frames)
     failed = result.failed_analyses
     assert set(failed) == {"SHORT", "NOCLOSE", "EMPTY", "LIST"}
     assert failed["SHORT"].startswith("insufficient_history: 2 qualifying year(s) [2019, 2020]")
@@ -184,7 +185,9 @@ def test_optimize_for_memory_usage_keeps_results_and_inputs() -> None:
 
 
 def test_volatility_ratio_is_inf_where_the_spec_writes_null() -> None:
-    base = {f.name: 0.0 for f in fields(SeasonalPattern) if f.name not in ("symbol", "curve")}
+    base: dict[str, Any] = {
+        f.name: 0.0 for f in fields(SeasonalPattern) if f.name not in ("symbol", "curve")
+    }
     base.update(years_analyzed=[2019, 2020, 2021], peak_day=1, trough_day=-1)
     assert (
         SeasonalPattern(symbol="X", **{**base, "raw_volatility_ratio": None}).volatility_ratio
