@@ -1,10 +1,11 @@
 """One instance of the Kafka service: consumer, shared pipeline, producer, metrics.
 
 One consumer (group member), one producer (transactional by default), one pipeline.
-The asyncio loop owns the pipeline and the state; blocking Kafka calls run on one
-worker thread, and rebalance callbacks (which librdkafka runs inside `consume` on that
-thread) hop back onto the loop to drain in-flight batches or restore state, so state is
-only ever touched from the loop.
+The asyncio loop owns the pipeline and the state; blocking Kafka calls run on two
+threads (the consumer's and the producer's), and rebalance callbacks (which librdkafka
+runs inside `consume` on the consumer's thread) hop back onto the loop to drain
+in-flight batches or restore state, so state is only ever touched from the loop. The
+sink (`service.kafka.sink`) is built from the producer, the consumer and the topics.
 
 Failure policy (SPEC 7):
 - abortable transaction error: abort, throw the in-flight batches away, reload the

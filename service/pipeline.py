@@ -1,12 +1,18 @@
 """The one streamz graph shared by `sfa replay` and `sfa run`.
 
-    source -> prepare (decode, validate, update state, snapshot)
-           -> dispatch (scatter the stale symbols' windows to Dask in chunks, submit)
-           -> buffer(SFA_MAX_INFLIGHT_BATCHES)
-           -> collect (gather the chunks' patterns; retries and fallback live in the
-              compute handle)
-           -> finalize (position and signal for every touched symbol, encode results)
-           -> deliver (the sink: a file, or one Kafka transaction per batch)
+    source.emit(Batch)
+      -> _decode    map_async: the payload to a DecodedBatch (service.decode.pool:
+                    inline or a helper process; a replay batch arrives decoded)
+      -> _prepare   map: apply to the state (service.state), snapshot what the
+                    results need, cut the stale symbols' windows into chunks
+      -> _dispatch  map: start the chunks on the compute layer (service.compute.stream:
+                    scatter, submit; retries and fallback are its business)
+      -> buffer(SFA_MAX_INFLIGHT_BATCHES)
+      -> _collect   map_async: await the chunks' patterns
+      -> _finish    map_async(parallelism=1): position and signal for every touched
+                    symbol, encode results (service.encode), then the sink's write
+                    (a file, or one Kafka transaction per batch)
+      -> _release   sink: free the in-flight slot, tell `on_delivered`
 
 Batches are formed *before* the graph (the Kafka consumer's bounded `consume`, the
 file reader's line batches): one streamz element per batch, never per message, since
