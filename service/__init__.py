@@ -11,12 +11,19 @@ from typing import Any
 __version__ = "0.1.0"
 
 _COMPAT = {
+    "AlignedDataPoint",
+    "AlignedTimeSeries",
     "BatchProcessingResult",
+    "ChineseCalendar",
     "DaskResourceManager",
     "ParallelProcessingConfig",
     "ParallelSpringFestivalEngine",
     "SeasonalPattern",
+    "SpringFestivalAlignmentEngine",
+    "SpringFestivalWindow",
+    "create_dask_dataframe_from_stock_data",
     "get_processing_recommendations",
+    "optimize_dask_config_for_spring_festival_analysis",
 }
 
 __all__ = ["__version__", *sorted(_COMPAT)]

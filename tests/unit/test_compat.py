@@ -175,7 +175,7 @@ def test_optimize_for_memory_usage_keeps_results_and_inputs() -> None:
     before = frames["A"].copy()
     engine = ParallelSpringFestivalEngine(config=_SEQ)
     slim = engine.optimize_for_memory_usage(frames)
-    assert list(slim["A"].columns) == ["date", "close"]
+    assert list(slim["A"].columns) == ["stock_code", "trade_date", "close_price", "volume"]
     assert slim["A"].memory_usage(deep=True).sum() < before.memory_usage(deep=True).sum() / 4
     pd.testing.assert_frame_equal(frames["A"], before)
     assert (

@@ -1,0 +1,184 @@
+"""The original system's data types (SPEC 8), as the engine's results see them.
+
+Attribute names and meanings are the original's, so user code that reads them runs
+unchanged; what the numbers are is SPEC 3-4's (see docs/migrating.md): relative days
+count trading days by default and prices are normalised to each year's own anchor
+(the last close before the festival), not to one baseline over all years.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from service.engine import Pattern, PatternResult
+
+__all__ = [
+    "AlignedDataPoint",
+    "AlignedTimeSeries",
+    "Alignment",
+    "SeasonalPattern",
+    "SpringFestivalWindow",
+]
+
+Alignment = Literal["trading", "calendar"]
+
+_PATTERN_FIELDS = (
+    *("pattern_strength", "average_return_before", "average_return_after", "volatility_before"),
+    *("volatility_after", "consistency_score", "confidence_level", "peak_day", "trough_day"),
+)
+
+
+@dataclass(frozen=True)
+class SpringFestivalWindow:
+    """One year's window `[SF - W, SF + W]` in calendar days, both ends included (SPEC 3)."""
+
+    year: int
+    spring_festival_date: dt.date
+    start_date: dt.date
+    end_date: dt.date
+    window_days: int
+
+    def contains_date(self, check_date: dt.date) -> bool:
+        return self.start_date <= check_date <= self.end_date
+
+    def days_from_spring_festival(self, check_date: dt.date) -> int:
+        """Calendar days from the festival, negative before it."""
+        return (check_date - self.spring_festival_date).days
+
+    def relative_position(self, check_date: dt.date) -> float:
+        """Calendar position in the window, -1.0 at its start to 1.0 at its end."""
+        return self.days_from_spring_festival(check_date) / self.window_days
+
+
+@dataclass(slots=True)
+class AlignedDataPoint:
+    """One bar of a festival window.
+
+    `relative_day` is SPEC 3's k: with trading-day alignment (the default) the last bar
+    before the festival is -1 and the first bar on or after it is +1; with calendar
+    alignment it is the calendar distance (the festival day is 0). `normalized_price` is
+    SPEC 4's r = 100 (close / anchor - 1), the anchor being the year's last close before
+    the festival; None in a window with no bar before the festival (it has no anchor).
+    """
+
+    original_date: dt.date
+    relative_day: int
+    spring_festival_date: dt.date
+    year: int
+    price: float
+    volume: float | None = None
+    normalized_price: float | None = None
+
+    @property
+    def is_before_spring_festival(self) -> bool:
+        return self.original_date < self.spring_festival_date
+
+    @property
+    def is_after_spring_festival(self) -> bool:
+        """On or after the festival: the side SPEC 3 puts a bar dated on the day itself."""
+        return not self.is_before_spring_festival
+
+
+@dataclass
+class AlignedTimeSeries:
+    """One symbol's window bars, every window that holds one, in date order.
+
+    `years` are the windows that hold bars; the pattern analyses those of them that
+    qualify (closed, bars on both sides, enough bars: SPEC 3), listed in
+    `SeasonalPattern.years_analyzed`. `latest_date` is the symbol's latest valid bar,
+    in a window or not: it decides which windows have closed. `anchor_prices` holds
+    each year's anchor, replacing the original's single `baseline_price`.
+    """
+
+    symbol: str
+    data_points: list[AlignedDataPoint]
+    window_days: int
+    years: list[int]
+    alignment: Alignment = "trading"
+    latest_date: dt.date | None = None
+    anchor_prices: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data_points.sort(key=lambda p: p.original_date)
+
+    def get_year_data(self, year: int) -> list[AlignedDataPoint]:
+        return [p for p in self.data_points if p.year == year]
+
+    def get_relative_day_data(self, relative_day: int) -> list[AlignedDataPoint]:
+        return [p for p in self.data_points if p.relative_day == relative_day]
+
+    def get_before_spring_festival(self) -> list[AlignedDataPoint]:
+        return [p for p in self.data_points if p.is_before_spring_festival]
+
+    def get_after_spring_festival(self) -> list[AlignedDataPoint]:
+        return [p for p in self.data_points if p.is_after_spring_festival]
+
+
+@dataclass(frozen=True)
+class SeasonalPattern:
+    """One symbol's SPEC 4 pattern under the original attribute names."""
+
+    symbol: str
+    years_analyzed: list[int]
+    pattern_strength: float
+    average_return_before: float
+    average_return_after: float
+    volatility_before: float
+    volatility_after: float
+    consistency_score: float
+    confidence_level: float
+    peak_day: int
+    trough_day: int
+    #: SPEC 6's value: None where the ratio is infinite.
+    raw_volatility_ratio: float | None = None
+    #: (k, mean_k, n_k) rows of SPEC 4's curve.
+    curve: list[tuple[int, float, int]] = field(default_factory=list, repr=False)
+
+    @property
+    def volatility_ratio(self) -> float:
+        return math.inf if self.raw_volatility_ratio is None else self.raw_volatility_ratio
+
+    @property
+    def is_bullish_before(self) -> bool:
+        """The years rose on average into the festival (SPEC 4's average_return_before > 0)."""
+        return self.average_return_before > 0
+
+    @property
+    def is_bullish_after(self) -> bool:
+        return self.average_return_after > 0
+
+    @classmethod
+    def from_result(cls, result: PatternResult) -> SeasonalPattern:
+        p = result.pattern
+        if p is None:
+            raise ValueError(f"{result.symbol}: no pattern (status {result.status})")
+        ks, means, ns = result.curve_k.tolist(), result.curve_mean.tolist(), result.curve_n.tolist()
+        return cls(
+            symbol=result.symbol,
+            years_analyzed=list(result.years),
+            raw_volatility_ratio=p.volatility_ratio,
+            curve=list(zip(ks, means, ns, strict=True)),
+            **{name: getattr(p, name) for name in _PATTERN_FIELDS},
+        )
+
+    def to_result(self) -> PatternResult:
+        """Back to the engine's type, so SPEC 5's signal is the engine's own function."""
+        pattern = Pattern(
+            volatility_ratio=self.raw_volatility_ratio,
+            **{name: getattr(self, name) for name in _PATTERN_FIELDS},
+        )
+        rows = self.curve
+        return PatternResult(
+            symbol=self.symbol,
+            status="ok",
+            years=tuple(self.years_analyzed),
+            pattern=pattern,
+            curve_k=np.array([k for k, _, _ in rows], dtype=np.int32),
+            curve_mean=np.array([m for _, m, _ in rows], dtype=np.float64),
+            curve_n=np.array([n for _, _, n in rows], dtype=np.int32),
+        )
