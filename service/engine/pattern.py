@@ -76,8 +76,12 @@ def _interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _div0(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num / den (same shapes), 0.0 where den is 0, without a divide-by-zero warning."""
-    return np.divide(num, den, out=np.zeros(num.shape), where=den != 0)
+    """num / den (same shapes), 0.0 where den <= 0, without a divide-by-zero warning.
+
+    A den below 0 is a count minus one of no values (a side with no returns): its 0.0
+    must not become -0.0 (0 / -1), which SPEC 6 output would print as such.
+    """
+    return np.divide(num, den, out=np.zeros(num.shape), where=den > 0)
 
 
 def runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

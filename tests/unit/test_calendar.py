@@ -62,7 +62,7 @@ def test_day_table_matches_dates_and_is_read_only() -> None:
 
 @pytest.mark.parametrize("year", [1800, 1900, 2101, 3000])
 def test_out_of_range_years_raise(year: int) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=rf"^year {year} outside 1901\.\.2100$"):
         spring_festival_date(year)
 
 

@@ -100,6 +100,10 @@ FOUR = ([-2, -1, 0, 1], [100.0, 100.0, 101.0, 99.0])  # 4 bars: at most 4 common
         ([UP, UP2], 1.0),
         ([UP, UP2, DOWN], 0.0),  # mean (1 - 1 - 1) / 3 floored at 0
         ([UP, UP2, FLAT], 1.0),  # pairs with the flat year have zero variance: skipped
+        ([FLAT, UP, UP2], 1.0),  # the flat year first: the first side of its pairs
+        ([UP, FLAT, UP2], 1.0),  # in the middle: the second side of one pair, first of one
+        ([FLAT, UP], 0.0),
+        ([UP, FLAT], 0.0),
         ([UP, FOUR], 0.0),  # 4 common k: no pair counts
         ([UP, UP2, FOUR], 1.0),
         ([UP, SPIKY], 5 / math.sqrt(35)),  # 250 / sqrt(437.5 * 200)

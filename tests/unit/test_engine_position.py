@@ -76,6 +76,18 @@ def test_window_size_moves_the_edges() -> None:
     assert pos.phase == "pre_festival"
 
 
+def test_first_and_last_valid_as_of_days() -> None:
+    first = position_and_signal(date_to_day(dt.date(1901, 1, 1)), None, W60)[0]
+    assert first.spring_festival_day == date_to_day(dt.date(1901, 2, 19))
+    assert (first.days_to_spring_festival, first.phase, first.in_window) == (
+        49,
+        "approaching",
+        True,
+    )
+    last = position_and_signal(date_to_day(dt.date(2099, 12, 31)), None, EngineParams(175))[0]
+    assert (last.days_to_spring_festival, last.phase) == (40, "approaching")
+
+
 @pytest.mark.parametrize(
     "day", [date_to_day(dt.date(1900, 12, 31)), date_to_day(dt.date(2100, 1, 1))]
 )
@@ -88,6 +100,9 @@ def test_no_signal_without_an_ok_pattern() -> None:
     insufficient = PatternResult("P.SH", "insufficient_history", (2020,), None, EMPTY, EMPTY, EMPTY)
     assert position_and_signal(at(5), insufficient, W60)[1] is None
     assert position_and_signal(at(5), None, W60)[1] is None
+    # the status decides, even for a hand-built result that carries a pattern anyway
+    stale = PatternResult("P.SH", "insufficient_history", (2020,), BASE, EMPTY, EMPTY, EMPTY)
+    assert position_and_signal(at(5), stale, W60)[1] is None
 
 
 @pytest.mark.parametrize(
@@ -111,6 +126,15 @@ def test_no_signal_without_an_ok_pattern() -> None:
         ),
         # after: average_return_after = -5 -> bearish
         (-1, {}, ("bearish", 0.72, "sell", False)),
+        # exactly 0.6 is not above 0.6, on either side of the festival
+        (-1, {"pattern_strength": 0.6, "confidence_level": 1.0}, ("bearish", 0.6, "reduce", False)),
+        (
+            5,
+            {"average_return_before": -3.0, "pattern_strength": 0.6, "confidence_level": 1.0},
+            ("bearish", 0.6, "reduce", False),
+        ),
+        (-1, {"average_return_after": -2.0}, ("neutral", 0.0, "hold", False)),
+        (-1, {"average_return_after": 0.0}, ("neutral", 0.0, "hold", False)),
         (-15, {"confidence_level": 0.5}, ("bearish", 0.45, "reduce", False)),
         (-20, {"average_return_after": 1.0}, ("bullish", 0.72, "buy", False)),
         (
