@@ -12,7 +12,7 @@ KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-unit test-integration lint fmt typecheck kafka-up kafka-down kafka-status bench bench-kafka clean
+.PHONY: help install demo test test-unit test-integration lint fmt typecheck kafka-up kafka-down kafka-status bench bench-kafka mutation clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ bench: $(STAMP) ## Engine, replay and memory benchmarks (ratios measured in one 
 
 bench-kafka: $(STAMP) kafka-up ## End-to-end Kafka throughput and latency against bare consume+decode
 	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) $(BIN)/python -m bench.kafka
+
+mutation: $(STAMP) ## Mutation-test the engine and calendar (mutmut, niced, ~15-25 min); ends with the score
+	nice -n 19 $(BIN)/python -m bench.mutation
 
 clean: ## Remove build artefacts and demo output (keeps .venv and the Kafka cache)
 	rm -rf var build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,10 +1,13 @@
 """Fixed cases for the edges mutation testing found unguarded (issue 14).
 
-Each test pins one behaviour that a single-token change of the engine would break on
-ordinary input: the fast correlation path of a large uniform batch, many qualifying
-years, V with exactly one shared day offset, a side with no returns, the output dtypes.
-Figures come from the per-row reference (`bench/baseline.py`) or from the SPEC by hand,
-never from the engine itself.
+Each test pins one behaviour that a single-token change of the engine would break: the
+fast correlation path of a large uniform batch, many qualifying years, V with exactly one
+shared day offset, a side with no returns, the output dtypes; then the numerics (where
+one-pass sums cancel, which figures must be redone exactly) and the batching (chunks,
+input dtypes, symbols with no window). Figures come from the per-row reference
+(`bench/baseline.py`), from the SPEC by hand, or from the engine along another path
+(alone vs batched, exact vs fast), never from the same call's own output. `make mutation`
+keeps them honest: see docs/mutation-survivors.md for the mutants nothing can catch.
 """
 
 from __future__ import annotations
@@ -129,6 +132,18 @@ def test_large_uniform_chunk_takes_the_fast_path_and_matches_the_reference(
         _assert_matches_reference(result, frame, W60)
 
 
+def test_a_bucket_as_tall_as_the_cube_is_wide_next_to_another_bucket() -> None:
+    # 61 two-year symbols: 122 rows, exactly the cube width at W = 60, in a cube that also
+    # holds a three-year symbol. Only the two-year rows may be viewed as (61, 2, K).
+    rng = np.random.default_rng(61)
+    items = [_symbol(_random_plan(rng, range(2011, 2013), 60), f"T{i}")[0] for i in range(61)]
+    items.append(_symbol(_random_plan(rng, range(2011, 2014), 60), "LONG")[0])
+    together = analyze_patterns(items, W60)
+    for item, result in zip(items, together, strict=True):
+        [alone] = analyze_patterns([item], W60)
+        assert result.pattern == alone.pattern
+
+
 def test_fast_correlations_equal_the_exact_two_pass_ones(
     monkeypatch: pytest.MonkeyPatch, exact_pairs: list[int]
 ) -> None:
@@ -136,7 +151,16 @@ def test_fast_correlations_equal_the_exact_two_pass_ones(
     rng = np.random.default_rng(5)
     items = [_symbol(_random_plan(rng, range(2001, 2005), 30), f"F{i}")[0] for i in range(6)]
     params = EngineParams(window_days=30, min_years=2, min_bars_per_year=10)
+    gathered: list[int] = []
+    by_gather = strength_module._sums_by_gather
+
+    def spy(xc, xc2, mask, a, b):
+        gathered.append(int(a.shape[0]))
+        return by_gather(xc, xc2, mask, a, b)
+
+    monkeypatch.setattr(strength_module, "_sums_by_gather", spy)
     fast = analyze_patterns(items, params)
+    assert sum(gathered) == 6 * 6  # a small bucket: each pair's sums gathered once
     assert exact_pairs == []  # nothing went through the fallback
     monkeypatch.setattr(strength_module, "_TOLERANCE", 2.0)  # every pair through it
     precise = analyze_patterns(items, params)
@@ -274,19 +298,23 @@ def test_correlation_redone_exactly_where_the_one_pass_sums_cancel(flat_first: b
     _assert_matches_reference(result, frame, params)
 
 
+@pytest.mark.parametrize("constant_year", [2011, 2014], ids=["side-a", "side-b"])
 @pytest.mark.parametrize("tolerance", [None, 2.0], ids=["default", "every-pair-exact"])
 def test_a_side_constant_on_the_common_days_is_skipped_even_off_zero(
-    monkeypatch: pytest.MonkeyPatch, tolerance: float | None
+    monkeypatch: pytest.MonkeyPatch, tolerance: float | None, constant_year: int
 ) -> None:
-    # Calendar alignment: 2011's ten post bars all close at 107 (r = 7.000000000000006, whose
-    # mean over the row does not round back to it), and they are its only days in common
-    # with the other years. SPEC: zero variance on a side -> the pair is skipped.
+    # Calendar alignment: one year's ten post bars all close at 103.5 (r = 3.499999999999992,
+    # whose mean over the row does not round back to it), and they are its only days in
+    # common with the other years. SPEC: zero variance on a side -> the pair is skipped.
     rng = np.random.default_rng(4)
     shape = np.linspace(1.0, 6.0, 10)
-    plan: Plan = {2011: ([-12, -8, *range(1, 11)], [95.0, 100.0, *[107.0] * 10])}
-    for year in (2012, 2013, 2014):
-        post = 100.0 * (1.0 + (shape + rng.normal(0.0, 0.5, 10)) / 100.0)
-        plan[year] = ([-3, -2, *range(1, 11)], [98.0, 100.0, *post.tolist()])
+    plan: Plan = {}
+    for year in range(2011, 2015):
+        if year == constant_year:
+            plan[year] = ([-12, -8, *range(1, 11)], [95.0, 100.0, *[103.5] * 10])
+        else:
+            post = 100.0 * (1.0 + (shape + rng.normal(0.0, 0.5, 10)) / 100.0)
+            plan[year] = ([-3, -2, *range(1, 11)], [98.0, 100.0, *post.tolist()])
     if tolerance is not None:  # every pair through the exact path, all in one call
         monkeypatch.setattr(strength_module, "_TOLERANCE", tolerance)
     item, frame = _symbol(plan)
@@ -343,14 +371,15 @@ def test_a_symbol_with_no_bar_in_any_window_has_no_years() -> None:
         assert (result.years == ()) == (result.symbol != good.symbol)
 
 
+@pytest.mark.parametrize("cells", [620, 680])
 def test_chunks_are_full_never_exceed_the_bound_and_never_split_a_symbol(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, cells: int
 ) -> None:
-    # W = 30: a cube row is 62 cells; 620 cells -> at most 10 rows (years) per chunk, unless
-    # one symbol alone has more. The first symbol (12 years) is such a symbol; 3 + 3 + 4
-    # fills a chunk exactly.
+    # W = 30: a cube row is 62 cells; 620..681 cells -> at most 10 rows (years) per chunk,
+    # unless one symbol alone has more. The first symbol (12 years) is such a symbol;
+    # 3 + 3 + 4 fills a chunk exactly.
     rng = np.random.default_rng(30)
-    n_years = [12, 3, 3, 4, 5, 2, 2, 6, 3, 3, 2]
+    n_years = [12, 3, 3, 4, 5, 2, 2, 2, 6, 3, 3, 2]
     items = [
         _symbol(_random_plan(rng, range(2001, 2001 + n), 30), f"C{i}")[0]
         for i, n in enumerate(n_years)
@@ -365,7 +394,7 @@ def test_chunks_are_full_never_exceed_the_bound_and_never_split_a_symbol(
         assert g.symbol.shape[0] == sum(n_years[s] for s in chunks[-1])  # whole symbols
         return chunk_stats(batch, g, p)
 
-    monkeypatch.setattr(pattern_module, "_CUBE_CELLS", 620)
+    monkeypatch.setattr(pattern_module, "_CUBE_CELLS", cells)
     monkeypatch.setattr(pattern_module, "_chunk_stats", spy)
     chunked = analyze_patterns(items, params)
     assert [s for chunk in chunks for s in chunk] == list(range(len(items)))  # once, in order
@@ -373,6 +402,6 @@ def test_chunks_are_full_never_exceed_the_bound_and_never_split_a_symbol(
     assert all(r <= 10 or len(c) == 1 for r, c in zip(rows, chunks, strict=True))
     for r, nxt in zip(rows, chunks[1:], strict=False):  # greedy: the next symbol did not fit
         assert r + n_years[nxt[0]] > 10
-    assert rows == [12, 10, 9, 9, 5]
+    assert rows == [12, 10, 9, 8, 8]
     for a, b in zip(whole, chunked, strict=True):
         assert a.pattern == b.pattern and a.curve_mean.tolist() == b.curve_mean.tolist()
