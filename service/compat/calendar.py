@@ -64,10 +64,12 @@ class ChineseCalendar:
 
     @classmethod
     def get_spring_festival(cls, year: int) -> dt.date | None:
+        """The festival's Gregorian date in `year` (1901-2100), else None."""
         return cls.SPRING_FESTIVAL_DATES.get(year)
 
     @classmethod
     def get_available_years(cls) -> list[int]:
+        """Every year the calendar knows, ascending (1901-2100)."""
         return list(cls.SPRING_FESTIVAL_DATES)
 
     @classmethod

@@ -60,10 +60,12 @@ class BatchProcessingResult:
 
     @property
     def success_rate(self) -> float:
+        """Share of the input symbols with a pattern; 0.0 for an empty batch."""
         return len(self.successful_analyses) / self.total_stocks if self.total_stocks else 0.0
 
     @property
     def failure_rate(self) -> float:
+        """Share of the input symbols without one (short history, bad frame)."""
         return len(self.failed_analyses) / self.total_stocks if self.total_stocks else 0.0
 
 
@@ -104,13 +106,25 @@ class ParallelSpringFestivalEngine(SpringFestivalAlignmentEngine):
     def analyze_multiple_stocks_parallel(
         self, stock_data_dict: Mapping[str, pd.DataFrame], years: Iterable[int] | None = None
     ) -> BatchProcessingResult:
+        """Analyse every symbol's frame of `stock_data_dict` (symbol -> DataFrame) at once.
+
+        Frames may use the original column names (`trade_date`, `close_price`, ...) or the
+        service's (`date`, `close`, ...). `years` keeps only those festival years. A symbol
+        whose status is not `ok` lands in `failed_analyses` with a readable reason, so one
+        short history never fails the batch.
+        """
         return self._run([stock_data_dict], years)
 
     def analyze_large_dataset_streaming(
         self, data_source: Any, batch_size: int = 1000, years: Iterable[int] | None = None
     ) -> BatchProcessingResult:
-        """Like the above over a source too big to hold: `batch_size` frames at a time, one
-        Dask session for all of them (a cluster start per batch would dominate)."""
+        """Like `analyze_multiple_stocks_parallel` over a source too big to hold.
+
+        `data_source` yields `(symbol, frame)` pairs: a dict, an iterable of dicts or of
+        pairs, or a callable returning one of those (a generator function reading a
+        database, say). Frames are taken `batch_size` at a time, all on one Dask session (a
+        cluster start per batch would dominate), and the results are merged into one.
+        """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
 
@@ -209,4 +223,5 @@ class ParallelSpringFestivalEngine(SpringFestivalAlignmentEngine):
     def get_processing_recommendations(
         self, total_stocks: int, avg_data_points_per_stock: int = 2000
     ) -> dict[str, Any]:
+        """Sizing advice for a batch of `total_stocks` symbols; see the module function."""
         return get_processing_recommendations(total_stocks, avg_data_points_per_stock)

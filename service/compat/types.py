@@ -44,6 +44,7 @@ class SpringFestivalWindow:
     window_days: int
 
     def contains_date(self, check_date: dt.date) -> bool:
+        """Within the window, both ends included."""
         return self.start_date <= check_date <= self.end_date
 
     def days_from_spring_festival(self, check_date: dt.date) -> int:
@@ -76,6 +77,7 @@ class AlignedDataPoint:
 
     @property
     def is_before_spring_festival(self) -> bool:
+        """Dated strictly before the festival: a pre bar of SPEC 3."""
         return self.original_date < self.spring_festival_date
 
     @property
@@ -107,15 +109,19 @@ class AlignedTimeSeries:
         self.data_points.sort(key=lambda p: p.original_date)
 
     def get_year_data(self, year: int) -> list[AlignedDataPoint]:
+        """The points of one festival year, in date order."""
         return [p for p in self.data_points if p.year == year]
 
     def get_relative_day_data(self, relative_day: int) -> list[AlignedDataPoint]:
+        """The points of every year at one relative day: one column of the curve."""
         return [p for p in self.data_points if p.relative_day == relative_day]
 
     def get_before_spring_festival(self) -> list[AlignedDataPoint]:
+        """Every year's pre bars."""
         return [p for p in self.data_points if p.is_before_spring_festival]
 
     def get_after_spring_festival(self) -> list[AlignedDataPoint]:
+        """Every year's post bars (the festival day included)."""
         return [p for p in self.data_points if p.is_after_spring_festival]
 
 
@@ -141,6 +147,7 @@ class SeasonalPattern:
 
     @property
     def volatility_ratio(self) -> float:
+        """After / before volatility; `inf` where the service's output writes `null`."""
         return math.inf if self.raw_volatility_ratio is None else self.raw_volatility_ratio
 
     @property
@@ -150,10 +157,12 @@ class SeasonalPattern:
 
     @property
     def is_bullish_after(self) -> bool:
+        """The years rose on average out of the festival (average_return_after > 0)."""
         return self.average_return_after > 0
 
     @classmethod
     def from_result(cls, result: PatternResult) -> SeasonalPattern:
+        """The engine's result under the original names; ValueError without a pattern."""
         p = result.pattern
         if p is None:
             raise ValueError(f"{result.symbol}: no pattern (status {result.status})")

@@ -637,3 +637,27 @@ def test_optimize_for_memory_usage_keeps_the_callers_column_names() -> None:
     assert list(out["X"].columns) == ["stock_code", "date", "close", "volume"]
     assert list(out["Y"].columns) == ["close"] and out["Y"].index.name == "date"
     assert isinstance(out["Y"].index, pd.DatetimeIndex)
+
+
+def test_every_public_name_of_the_original_api_says_what_it_does() -> None:
+    """Users read these in `help()`: every class, function, method and property has a
+    docstring of its own (not one inherited from `object` or a dataclass default)."""
+    import inspect
+
+    import service.compat as compat
+
+    missing: list[str] = []
+    for name in compat.__all__:
+        obj = getattr(compat, name)
+        if not (obj.__doc__ or "").strip() or obj.__doc__.startswith(f"{name}("):
+            missing.append(name)
+        if not inspect.isclass(obj):
+            continue
+        for attr, member in vars(obj).items():
+            if attr.startswith("_"):
+                continue
+            target = member.fget if isinstance(member, property) else member
+            target = getattr(target, "__func__", target)
+            if callable(target) and not (target.__doc__ or "").strip():
+                missing.append(f"{name}.{attr}")
+    assert missing == []
