@@ -48,17 +48,11 @@ class Groups:
 
 
 def flatten(items: Sequence[SymbolWindows]) -> Batch:
-    n = len(items)
-    lengths = np.fromiter((it.days.shape[0] for it in items), dtype=np.int64, count=n)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    if n == 1:
-        days = np.asarray(items[0].days, dtype=np.int32)
-        closes = np.asarray(items[0].closes, dtype=np.float64)
-    else:
-        days = np.concatenate([it.days for it in items]).astype(np.int32, copy=False)
-        closes = np.concatenate([it.closes for it in items]).astype(np.float64, copy=False)
-    latest = np.fromiter((it.latest for it in items), dtype=np.int64, count=n)
+    offsets = np.zeros(len(items) + 1, dtype=np.int64)
+    np.cumsum([it.days.shape[0] for it in items], out=offsets[1:])
+    days = np.concatenate([it.days for it in items], dtype=np.int32)
+    closes = np.concatenate([it.closes for it in items], dtype=np.float64)
+    latest = np.array([it.latest for it in items], dtype=np.int64)
     return Batch(days=days, closes=closes, offsets=offsets, latest=latest)
 
 
@@ -68,29 +62,26 @@ def find_groups(batch: Batch, params: EngineParams) -> Groups:
     offsets = batch.offsets
     n_sym = offsets.shape[0] - 1
     lengths = offsets[1:] - offsets[:-1]
-    if n_sym > 1:
-        key = (np.arange(n_sym, dtype=np.int64) << _SYMBOL_SHIFT).repeat(lengths)
-        key += batch.days
-    else:
-        key = batch.days.astype(np.int64)
+    key = (np.arange(n_sym) << _SYMBOL_SHIFT).repeat(lengths)
+    key += batch.days
 
     # Candidate years per symbol: from the window of its first bar to that of its last.
     nonempty = lengths > 0
     first_day = batch.days[offsets[:-1][nonempty]]
     last_day = batch.days[offsets[1:][nonempty] - 1]
     sf = sf_window_days()
-    lo = np.searchsorted(window_ends(w), first_day, side="left")
+    lo = np.searchsorted(window_ends(w), first_day)
     hi = np.searchsorted(sf - w, last_day, side="right")  # one past the last candidate
     lo = np.minimum(lo, N_WINDOW_YEARS)
     count = np.maximum(hi - lo, 0)
     cand_sym = nonempty.nonzero()[0].repeat(count)
     first_of = np.cumsum(count) - count
-    cand_year = np.arange(cand_sym.shape[0], dtype=np.int64) + (lo - first_of).repeat(count)
+    cand_year = np.arange(cand_sym.shape[0]) + (lo - first_of).repeat(count)
 
     sf_g = sf[cand_year]
-    base = cand_sym << _SYMBOL_SHIFT if n_sym > 1 else np.zeros_like(cand_sym)
-    start = np.searchsorted(key, base + (sf_g - w), side="left")
-    pivot = np.searchsorted(key, base + sf_g, side="left")
+    base = cand_sym << _SYMBOL_SHIFT
+    start = np.searchsorted(key, base + (sf_g - w))
+    pivot = np.searchsorted(key, base + sf_g)
     end = np.searchsorted(key, base + (sf_g + w), side="right")
 
     n_pre = pivot - start

@@ -69,10 +69,7 @@ def _repeat(a: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def _interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    out = np.empty(2 * a.shape[0], dtype=np.result_type(a, b))
-    out[0::2] = a
-    out[1::2] = b
-    return out
+    return np.column_stack((a, b)).ravel()
 
 
 def _div0(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -86,10 +83,7 @@ def _div0(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 def runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Start and length of each run of equal values in a non-empty sorted array."""
-    change = np.empty(keys.shape[0], dtype=bool)
-    change[0] = True
-    np.not_equal(keys[1:], keys[:-1], out=change[1:])
-    start = change.nonzero()[0]
+    start = np.concatenate(([True], keys[1:] != keys[:-1])).nonzero()[0]
     length = np.empty_like(start)
     length[:-1] = start[1:] - start[:-1]
     length[-1] = keys.shape[0] - start[-1]
@@ -100,7 +94,7 @@ def _sum_rows(a: np.ndarray, row_start: np.ndarray, n_rows: np.ndarray) -> np.nd
     """Per symbol, the sum of its rows added in year order (so never batch-dependent)."""
     u = int(n_rows[0])
     if (n_rows == u).all():  # rows are (symbols, u, K): add strided views, no gathers
-        view = a.reshape(-1, u, a.shape[1])
+        view = a.reshape(row_start.shape[0], u, a.shape[1])
         out = view[:, 0].copy()
         for j in range(1, u):
             out += view[:, j]
@@ -117,10 +111,9 @@ def _sum_rows(a: np.ndarray, row_start: np.ndarray, n_rows: np.ndarray) -> np.nd
 
 def _returns(c: np.ndarray, first: np.ndarray) -> np.ndarray:
     """q_i = 100 (c_i / c_(i-1) - 1), 0.0 on each window's first bar (it has no return)."""
-    q = np.empty(c.shape[0])
-    q[0] = 1.0
+    q = np.zeros(c.shape[0])
     np.divide(c[1:], c[:-1], out=q[1:])
-    q -= 1.0
+    q[1:] -= 1.0
     q *= 100.0
     q[first] = 0.0
     return q
@@ -204,7 +197,7 @@ def _chunk_stats(batch: Batch, g: Groups, params: EngineParams) -> _Stats:
         filled[:, w] = False
     else:
         flat = batch.days[idx] + _repeat(
-            np.arange(n_groups, dtype=np.int64) * width + w - sf_window_days()[g.year_index],
+            np.arange(n_groups) * width + w - sf_window_days()[g.year_index],
             n_bars,
         )
         filled = np.zeros((n_groups, width), dtype=bool)
@@ -216,8 +209,11 @@ def _chunk_stats(batch: Batch, g: Groups, params: EngineParams) -> _Stats:
     # -- averages and consistency
     avg_before = np.add.reduceat(pre_y, sym_start) / n_years
     avg_after = np.add.reduceat(post_y, sym_start) / n_years
-    agree = (np.sign(pre_y) == _repeat(np.sign(avg_before), n_years)).astype(np.int64)
-    agree += np.sign(post_y) == _repeat(np.sign(avg_after), n_years)
+    agree = np.add(
+        np.sign(pre_y) == _repeat(np.sign(avg_before), n_years),
+        np.sign(post_y) == _repeat(np.sign(avg_after), n_years),
+        dtype=np.int64,  # a count of 0, 1 or 2 per year, not a logical or
+    )
     consistency = np.add.reduceat(agree, sym_start) / (2 * n_years)
 
     # -- curve, V, peak / trough, significance
@@ -263,7 +259,7 @@ def _heavy_stats(batch: Batch, g: Groups, params: EngineParams) -> _Stats | None
     if n == 0:
         return None
     width = 2 * params.window_days + 2
-    rows = max(1, _CUBE_CELLS // width)
+    rows = _CUBE_CELLS // width  # >= 5957 rows: W <= 175 (Settings)
     if n <= rows:
         return _chunk_stats(batch, g, params)
     sym_start = [*runs(g.symbol)[0].tolist(), n]

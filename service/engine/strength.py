@@ -34,6 +34,8 @@ _PAIR_CELLS = 1 << 20
 _VIEW_MIN_CELLS = 4096
 _TOLERANCE = 1e-4
 _MIN_COMMON = 5
+#: Row-wise dot products of two (rows, K) arrays: each pair's sums over its common days.
+_ROWDOT = "ij,ij->i"
 
 
 @lru_cache(maxsize=256)
@@ -61,20 +63,21 @@ def _sums_by_view(
 ) -> np.ndarray:
     """(6, pairs, symbols) sums for a bucket whose symbols' rows are `rows` (u per symbol)."""
     width = xc.shape[1]
+    n_sym = rows.shape[0] // u
     if rows.shape[0] == xc.shape[0]:  # the whole cube: a free reshape
-        c3, q3, m3 = (a.reshape(-1, u, width) for a in (xc, xc2, mask))
+        c3, q3, m3 = (a.reshape(n_sym, u, width) for a in (xc, xc2, mask))
     else:
-        c3, q3, m3 = (a[rows].reshape(-1, u, width) for a in (xc, xc2, mask))
+        c3, q3, m3 = (a[rows].reshape(n_sym, u, width) for a in (xc, xc2, mask))
     ia, ib = _triu(u)
     out = np.empty((6, ia.shape[0], c3.shape[0]))
     for p, (i, j) in enumerate(zip(ia.tolist(), ib.tolist(), strict=True)):
         ca, cb, ma, mb = c3[:, i], c3[:, j], m3[:, i], m3[:, j]
-        np.einsum("ij,ij->i", ma, mb, out=out[0, p])
-        np.einsum("ij,ij->i", ca, mb, out=out[1, p])
-        np.einsum("ij,ij->i", cb, ma, out=out[2, p])
-        np.einsum("ij,ij->i", ca, cb, out=out[3, p])
-        np.einsum("ij,ij->i", q3[:, i], mb, out=out[4, p])
-        np.einsum("ij,ij->i", q3[:, j], ma, out=out[5, p])
+        np.einsum(_ROWDOT, ma, mb, out=out[0, p])
+        np.einsum(_ROWDOT, ca, mb, out=out[1, p])
+        np.einsum(_ROWDOT, cb, ma, out=out[2, p])
+        np.einsum(_ROWDOT, ca, cb, out=out[3, p])
+        np.einsum(_ROWDOT, q3[:, i], mb, out=out[4, p])
+        np.einsum(_ROWDOT, q3[:, j], ma, out=out[5, p])
     return out
 
 
@@ -84,12 +87,12 @@ def _sums_by_gather(
     out = np.empty((6, a.shape[0]))
     ma, mb = mask[a], mask[b]
     ca, cb = xc[a], xc[b]
-    np.einsum("ij,ij->i", ma, mb, out=out[0])
-    np.einsum("ij,ij->i", ca, mb, out=out[1])
-    np.einsum("ij,ij->i", cb, ma, out=out[2])
-    np.einsum("ij,ij->i", ca, cb, out=out[3])
-    np.einsum("ij,ij->i", xc2[a], mb, out=out[4])
-    np.einsum("ij,ij->i", xc2[b], ma, out=out[5])
+    np.einsum(_ROWDOT, ma, mb, out=out[0])
+    np.einsum(_ROWDOT, ca, mb, out=out[1])
+    np.einsum(_ROWDOT, cb, ma, out=out[2])
+    np.einsum(_ROWDOT, ca, cb, out=out[3])
+    np.einsum(_ROWDOT, xc2[a], mb, out=out[4])
+    np.einsum(_ROWDOT, xc2[b], ma, out=out[5])
     return out
 
 
@@ -100,15 +103,17 @@ def _exact(
     common = (mask[a] * mask[b]) > 0
     xa, xb = x[a], x[b]
     n = common.sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # Only 0/0 can occur here (no common day, or a side constant on them), never x/0.
+    with np.errstate(invalid="ignore"):
         da = np.where(common, xa - (np.where(common, xa, 0.0).sum(axis=1) / n)[:, None], 0.0)
         db = np.where(common, xb - (np.where(common, xb, 0.0).sum(axis=1) / n)[:, None], 0.0)
-        saa = np.einsum("ij,ij->i", da, da)
-        sbb = np.einsum("ij,ij->i", db, db)
-        corr = np.einsum("ij,ij->i", da, db) / np.sqrt(saa * sbb)
+        saa = np.einsum(_ROWDOT, da, da)
+        sbb = np.einsum(_ROWDOT, db, db)
+        corr = np.einsum(_ROWDOT, da, db) / np.sqrt(saa * sbb)
     varies_a = np.where(common, xa, np.inf).min(axis=1) < np.where(common, xa, -np.inf).max(axis=1)
     varies_b = np.where(common, xb, np.inf).min(axis=1) < np.where(common, xb, -np.inf).max(axis=1)
-    ok = (n >= _MIN_COMMON) & varies_a & varies_b & (saa > 0) & (sbb > 0)
+    # A side that varies on the common days has a non-zero deviation there, so saa > 0.
+    ok = (n >= _MIN_COMMON) & varies_a & varies_b
     return np.where(ok, corr, 0.0), ok
 
 
@@ -122,17 +127,17 @@ def _bucket(
     b = (first[:, None] + ib).ravel()
     if first.shape[0] * width >= _VIEW_MIN_CELLS:
         rows = (first[:, None] + np.arange(u)).ravel()
-        sums = _sums_by_view(xc, xc2, mask, rows, u).transpose(0, 2, 1).reshape(6, -1)
+        sums = _sums_by_view(xc, xc2, mask, rows, u).transpose(0, 2, 1).reshape(6, a.shape[0])
     else:
         sums = np.empty((6, a.shape[0]))
-        step = max(1, _PAIR_CELLS // width)
+        step = _PAIR_CELLS // width  # >= 2978: width <= 2W+2 with W <= 175 (Settings)
         for lo in range(0, a.shape[0], step):
             sums[:, lo : lo + step] = _sums_by_gather(
                 xc, xc2, mask, a[lo : lo + step], b[lo : lo + step]
             )
     corr, ok, redo = _combine(sums)
     at = redo.nonzero()[0]
-    step = max(1, _PAIR_CELLS // width)
+    step = _PAIR_CELLS // width
     for lo in range(0, at.shape[0], step):
         part = at[lo : lo + step]
         corr[part], ok[part] = _exact(x, mask, a[part], b[part])
@@ -149,7 +154,8 @@ def pattern_strength(
     """Per symbol: mean correlation over counting pairs, floored at 0; 0.0 with none.
 
     `x` / `mask` are the (rows, K) cube and its 0/1 float mask; rows of one symbol are
-    contiguous: `n_rows` of them from `row_start`. `row_count` is each row's bar count.
+    contiguous: `n_rows` (at least 2) of them from `row_start`. `row_count` is each row's
+    bar count.
     """
     n_sym = row_start.shape[0]
     xc = x - (x.sum(axis=1) / row_count)[:, None]
@@ -158,13 +164,12 @@ def pattern_strength(
     total = np.zeros(n_sym)
     used = np.zeros(n_sym)
     for u in np.unique(n_rows).tolist():
-        if u < 2:
-            continue
         sel = (n_rows == u).nonzero()[0]
         corr, ok = _bucket(x, xc, xc2, mask, row_start[sel], u)
-        owner = np.arange(sel.shape[0]).repeat(u * (u - 1) // 2)
-        total[sel] = np.bincount(owner, weights=corr, minlength=sel.shape[0])
-        used[sel] = np.bincount(owner, weights=ok, minlength=sel.shape[0])
+        # u >= 2: every symbol owns u(u-1)/2 >= 1 pairs, so bincount needs no minlength.
+        owner = np.arange(sel.shape[0]).repeat(u * (u - 1) >> 1)
+        total[sel] = np.bincount(owner, weights=corr)
+        used[sel] = np.bincount(owner, weights=ok)
     mean = np.zeros(n_sym)
     np.divide(total, used, out=mean, where=used > 0)
     return np.maximum(mean, 0.0)

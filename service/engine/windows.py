@@ -51,11 +51,11 @@ def window_year_of(days: np.ndarray, window_days: int) -> np.ndarray:
     Windows never overlap (W <= 175 < half the gap between festivals), so the first
     window ending on or after a day is the only one that can hold it.
     """
-    d = np.asarray(days, dtype=np.int64)
-    idx = np.searchsorted(window_ends(window_days), d, side="left")
+    d = np.asarray(days)
+    idx = np.searchsorted(window_ends(window_days), d)
     sf = _sf_window_days()
     inside = idx < N_WINDOW_YEARS
-    inside[inside] &= sf[idx[inside]] - window_days <= d[inside]
+    inside[inside] = sf[idx[inside]] - window_days <= d[inside]
     return np.where(inside, idx + FIRST_YEAR, 0).astype(np.int32)
 
 
