@@ -1,4 +1,4 @@
-"""`sfa`: run | replay | generate | produce | recommend.
+"""`sfa`: run | replay | generate | produce | recommend | plot.
 
 Settings are read once, before anything starts; a bad value prints one line naming
 the variable and exits 2. Unreadable inputs exit 1 with one line.
@@ -23,6 +23,7 @@ _COMMANDS = {
     "generate": ("service.cli.generate", "write a deterministic synthetic market as JSONL"),
     "produce": ("service.cli.produce", "load bar files into a Kafka topic, keyed by symbol"),
     "recommend": ("service.cli.recommend", "sizing advice for a batch analysis (original API)"),
+    "plot": ("service.cli.plot", "draw a symbol's aligned yearly paths, mean curve, peak, trough"),
 }
 _NEEDS_SETTINGS = {"run", "replay", "produce"}
 
