@@ -1,7 +1,15 @@
-"""`sfa`: run | replay | generate | produce | recommend | plot.
+"""`sfa`: run | replay | generate | produce | topics | tail | recommend.
 
 Settings are read once, before anything starts; a bad value prints one line naming
-the variable and exits 2. Unreadable inputs exit 1 with one line.
+the variable and exits 2. Exit codes, for every command:
+
+    0  done (bad records included: they are dead letters, not failures)
+    1  nothing (more) could be done: an unreadable input at start, an output that
+       cannot be written or that names an input, a missing topic; one line
+    2  bad configuration or arguments; one line naming the variable or flag
+    3  incomplete: done except what is named on stderr, one line each (a file
+       that broke part way, a line `sfa produce` could not send)
+    130  interrupted
 """
 
 from __future__ import annotations
@@ -22,10 +30,12 @@ _COMMANDS = {
     "replay": ("service.cli.replay", "run bar files through the pipeline on a local Dask cluster"),
     "generate": ("service.cli.generate", "write a deterministic synthetic market as JSONL"),
     "produce": ("service.cli.produce", "load bar files into a Kafka topic, keyed by symbol"),
+    "topics": ("service.cli.topics", "create the input (and service) topics from the settings"),
+    "tail": ("service.cli.tail", "print a topic's committed records as JSON lines"),
     "recommend": ("service.cli.recommend", "sizing advice for a batch analysis (original API)"),
     "plot": ("service.cli.plot", "draw a symbol's aligned yearly paths, mean curve, peak, trough"),
 }
-_NEEDS_SETTINGS = {"run", "replay", "produce"}
+_NEEDS_SETTINGS = {"run", "replay", "produce", "topics", "tail"}
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import IO, Any
@@ -26,8 +26,10 @@ from service.calendar import FIRST_YEAR, LAST_BAR_YEAR, date_to_day, day_to_date
 __all__ = [
     "FESTIVAL_SPAN",
     "MarketBlock",
+    "MarketDay",
     "generate_bars",
     "generate_blocks",
+    "generate_days",
     "symbol_names",
     "trading_days",
     "write_jsonl",
@@ -37,6 +39,22 @@ FESTIVAL_SPAN = 15  # trading days on each side of SF(y) that carry the festival
 _HOLIDAY_DAYS = 7  # SF(y) .. SF(y)+6 is the closed holiday week
 _MEAN_REVERSION = 1.0 / 250  # keeps log prices near their base over decades
 LAST_YEAR = LAST_BAR_YEAR  # SPEC 1: dates up to 2099-12-31
+
+
+@dataclass(frozen=True, slots=True)
+class MarketDay:
+    """One trading day of bars, one element per symbol (in `symbol_names` order).
+
+    Prices are int64 cents (divide by 100 for the JSON number); volume is int64 shares.
+    """
+
+    day: int  # day number (`service.calendar`)
+    date: str  # YYYY-MM-DD
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +114,17 @@ def _festival_masks(days: np.ndarray, start_year: int, end_year: int) -> tuple[n
     return pre, post
 
 
-def generate_blocks(
-    n_symbols: int, start_year: int, end_year: int, seed: int
-) -> Iterator[MarketBlock]:
-    """Yield the market year by year, so memory stays flat however long the range.
+def generate_days(n_symbols: int, start_year: int, end_year: int, seed: int) -> Iterator[MarketDay]:
+    """Yield the market day by day: memory is O(symbols), whatever the range.
 
     Each symbol: base price, daily volatility, and a festival effect -- a positive
     drift before SF(y) and a symbol-specific (either sign) drift after it, both
     per trading day -- on a mean-reverting geometric random walk.
+
+    The random numbers are those of one (days x symbols) draw per quantity and year
+    (that is how the market was first defined, and seeds must keep meaning the same
+    market), taken here one day at a time: a cheap pre-pass over each year finds
+    where every quantity's draws start in the stream (`_year_streams`).
     """
     if n_symbols < 1:
         raise ValueError("n_symbols must be >= 1")
@@ -120,62 +141,119 @@ def generate_blocks(
     days = trading_days(start_year, end_year)
     pre_mask, post_mask = _festival_masks(days, start_year, end_year)
     x = np.zeros(n)  # log price minus base
-    prev_close = np.rint(np.exp(base) * 100).astype(np.int64)
+    prev = np.rint(np.exp(base) * 100).astype(np.int64)  # the previous close
     keep = 1.0 - _MEAN_REVERSION
+    state = rng.bit_generator.state
     for y in range(start_year, end_year + 1):
         lo = int(np.searchsorted(days, date_to_day(dt.date(y, 1, 1))))
         hi = int(np.searchsorted(days, date_to_day(dt.date(y, 12, 31)), side="right"))
-        rows = slice(lo, hi)
-        m = hi - lo
-        if m == 0:
+        if hi == lo:
             continue
-        eps = rng.standard_normal((m, n)) * sigma
-        eps += np.outer(pre_mask[rows], pre_drift) + np.outer(post_mask[rows], post_drift)
-        logp = np.empty((m, n))
-        for i in range(m):  # the recurrence is sequential in time, vectorised over symbols
-            x = keep * x + eps[i]
-            logp[i] = x
-        close = np.maximum(1, np.rint(np.exp(logp + base) * 100)).astype(np.int64)
-        prev = np.vstack([prev_close[None, :], close[:-1]])
-        gap = np.exp(rng.normal(0.0, 0.3, (m, n)) * sigma)
-        open_ = np.maximum(1, np.rint(prev * gap)).astype(np.int64)
-        top = np.maximum(open_, close)
-        bottom = np.minimum(open_, close)
-        span = np.abs(rng.normal(0.0, 0.5, (m, 2, n))) * sigma
-        high = top + np.rint(top * span[:, 0]).astype(np.int64)
-        low = np.maximum(1, bottom - np.rint(bottom * span[:, 1]).astype(np.int64))
-        volume = np.rint(volume_base * rng.lognormal(0.0, 0.4, (m, n)) / 100).astype(np.int64)
-        prev_close = close[-1]
-        block_days = days[rows]
-        yield MarketBlock(
-            days=block_days,
-            dates=[day_to_date(int(d)).isoformat() for d in block_days],
-            open=open_,
-            high=high,
-            low=low,
-            close=close,
-            volume=volume * 100,
+        moves, gaps, spans, volumes = _year_streams(state, hi - lo, n)
+        for i in range(lo, hi):
+            # the recurrence is sequential in time, vectorised over symbols
+            eps = moves.standard_normal(n) * sigma
+            eps += pre_mask[i] * pre_drift + post_mask[i] * post_drift
+            x = keep * x + eps
+            close = np.maximum(1, np.rint(np.exp(x + base) * 100)).astype(np.int64)
+            gap = np.exp(gaps.normal(0.0, 0.3, n) * sigma)
+            open_ = np.maximum(1, np.rint(prev * gap)).astype(np.int64)
+            top = np.maximum(open_, close)
+            bottom = np.minimum(open_, close)
+            span = np.abs(spans.normal(0.0, 0.5, (2, n))) * sigma
+            high = top + np.rint(top * span[0]).astype(np.int64)
+            low = np.maximum(1, bottom - np.rint(bottom * span[1]).astype(np.int64))
+            volume = np.rint(volume_base * volumes.lognormal(0.0, 0.4, n) / 100).astype(np.int64)
+            prev = close
+            day = int(days[i])
+            yield MarketDay(
+                day=day,
+                date=day_to_date(day).isoformat(),
+                open=open_,
+                high=high,
+                low=low,
+                close=close,
+                volume=volume * 100,
+            )
+        state = volumes.bit_generator.state  # the last quantity's stream ends the year
+
+
+def _year_streams(state: Mapping[str, Any], m: int, n: int) -> list[np.random.Generator]:
+    """Four generators at the starts of a year's moves, gaps, spans and volumes.
+
+    The year draws, in stream order, m x n moves, m x n gaps, m x 2 x n spans, then
+    m x n volumes. A normal draw takes a variable number of raw words (ziggurat), so
+    the starts are found by drawing and discarding the first three quantities, in
+    row blocks of about a million numbers.
+    """
+    streams = []
+    scratch = np.random.Generator(np.random.PCG64())
+    scratch.bit_generator.state = state
+    for rows_per_day in (1, 1, 2, 0):
+        stream = np.random.Generator(np.random.PCG64())
+        stream.bit_generator.state = scratch.bit_generator.state
+        streams.append(stream)
+        total = m * rows_per_day
+        if total:
+            block = max(1, (1 << 20) // n)
+            buf = np.empty((block, n))
+            for done in range(0, total, block):
+                rows = min(block, total - done)
+                scratch.standard_normal(out=buf[:rows])
+    return streams
+
+
+def generate_blocks(
+    n_symbols: int, start_year: int, end_year: int, seed: int
+) -> Iterator[MarketBlock]:
+    """`generate_days` stacked into calendar years (memory O(trading days x symbols))."""
+    year: list[MarketDay] = []
+
+    def stacked(rows: list[MarketDay]) -> MarketBlock:
+        return MarketBlock(
+            days=np.array([r.day for r in rows], dtype=np.int32),
+            dates=[r.date for r in rows],
+            open=np.vstack([r.open for r in rows]),
+            high=np.vstack([r.high for r in rows]),
+            low=np.vstack([r.low for r in rows]),
+            close=np.vstack([r.close for r in rows]),
+            volume=np.vstack([r.volume for r in rows]),
         )
+
+    for row in generate_days(n_symbols, start_year, end_year, seed):
+        if year and year[0].date[:4] != row.date[:4]:
+            yield stacked(year)
+            year = []
+        year.append(row)
+    if year:
+        yield stacked(year)
 
 
 def generate_bars(
     n_symbols: int, start_year: int, end_year: int, seed: int
 ) -> Iterator[dict[str, Any]]:
-    """Row view of `generate_blocks`: bar dicts in feed order (by date, then symbol)."""
+    """Row view of `generate_days`: bar dicts in feed order (by date, then symbol)."""
     names = symbol_names(n_symbols)
-    for block in generate_blocks(n_symbols, start_year, end_year, seed):
-        for i, date in enumerate(block.dates):
-            yield from _row_dicts(names, date, block, i)
+    for day in generate_days(n_symbols, start_year, end_year, seed):
+        yield from _row_dicts(names, day)
 
 
-def _row_dicts(names: list[str], date: str, block: MarketBlock, i: int) -> Iterator[dict[str, Any]]:
-    opens = (block.open[i] / 100).tolist()
-    highs = (block.high[i] / 100).tolist()
-    lows = (block.low[i] / 100).tolist()
-    closes = (block.close[i] / 100).tolist()
-    volumes = block.volume[i].tolist()
+def _row_dicts(names: list[str], day: MarketDay) -> Iterator[dict[str, Any]]:
+    opens = (day.open / 100).tolist()
+    highs = (day.high / 100).tolist()
+    lows = (day.low / 100).tolist()
+    closes = (day.close / 100).tolist()
+    volumes = day.volume.tolist()
+    date = day.date
     for s, o, h, lo, c, v in zip(names, opens, highs, lows, closes, volumes, strict=True):
         yield {"symbol": s, "date": date, "open": o, "high": h, "low": lo, "close": c, "volume": v}
+
+
+def _day_lines(names: list[str], day: MarketDay) -> bytes:
+    """The day's bars as JSONL, from one `orjson.dumps` of the list: the objects hold
+    no braces inside, so `},{` only ever separates two bars."""
+    blob = orjson.dumps(list(_row_dicts(names, day)))
+    return blob[1:-1].replace(b"},{", b"}\n{") + b"\n"
 
 
 def write_jsonl(
@@ -187,10 +265,11 @@ def write_jsonl(
     *,
     progress: bool = False,
 ) -> int:
-    """Write one bar object per line, interleaved by date; return the number of lines."""
+    """Write one bar object per line, interleaved by date; return the number of lines.
+
+    Written a day at a time, so memory stays flat (a day of 100,000 symbols is ~10 MB).
+    """
     names = symbol_names(n_symbols)
-    dumps = orjson.dumps
-    newline = orjson.OPT_APPEND_NEWLINE
     lines = 0
     bar_ctx: Any = nullcontext()
     if progress:
@@ -199,12 +278,9 @@ def write_jsonl(
         total = len(trading_days(start_year, end_year)) * n_symbols
         bar_ctx = tqdm(total=total, unit="bar", unit_scale=True, file=sys.stderr, desc="generate")
     with bar_ctx as bar:
-        for block in generate_blocks(n_symbols, start_year, end_year, seed):
-            chunk: list[bytes] = []
-            for i, date in enumerate(block.dates):
-                chunk.extend(dumps(d, option=newline) for d in _row_dicts(names, date, block, i))
-            out.write(b"".join(chunk))
-            lines += len(chunk)
+        for day in generate_days(n_symbols, start_year, end_year, seed):
+            out.write(_day_lines(names, day))
+            lines += n_symbols
             if bar is not None:
-                bar.update(len(chunk))
+                bar.update(n_symbols)
     return lines

@@ -1,11 +1,17 @@
-"""`sfa generate`: write a deterministic synthetic market as JSONL (`service.market`)."""
+"""`sfa generate`: write a deterministic synthetic market as JSONL (`service.market`).
+
+Streams: memory stays flat (a day of bars at a time) whatever the size. An output
+that cannot be written is one line, exit 1.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from service.calendar import FIRST_YEAR
+from service.files.output import atomic_output
 from service.market import LAST_YEAR, write_jsonl
 
 __all__ = ["add_arguments", "run"]
@@ -35,16 +41,22 @@ def run(args: argparse.Namespace) -> int:
         return 2
     progress = sys.stderr.isatty()
     if args.output == "-":
-        write_jsonl(
-            sys.stdout.buffer,
-            args.symbols,
-            args.start_year,
-            args.end_year,
-            args.seed,
-            progress=progress,
-        )
-        sys.stdout.buffer.flush()
+        try:
+            write_jsonl(
+                sys.stdout.buffer,
+                args.symbols,
+                args.start_year,
+                args.end_year,
+                args.seed,
+                progress=progress,
+            )
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:  # `sfa generate ... | head`: the reader has enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
         return 0
-    with open(args.output, "wb") as fh:
+    # Written beside the target and renamed at the end: an interrupted or failed run
+    # (disk full) never leaves half a market, nor destroys the previous file.
+    with atomic_output(args.output) as fh:
         write_jsonl(fh, args.symbols, args.start_year, args.end_year, args.seed, progress=progress)
     return 0

@@ -1,19 +1,23 @@
 """`sfa replay FILE...`: the files through the pipeline (`service.files.replay`), a summary.
 
-Exit 0 once the input is processed (bad records included), 1 for an unreadable file.
+Exit 0 once the input is processed (bad records included); 1 when nothing could run
+(an input missing at start, an output that cannot be written or that names an
+input); 3 when a file broke part way (each named on one line with its line): the
+results of everything read are still written. Outputs appear only when the run
+ends (`service.files.output`), so a failed run leaves existing files untouched.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import sys
 from typing import IO
 
-from service.cli.report import render_summary, strongest_patterns
+from service.cli.report import EXIT_INCOMPLETE, render_summary, strongest_patterns
 from service.errors import SfaError
+from service.files.output import AtomicFile, refuse_overlaps
 from service.files.replay import replay
 from service.settings import Settings
 
@@ -39,15 +43,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    with contextlib.ExitStack() as stack:
-        results: IO[bytes] | None
-        if args.output == "-":
-            results = sys.stdout.buffer
-        else:
-            results = stack.enter_context(_open_out(args.output))
-        errors = stack.enter_context(_open_out(args.errors)) if args.errors else None
+    refuse_overlaps({"--output": args.output, "--errors": args.errors or ""}, args.files)
+    outputs: list[AtomicFile] = []
+
+    def open_out(path: str) -> IO[bytes]:
+        out = AtomicFile(path)
+        outputs.append(out)
+        return out.file
+
+    try:
+        results = sys.stdout.buffer if args.output == "-" else open_out(args.output)
+        errors = open_out(args.errors) if args.errors else None
         progress = sys.stderr.isatty() and not args.no_progress
         stats, pipeline = asyncio.run(replay(args.files, settings, results, errors, progress))
+        for out in outputs:
+            out.commit()
+    except OSError as exc:  # a write to an output failed (disk full, say)
+        raise SfaError(f"cannot write the output: {exc.strerror or exc}") from None
+    finally:
+        for out in outputs:
+            out.discard()  # a no-op once committed
+    for failure in stats.failures:
+        print(f"sfa: {failure.message()}", file=sys.stderr)
     rate = stats.bars / stats.seconds if stats.seconds else 0.0
     ok = stats.statuses.get("ok", 0)
     print(
@@ -64,11 +81,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             render_summary(stats, pipeline.state, strongest_patterns(pipeline.state, limit=15)),
             file=sys.stderr if args.output == "-" else sys.stdout,
         )
+    if stats.failures:
+        print(
+            f"replay: INCOMPLETE: {len(stats.failures)} of {len(args.files)} input file(s) "
+            "could not be read to the end (results of what was read are written)",
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
     return 0
-
-
-def _open_out(path: str) -> IO[bytes]:
-    try:
-        return open(path, "wb")
-    except OSError as exc:
-        raise SfaError(f"cannot write {path}: {exc.strerror}") from None

@@ -12,7 +12,12 @@ if TYPE_CHECKING:
     from service.files.replay import ReplayStats
     from service.state import StateStore
 
-__all__ = ["Strongest", "render_summary", "strongest_patterns"]
+__all__ = ["EXIT_INCOMPLETE", "Strongest", "render_summary", "strongest_patterns"]
+
+#: Exit code of a command that did what it could but not everything: a file broke
+#: part way (replay, produce) or a line could not be sent (produce). 1 means nothing
+#: ran, 2 bad configuration (`service.__main__`).
+EXIT_INCOMPLETE = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +82,8 @@ def render_summary(stats: ReplayStats, state: StateStore, top: list[Strongest]) 
     if stats.fallback_reason:
         lines.append(f"DASK FALLBACK        {stats.fallback_reason}")
     lines.append(f"dead letters         {sum(stats.dead_letters.values()):>12,}")
+    for failure in stats.failures:
+        lines.append(f"INCOMPLETE           {failure.message()}")
     for reason, count in sorted(stats.dead_letters.items(), key=lambda kv: (-kv[1], kv[0])):
         lines.append(f"  {reason:<32} {count:>8,}")
     if top:

@@ -3,52 +3,55 @@
 Every format is turned into the same thing the Kafka path sees: one message value
 per element, so decoding and validation (`service.decode`) are shared and a file
 replay rejects exactly what the live service would. A bad record is never an error
-here; only a file that cannot be read at all raises `InputError`.
+here: it travels on as a message the decoder rejects, so it costs one dead letter
+and nothing else. Only a file that cannot be read on (a truncated gzip, a corrupt
+Parquet row group, an I/O error) stops, and then only that file: what it yielded
+before stays yielded, and the break is a `FileFailure` (or, when the caller keeps
+no list of failures, an `InputError`).
 
 Decisions:
 
 * JSONL: a line holding only whitespace is blank and skipped; `\\r\\n` endings are fine.
   A batch is at most `batch_lines` file lines; when all of them are clean objects it
   stays one newline-joined payload (`Batch.of_lines`), the cheapest thing to hand on.
-* CSV: the first row must be a header naming at least one bar field (canonical or
-  alias), otherwise the file is taken to have no header. Symbol and date columns
-  always stay strings (`000001` must not become `1`); other cells that look like a
-  JSON number become numbers, empty cells null, everything else stays a string, so
-  a bad close is rejected as `invalid_field:close`. A record's line is the file
-  line where it ends (a quoted cell may span lines).
-* Parquet: date columns of timestamp type are cast to dates; decimals to float64.
-  A NaN is written as null, so a NaN close is `missing_field:close`.
+* CSV: see `service.files.csvrows` (one broken line costs one dead letter).
+* Parquet: only the bar columns are read (unknown fields are ignored, SPEC 1, so
+  an extra column of any type costs nothing). Date columns of timestamp type are
+  cast to dates; decimals to float64; a bar column of a type JSON cannot hold
+  (bytes, a duration) becomes a string and so an `invalid_field`. A NaN is
+  written as null, so a NaN close is `missing_field:close`. Positions are rows.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import os
-import re
 import struct
-import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from operator import itemgetter
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import orjson
 
 from service.batches import Batch, FileOrigin
-from service.decode.rules import ALIASES
 from service.errors import InputError
+from service.files.breaks import READ_ERRORS, BrokenAt, FileFailure, open_binary, read_chunk, reason
+from service.files.csvrows import KNOWN_COLUMNS, STRING_COLUMNS, csv_rows
 
-__all__ = ["iter_keyed_bars", "read_batches", "total_size_hint"]
+__all__ = [
+    "FileFailure",
+    "KeyedMessage",
+    "iter_keyed_bars",
+    "keyed_messages",
+    "read_batches",
+    "total_size_hint",
+]
 
 _CHUNK_BYTES = 4 << 20
 _ROWS_PER_CHUNK = 5000
 _first_byte = itemgetter(0)
 _last_byte = itemgetter(-1)
-_STRING_COLUMNS = frozenset({"symbol", "stock_code", "date", "trade_date"})
-_KNOWN_COLUMNS = frozenset({*ALIASES, *ALIASES.values(), "volume"})
-_NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 
 
 def _kind(path: str) -> str:
@@ -58,17 +61,6 @@ def _kind(path: str) -> str:
     if lower.endswith((".csv", ".csv.gz")):
         return "csv"
     return "jsonl"
-
-
-def _open_binary(path: str) -> IO[bytes]:
-    if path.lower().endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")
-
-
-def _fail(path: str, exc: BaseException) -> InputError:
-    detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return InputError(f"cannot read input file {path}: {detail}")
 
 
 # --- JSONL ---
@@ -82,17 +74,22 @@ def _jsonl(path: str, batch_lines: int) -> Iterator[Batch]:
     """`batch_lines` file lines at a time, cut with one numpy pass per read chunk.
 
     Blank lines and CRs are dropped (see `_keep`); they only make a batch hold fewer
-    messages, and then it is a list of values rather than a blob.
+    messages, and then it is a list of values rather than a blob. When a read
+    fails, the whole lines read before it are yielded, then `BrokenAt` the first
+    line that was not read whole.
     """
-    with _open_binary(path) as f:
+    with open_binary(path) as f:
         data = b""  # unconsumed bytes: whole lines, then maybe a partial one
         line = 0  # file lines before `data`
         eof = False
+        broken: BaseException | None = None
         while not eof:
-            chunk = f.read(_CHUNK_BYTES)
-            eof = not chunk
+            chunk, broken = read_chunk(f, _CHUNK_BYTES)
+            eof = not chunk or broken is not None
             data = data + chunk if data else chunk
-            if eof and data and not data.endswith(b"\n"):
+            if broken is not None:
+                data = data[: data.rfind(b"\n") + 1]  # a line cut short is not a record
+            elif eof and data and not data.endswith(b"\n"):
                 data += b"\n"  # the last line has no newline
             raw = np.frombuffer(data, dtype=np.uint8)
             ends = np.flatnonzero(raw == _NEWLINE)
@@ -116,6 +113,8 @@ def _jsonl(path: str, batch_lines: int) -> Iterator[Batch]:
                 start, done = end + 1, done + take
             data = data[start:]
             line += done
+        if broken is not None:
+            raise BrokenAt(line + 1, broken)
 
 
 def _keep(parts: list[bytes], line: int) -> tuple[list[bytes], list[int]]:
@@ -146,49 +145,15 @@ def _keep(parts: list[bytes], line: int) -> tuple[list[bytes], list[int]]:
 # --- CSV ---
 
 
-def _cell(value: str) -> Any:
-    if not value:
-        return None
-    if _NUMBER_RE.fullmatch(value):
-        if "." not in value and "e" not in value and "E" not in value:
-            return int(value)
-        number = float(value)
-        if number - number == 0.0:  # finite: inf would be written as null
-            return number
-    return value
-
-
-def _csv(path: str) -> Iterator[tuple[list[bytes], list[int]]]:
-    with _open_binary(path) as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        names = [h.strip().lstrip("\ufeff") for h in header] if header else []
-        if not _KNOWN_COLUMNS.intersection(names):
-            raise InputError(
-                f"input file {path} has no CSV header row "
-                "(expected column names such as symbol,date,close)"
-            )
-        keep_str = [n in _STRING_COLUMNS for n in names]
-        dumps = orjson.dumps
-        values: list[bytes] = []
-        lines: list[int] = []
-        for row in reader:
-            if not row or (len(row) == 1 and not row[0].strip()):
-                continue  # blank line
-            record = {
-                name: (cell or None) if as_str else _cell(cell.strip())
-                for name, cell, as_str in zip(names, row, keep_str, strict=False)
-            }
-            values.append(dumps(record))
-            lines.append(reader.line_num)
-            if len(values) >= _ROWS_PER_CHUNK:
-                yield values, lines
-                values, lines = [], []
-        if values:
-            yield values, lines
-
-
 # --- Parquet ---
+
+
+def _as_text(value: Any) -> str:
+    """orjson's fallback for a bar column JSON cannot hold: text, so it is rejected
+    as an invalid field rather than failing the file."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
 
 
 def _parquet(path: str) -> Iterator[tuple[list[bytes], list[int]]]:
@@ -198,61 +163,87 @@ def _parquet(path: str) -> Iterator[tuple[list[bytes], list[int]]]:
     try:
         pf = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as exc:
-        raise _fail(path, exc) from exc
+        raise BrokenAt(0, exc) from exc
+    wanted = [n for n in pf.schema_arrow.names if n in KNOWN_COLUMNS]
     row = 0
     dumps = orjson.dumps
-    for batch in pf.iter_batches(batch_size=_ROWS_PER_CHUNK):
-        columns = []
-        for name, column in zip(batch.schema.names, batch.columns, strict=True):
-            if name in _STRING_COLUMNS and pa.types.is_timestamp(column.type):
-                column = column.cast(pa.date32())
-            elif pa.types.is_decimal(column.type):
-                column = column.cast(pa.float64())
-            columns.append(column)
-        rows = pa.RecordBatch.from_arrays(columns, names=batch.schema.names).to_pylist()
-        yield [dumps(r) for r in rows], list(range(row + 1, row + 1 + len(rows)))
+    batches = pf.iter_batches(batch_size=_ROWS_PER_CHUNK, columns=wanted)
+    while True:
+        try:
+            batch = next(batches, None)
+            if batch is None:
+                return
+            columns = []
+            for name, column in zip(batch.schema.names, batch.columns, strict=True):
+                if name in STRING_COLUMNS and pa.types.is_timestamp(column.type):
+                    column = column.cast(pa.date32())
+                elif pa.types.is_decimal(column.type):
+                    column = column.cast(pa.float64())
+                columns.append(column)
+            rows = pa.RecordBatch.from_arrays(columns, names=batch.schema.names).to_pylist()
+        except (OSError, pa.ArrowException) as exc:
+            raise BrokenAt(row + 1, exc) from exc
+        if not wanted:
+            rows = [{} for _ in range(batch.num_rows)]
+        yield [dumps(r, default=_as_text) for r in rows], list(range(row + 1, row + 1 + len(rows)))
         row += len(rows)
 
 
 # --- public ---
 
 
-def read_batches(paths: Sequence[str], batch_lines: int = 5000) -> Iterator[Batch]:
+def read_batches(
+    paths: Sequence[str],
+    batch_lines: int = 5000,
+    failures: list[FileFailure] | None = None,
+) -> Iterator[Batch]:
     """Messages of every file in order, `batch_lines` at a time (a batch never spans
     two files). Every path is checked before the first batch, so a typo in the last
-    file fails at start rather than after an hour of replay."""
+    file fails at start rather than after an hour of replay.
+
+    A file that breaks part way keeps what it yielded; with a `failures` list the
+    break is appended there and the next file is read, otherwise `InputError`.
+    """
     if batch_lines < 1:
         raise ValueError("batch_lines must be >= 1")
     for path in paths:
         if not os.path.isfile(path) or not os.access(path, os.R_OK):
             reason = "no such file" if not os.path.exists(path) else "not a readable file"
             raise InputError(f"cannot read input file {path}: {reason}")
-    return _batches(list(paths), batch_lines)
+    return _batches(list(paths), batch_lines, failures)
 
 
-def _batches(paths: list[str], batch_lines: int) -> Iterator[Batch]:
-    readers = {"csv": _csv, "parquet": _parquet}
+def _batches(
+    paths: list[str], batch_lines: int, failures: list[FileFailure] | None
+) -> Iterator[Batch]:
     for path in paths:
+        failure: FileFailure | None = None
         values: list[bytes] = []
         lines: list[int] = []
         try:
             kind = _kind(path)
             if kind == "jsonl":
                 yield from _jsonl(path, batch_lines)
-                continue
-            for vs, ls in readers[kind](path):
-                values.extend(vs)
-                lines.extend(ls)
-                while len(values) >= batch_lines:
-                    origin = FileOrigin(path, lines=lines[:batch_lines])
-                    yield Batch.of_values(values[:batch_lines], origin)
-                    del values[:batch_lines], lines[:batch_lines]
-        except InputError:
-            raise
-        except (OSError, EOFError, UnicodeDecodeError, zlib.error, csv.Error) as exc:
-            raise _fail(path, exc) from exc
+            else:
+                for vs, ls in (csv_rows if kind == "csv" else _parquet)(path):
+                    values.extend(vs)
+                    lines.extend(ls)
+                    while len(values) >= batch_lines:
+                        origin = FileOrigin(path, lines=lines[:batch_lines])
+                        yield Batch.of_values(values[:batch_lines], origin)
+                        del values[:batch_lines], lines[:batch_lines]
+        except BrokenAt as exc:
+            failure = FileFailure(path, exc.line, reason(exc.cause))
+        except InputError as exc:  # a CSV without a header
+            failure = FileFailure(path, 0, reason(exc))
+        except READ_ERRORS as exc:  # at open
+            failure = FileFailure(path, 0, reason(exc))
         if values:
             yield Batch.of_values(values, FileOrigin(path, lines=lines))
+        if failure is not None:
+            if failures is None:
+                raise InputError(failure.message())
+            failures.append(failure)
 
 
 def total_size_hint(paths: Sequence[str]) -> int:
@@ -287,10 +278,33 @@ def _key(value: bytes) -> bytes | None:
     return symbol.encode() if type(symbol) is str and symbol else None
 
 
+@dataclass(frozen=True, slots=True)
+class KeyedMessage:
+    """One message for `sfa produce`, with where it came from (to report a skip)."""
+
+    key: bytes | None
+    value: bytes
+    file: str
+    line: int
+
+
+def keyed_messages(
+    paths: Sequence[str], failures: list[FileFailure] | None = None
+) -> Iterator[KeyedMessage]:
+    """Every message with its key and position; broken files as in `read_batches`.
+
+    The value is exactly as read (an array line stays one array message); the key
+    is the bar's symbol, or the first element's for an array, else None. The key is
+    what keeps a symbol on one partition.
+    """
+    for batch in read_batches(paths, failures=failures):
+        origin = batch.origin
+        assert isinstance(origin, FileOrigin)
+        for i, value in enumerate(batch.messages()):
+            yield KeyedMessage(_key(value), value, origin.file, origin.line_of(i))
+
+
 def iter_keyed_bars(paths: Sequence[str]) -> Iterator[tuple[bytes | None, bytes]]:
-    """(key, value) per message for `sfa produce`: the value exactly as read (an array
-    line stays one array message); the key is the bar's symbol, or the first element's
-    for an array, else None. The key is what keeps a symbol on one partition."""
-    for batch in read_batches(paths):
-        for value in batch.messages():
-            yield _key(value), value
+    """(key, value) per message, as `keyed_messages` without positions."""
+    for m in keyed_messages(paths):
+        yield m.key, m.value

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 from service.batches import Batch, BatchOutput
 from service.decode.pool import decode_processes
-from service.files.readers import read_batches, total_size_hint
+from service.files.readers import FileFailure, read_batches, total_size_hint
 from service.files.sink import FileSink
 from service.files.source import FileSource
 from service.pipeline import Pipeline
@@ -39,6 +39,7 @@ class ReplayStats:
     compute_mode: str = "?"
     fallback_reason: str | None = None
     seconds: float = 0.0
+    failures: list[FileFailure] = field(default_factory=list)  # files not read to the end
 
     def add(self, out: BatchOutput) -> None:
         self.batches += 1
@@ -58,7 +59,12 @@ async def replay(
     errors: IO[bytes] | None,
     progress: bool = False,
 ) -> tuple[ReplayStats, Pipeline]:
-    """Run every file through the pipeline; returns the counts and the final pipeline."""
+    """Run every file through the pipeline; returns the counts and the final pipeline.
+
+    A file that breaks part way does not stop the run: what it and the other files
+    yielded is processed, and the break is in `stats.failures` for the caller to
+    report (the run is then incomplete).
+    """
     started = time.perf_counter()
     stats = ReplayStats()
     if settings.dask_processes is None:
@@ -98,9 +104,17 @@ async def replay(
         on_delivered=delivered,
     )
     try:
-        async for batch in _batches(paths, settings.batch_max_messages, source):
+        async for batch in _batches(paths, settings.batch_max_messages, source, stats.failures):
             await pipeline.submit(batch)
         await pipeline.drain()
+        if source is not None:
+            stats.failures.extend(source.failures)
+    except Exception:
+        # Let the batches in flight settle before the cluster closes under them, so the
+        # one error the user sees is this one, not a closed client's internals.
+        with contextlib.suppress(Exception):
+            await pipeline.drain()
+        raise
     finally:
         sink.close()
         if source is not None:
@@ -120,14 +134,14 @@ async def replay(
 
 
 async def _batches(
-    paths: list[str], batch_lines: int, source: FileSource | None
+    paths: list[str], batch_lines: int, source: FileSource | None, failures: list[FileFailure]
 ) -> AsyncIterator[Batch]:
     if source is not None:
         async for batch in source:
             batch.closed_at = time.monotonic()  # batch latency counts from here, as for Kafka
             yield batch
         return
-    for batch in read_batches(paths, batch_lines):
+    for batch in read_batches(paths, batch_lines, failures):
         yield batch
         await asyncio.sleep(0)  # let delivered batches be written between reads
 

@@ -28,7 +28,7 @@ import orjson
 from service.batches import Batch
 from service.decode.batch import decode_batch, decode_lines
 from service.errors import InputError
-from service.files.readers import read_batches
+from service.files.readers import FileFailure, read_batches
 from service.host import exit_with_parent
 
 __all__ = ["FileSource"]
@@ -37,16 +37,22 @@ __all__ = ["FileSource"]
 def _serve(
     paths: list[str], batch_lines: int, max_message_bytes: int, out: Connection, parent: int
 ) -> None:
-    """The helper's whole life: every batch in order, then None (or the error text)."""
+    """The helper's whole life: every batch in order, each broken file's `FileFailure`
+    as soon as it is known, then None (or the error text)."""
     exit_with_parent(parent)  # a SIGKILLed parent cannot stop its helper
+    failures: list[FileFailure] = []
     try:
-        for batch in read_batches(paths, batch_lines):
+        for batch in read_batches(paths, batch_lines, failures):
+            while failures:
+                out.send(failures.pop(0))
             payload = batch.payload
             if isinstance(payload, bytes):
                 decoded = decode_lines(payload, max_message_bytes)
             else:
                 decoded = decode_batch(batch.messages(), max_message_bytes)
             out.send(Batch.of_decoded(decoded, batch.n_messages, batch.n_bytes, batch.origin))
+        for failure in failures:
+            out.send(failure)
         out.send(None)
     except InputError as exc:
         out.send(str(exc))
@@ -62,7 +68,8 @@ class FileSource:
     """`async for batch in FileSource(paths, ...)`: decoded batches in file order.
 
     Paths are checked here, in the caller, so a missing file fails at once with one
-    line. `close()` stops the helper early (on error or interrupt).
+    line. A file that breaks part way lands in `failures` and the next is read.
+    `close()` stops the helper early (on error or interrupt).
     """
 
     def __init__(
@@ -73,6 +80,7 @@ class FileSource:
         read_ahead: int = 8,
     ) -> None:
         read_batches(paths, batch_lines)  # validates the paths and batch size, reads nothing
+        self.failures: list[FileFailure] = []
         # A plain `python -m` child rather than multiprocessing's spawn: spawn re-imports
         # the parent's __main__ (a benchmark, a test runner) before it can start work.
         read_fd, write_fd = os.pipe()
@@ -101,7 +109,7 @@ class FileSource:
             except Exception as exc:  # never leave the pipeline waiting on a dead thread
                 item = f"file reader sent something unreadable: {exc}"
             self._queue.put(item)
-            if not isinstance(item, Batch):
+            if not isinstance(item, Batch | FileFailure):
                 return
 
     async def __aiter__(self) -> AsyncIterator[Batch]:
@@ -113,6 +121,9 @@ class FileSource:
                 item = await loop.run_in_executor(None, self._queue.get)
             if item is None:
                 return
+            if isinstance(item, FileFailure):
+                self.failures.append(item)
+                continue
             if isinstance(item, str):
                 raise InputError(item)
             yield item

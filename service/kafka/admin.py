@@ -1,4 +1,5 @@
-"""Make sure the topics the service writes exist, shaped like its input.
+"""Make sure the topics the service writes exist, shaped like its input; and the
+topic tools of the `sfa` command (`sfa topics create`, `sfa tail`, `sfa produce`).
 
 The input topic belongs to upstream producers: it must exist (its partition
 count is the unit of parallelism and of state ownership), and creating it
@@ -11,16 +12,38 @@ key's latest record is needed to restore.
 
 from __future__ import annotations
 
+import base64
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+import orjson
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from service.kafka.config import admin_config
+from service.errors import SfaError
+from service.kafka.config import admin_config, restore_config
 from service.kafka.errors import KafkaFatalError, MissingTopicError, classify
 from service.settings import Settings
 
-__all__ = ["ensure_topics", "partition_count"]
+__all__ = [
+    "TopicPlan",
+    "create_topics",
+    "ensure_topics",
+    "partition_count",
+    "require_topic",
+    "tail_records",
+    "topic_plans",
+]
 
 _STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
 
@@ -120,3 +143,160 @@ def _wait_until_visible(admin: AdminClient, names: list[str], timeout_s: float) 
             raise KafkaFatalError(f"topics not ready after {timeout_s} s: {sorted(pending)}")
         if pending:
             time.sleep(0.05)
+
+
+# --- the `sfa` topic tools ---
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPlan:
+    """A topic `sfa topics create` makes: its name, the variable naming it, its config."""
+
+    name: str
+    variable: str
+    config: dict[str, str]
+
+
+def topic_plans(settings: Settings, service_topics: bool) -> list[TopicPlan]:
+    """The input topic, and with `service_topics` the ones `sfa run` would create
+    (output, dead letters, the compacted state topic), shaped as `ensure_topics` does."""
+    plans = [TopicPlan(settings.input_topic, "SFA_INPUT_TOPIC", {})]
+    if service_topics:
+        plans += [
+            TopicPlan(settings.output_topic, "SFA_OUTPUT_TOPIC", {}),
+            TopicPlan(settings.dlq_topic, "SFA_DLQ_TOPIC", {}),
+            TopicPlan(settings.state_topic, "SFA_STATE_TOPIC", dict(_STATE_TOPIC_CONFIG)),
+        ]
+    return plans
+
+
+def create_topics(
+    settings: Settings,
+    plans: list[TopicPlan],
+    partitions: int,
+    replication_factor: int | None = None,
+    timeout_s: float = 10.0,
+) -> list[tuple[str, str]]:
+    """Create what is missing; `(name, "created" | "exists")` per plan, in order.
+
+    Idempotent: a topic that exists with `partitions` partitions is fine; one with
+    another count is one line naming it (partitions are never changed here: state
+    ownership depends on the count).
+    """
+    admin = _admin(settings)
+    found = {plan.name: partition_count(admin, plan.name, timeout_s) for plan in plans}
+    for plan in plans:
+        have = found[plan.name]
+        if have is not None and have != partitions:
+            raise SfaError(
+                f"{plan.variable}: topic {plan.name!r} exists with {have} partition(s), "
+                f"not {partitions}; delete it or ask for --partitions {have}"
+            )
+    missing = [
+        NewTopic(
+            plan.name,
+            num_partitions=partitions,
+            replication_factor=replication_factor or -1,  # -1: the broker's default
+            config=plan.config,
+        )
+        for plan in plans
+        if found[plan.name] is None
+    ]
+    _create(admin, missing, timeout_s)
+    return [(plan.name, "exists" if found[plan.name] else "created") for plan in plans]
+
+
+def require_topic(settings: Settings, topic: str, timeout_s: float = 10.0) -> int | None:
+    """Check `topic` exists before writing to it (librdkafka would wait for it for
+    `message.timeout.ms`); return its `max.message.bytes` when the broker says."""
+    admin = _admin(settings)
+    if partition_count(admin, topic, timeout_s) is None:
+        raise SfaError(
+            f"topic {topic!r} does not exist on {settings.kafka_bootstrap_servers} "
+            "(create it with: sfa topics create)"
+        )
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    try:
+        entries = admin.describe_configs([resource], request_timeout=timeout_s)[resource]
+        value = entries.result(timeout=timeout_s).get("max.message.bytes")
+    except (KafkaException, TimeoutError):
+        return None  # not allowed to describe: the broker will still say per record
+    return int(value.value) if value is not None and value.value else None
+
+
+def _text(data: bytes | None) -> str | None:
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(data).decode()
+
+
+def _headers(msg: Message) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for header in msg.headers() or []:
+        name, data = header[0], header[1]
+        out[str(name)] = data if isinstance(data, str) else _text(data)
+    return out
+
+
+def _value(data: bytes | None) -> Any:
+    """A JSON value as itself (embedded as is), anything else as text."""
+    if data is None:
+        return None
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _text(data)
+    return orjson.Fragment(data)
+
+
+def tail_records(
+    settings: Settings,
+    topic: str,
+    *,
+    from_beginning: bool = False,
+    max_records: int | None = None,
+    idle_timeout_s: float | None = None,
+) -> Iterator[bytes]:
+    """Committed records of `topic` (read_committed: an aborted transaction's output
+    never shows), one JSON object each: key, partition, offset, timestamp (ms),
+    value (JSON embedded as is, else text), headers (a name -> text object; a
+    repeated name keeps its last value). Stops after `max_records`, or after
+    `idle_timeout_s` without a record; no group is joined and nothing is committed.
+    """
+    admin = _admin(settings)
+    partitions = partition_count(admin, topic, 10.0)
+    if partitions is None:
+        raise SfaError(f"topic {topic!r} does not exist on {settings.kafka_bootstrap_servers}")
+    conf = restore_config(settings)
+    conf["enable.partition.eof"] = False
+    consumer = Consumer(conf)
+    start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+    try:
+        consumer.assign([TopicPartition(topic, p, start) for p in range(partitions)])
+        seen = 0
+        last = time.monotonic()
+        while max_records is None or seen < max_records:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                if idle_timeout_s is not None and time.monotonic() - last >= idle_timeout_s:
+                    return
+                continue
+            if msg.error() is not None:
+                raise classify(KafkaException(msg.error()), f"read {topic}")
+            last = time.monotonic()
+            seen += 1
+            yield orjson.dumps(
+                {
+                    "key": _text(msg.key()),
+                    "partition": msg.partition(),
+                    "offset": msg.offset(),
+                    "timestamp": msg.timestamp()[1],
+                    "value": _value(msg.value()),
+                    "headers": _headers(msg),
+                }
+            )
+    finally:
+        consumer.close()

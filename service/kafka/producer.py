@@ -30,11 +30,25 @@ from service.kafka.errors import (
 from service.kafka.message import TopicPartitionKey
 from service.settings import Settings
 
-__all__ = ["AtLeastOnceProducer", "HeaderList", "TransactionalProducer"]
+__all__ = [
+    "AtLeastOnceProducer",
+    "DeliveryCallback",
+    "HeaderList",
+    "RecordRefused",
+    "TransactionalProducer",
+]
 
 log = logging.getLogger(__name__)
 
 HeaderList = list[tuple[str, str | bytes | None]]
+#: Called once per record with librdkafka's error (None: delivered) and the message.
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+
+
+class RecordRefused(KafkaFatalError):
+    """This one record can never be sent (larger than the producer or topic allows);
+    the others may be. A `KafkaFatalError`, so callers that knew only that still stop."""
+
 
 # How long produce() keeps polling for queue space before calling it a broker problem.
 _ENQUEUE_TIMEOUT_S = 60.0
@@ -52,14 +66,21 @@ class _BaseProducer:
         key: bytes | None = None,
         headers: HeaderList | None = None,
         partition: int | None = None,
+        on_delivery: DeliveryCallback | None = None,
     ) -> None:
-        """Enqueue one record; when the local queue is full, serve deliveries and retry."""
+        """Enqueue one record; when the local queue is full, serve deliveries and retry.
+
+        `on_delivery` replaces the producer's own callback for this record (to know
+        which record failed). A record too large to send raises `RecordRefused`.
+        """
         kwargs: dict[str, Any] = {"value": value, "key": key}
         if headers:
             kwargs["headers"] = headers
         if partition is not None:
             kwargs["partition"] = partition
-        if self._on_delivery is not None:
+        if on_delivery is not None:
+            kwargs["on_delivery"] = on_delivery
+        elif self._on_delivery is not None:
             kwargs["on_delivery"] = self._on_delivery
         deadline = time.monotonic() + _ENQUEUE_TIMEOUT_S
         while True:
@@ -73,6 +94,9 @@ class _BaseProducer:
                     ) from None
                 self._producer.poll(0.05)
             except KafkaException as exc:
+                if exc.args and exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                    size = len(value or b"") + len(key or b"")
+                    raise RecordRefused(f"record of {size} bytes is too large to send") from exc
                 raise classify(exc, f"produce to {topic}") from exc
         self._producer.poll(0)
 
@@ -178,10 +202,23 @@ class TransactionalProducer(_BaseProducer):
 
 
 class AtLeastOnceProducer(_BaseProducer):
-    """Plain idempotent producer that remembers failed deliveries until verified."""
+    """Plain idempotent producer that remembers failed deliveries until verified.
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__(producer_config(settings))
+    `max_message_bytes` (the target topic's `max.message.bytes`, for `sfa produce`)
+    caps both the record and the batch size: a record over it is refused at
+    `produce` (`RecordRefused`) instead of failing at the broker together with the
+    batch it shared, and no batch of small records grows past what the topic takes.
+    """
+
+    _FRAMING_BYTES = 128  # record batch (61) and record headers, with room to spare
+
+    def __init__(self, settings: Settings, max_message_bytes: int | None = None) -> None:
+        conf = producer_config(settings)
+        if max_message_bytes is not None:
+            limit = max(1000, max_message_bytes - self._FRAMING_BYTES)  # librdkafka's minimum
+            conf["message.max.bytes"] = min(int(conf.get("message.max.bytes", limit)), limit)
+            conf["batch.size"] = min(int(conf.get("batch.size", limit)), limit)
+        super().__init__(conf)
         self._failures: list[str] = []
         self._failed = 0
         self._on_delivery = self._record_delivery

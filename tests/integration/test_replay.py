@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import gzip
 import os
 import subprocess
@@ -170,13 +171,132 @@ def test_reader_process_and_inline_reading_agree(market: Path, tmp_path: Path) -
     ]
 
 
-def test_a_file_that_breaks_mid_replay_fails_with_one_line(market: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("processes", ["0", "1"])
+def test_a_file_that_breaks_part_way_keeps_what_was_read(
+    market: Path, tmp_path: Path, processes: str
+) -> None:
+    """Results of the readable part and of the other files are written; the broken file
+    is named with its line on one line; exit 3. Same with and without the reader process."""
+    data = market.read_bytes()
     broken = tmp_path / "broken.jsonl.gz"
-    broken.write_bytes(gzip.compress(market.read_bytes())[:200_000])  # truncated stream
-    done = _sfa("replay", str(broken), "--output", str(tmp_path / "r.jsonl"))
+    broken.write_bytes(gzip.compress(data)[:200_000])  # truncated stream
+    other = tmp_path / "other.csv"
+    other.write_text("symbol,date,close\nZZ.SH,2021-03-01,10.5\nZZ.SH,2021-03-02,11\n")
+    out = tmp_path / "r.jsonl"
+    env = {"SFA_DECODE_PROCESSES": processes, "SFA_BATCH_MAX_MESSAGES": "2000"}
+    done = _sfa("replay", str(broken), str(other), "--output", str(out), env=env)
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr and "NoneType" not in done.stderr
+    named = [line for line in done.stderr.splitlines() if "broken.jsonl.gz" in line]
+    assert len(named) == 1, done.stderr
+    line = int(named[0].split("broken at line ")[1].split(":")[0])
+    assert 1000 < line < len(data.splitlines())
+    # exactly what a replay of the readable lines and the other file gives
+    readable = tmp_path / "readable.jsonl"
+    readable.write_bytes(b"".join(data.splitlines(keepends=True)[: line - 1]))
+    want = tmp_path / "want.jsonl"
+    clean = _sfa("replay", str(readable), str(other), "--output", str(want), env=env)
+    assert clean.returncode == 0, clean.stderr
+    assert _last(out) == _last(want) and "ZZ.SH" in _last(out)
+
+
+def test_a_failed_run_leaves_existing_outputs_untouched(market: Path, tmp_path: Path) -> None:
+    prev, errs = tmp_path / "prev.jsonl", tmp_path / "errs.jsonl"
+    prev.write_bytes(b"previous results\n")
+    errs.write_bytes(b"previous errors\n")
+    done = _sfa(
+        "replay", str(market), str(tmp_path / "typo.jsonl"), "-o", str(prev), "--errors", str(errs)
+    )
     assert done.returncode == 1
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert "broken.jsonl.gz" in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"sfa: cannot read input file {tmp_path / 'typo.jsonl'}: no such file"
+    ]
+    assert prev.read_bytes() == b"previous results\n"
+    assert errs.read_bytes() == b"previous errors\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["errs.jsonl", "prev.jsonl"]  # no temp
+
+
+def test_a_good_run_replaces_the_output_keeping_its_mode(market: Path, tmp_path: Path) -> None:
+    prev = tmp_path / "prev.jsonl"
+    prev.write_bytes(b"previous results\n")
+    prev.chmod(0o640)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(prev)
+    done = _sfa("replay", str(market), "-o", str(link))
+    assert done.returncode == 0, done.stderr
+    assert link.is_symlink() and len(_last(prev)) == 30
+    assert prev.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.jsonl", "prev.jsonl"]
+
+
+def test_an_output_that_is_an_input_is_refused(market: Path, tmp_path: Path) -> None:
+    bars = tmp_path / "bars.jsonl"
+    bars.write_bytes(market.read_bytes()[:100_000].rsplit(b"\n", 1)[0] + b"\n")
+    original = bars.read_bytes()
+    (tmp_path / "sym.jsonl").symlink_to(bars)
+    os.link(bars, tmp_path / "hard.jsonl")
+    for flag, target in [
+        ("--output", str(bars)),
+        ("--output", str(tmp_path / "." / "bars.jsonl")),
+        ("--errors", str(tmp_path / "sym.jsonl")),
+        ("--output", str(tmp_path / "hard.jsonl")),
+    ]:
+        done = _sfa("replay", str(bars), flag, target)
+        assert done.returncode == 1, (flag, target, done.stderr)
+        assert done.stderr.strip().splitlines() == [
+            f"sfa: {flag} {target} is also an input file; refusing to write over it"
+        ]
+        assert bars.read_bytes() == original
+    same = _sfa("replay", str(bars), "-o", str(tmp_path / "x"), "--errors", str(tmp_path / "x"))
+    assert same.returncode == 1 and "name the same file" in same.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_unwritable_output_is_one_line(market: Path, tmp_path: Path) -> None:
+    for target in [str(tmp_path), str(tmp_path / "no" / "such" / "dir.jsonl")]:
+        done = _sfa("replay", str(market), "--output", target)
+        assert done.returncode == 1
+        assert len(done.stderr.strip().splitlines()) == 1 and target in done.stderr
+
+
+def test_bad_csv_and_parquet_records_cost_one_dead_letter_each(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        f"S{i % 7}.SH,20{10 + i // 240:02d}-{1 + i // 20 % 12:02d}-{1 + i % 20:02d},{10 + i % 9}"
+        for i in range(2400)
+    ]
+    clean = tmp_path / "clean.csv"
+    clean.write_text("symbol,date,close\n" + "\n".join(rows) + "\n")
+    dirty = tmp_path / "dirty.csv"
+    lines = [b"symbol,date,close", *(r.encode() for r in rows)]
+    lines.insert(101, b"\xe9\xe9.SH,2012-01-01,1")  # line 102: not UTF-8
+    lines.insert(1501, b'Q.SH,"2013-01-01,1')  # line 1502: a quote that never closes
+    dirty.write_bytes(b"\n".join(lines) + b"\n")
+    table = pa.table(
+        {
+            "symbol": [r.split(",")[0] for r in rows],
+            "date": [r.split(",")[1] for r in rows],
+            "close": [float(r.split(",")[2]) for r in rows],
+            "blob": pa.array([b"\x00"] * len(rows), pa.binary()),
+            "held": pa.array([dt.timedelta(seconds=1)] * len(rows), pa.duration("s")),
+        }
+    )
+    parquet = tmp_path / "extra.parquet"
+    pq.write_table(table, parquet)
+    outs = {}
+    for name in ("clean.csv", "dirty.csv", "extra.parquet"):
+        out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+        done = _sfa("replay", str(tmp_path / name), "-o", str(out), "--errors", str(err))
+        assert done.returncode == 0, done.stderr
+        outs[name] = (_last(out), [orjson.loads(x) for x in err.read_bytes().splitlines()])
+    assert outs["dirty.csv"][0] == outs["clean.csv"][0] == outs["extra.parquet"][0]
+    assert outs["clean.csv"][1] == outs["extra.parquet"][1] == []
+    assert [(e["reason"], e["source"]["line"]) for e in outs["dirty.csv"][1]] == [
+        ("invalid_json", 102),
+        ("invalid_json", 1502),
+    ]
 
 
 def test_reader_process_exits_with_its_parent(market: Path, tmp_path: Path) -> None:

@@ -14,11 +14,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import service.files.csvrows as csvrows
 import service.files.readers as sources
 from service.batches import Batch, FileOrigin
 from service.decode.batch import decode_batch
 from service.errors import InputError
-from service.files.readers import iter_keyed_bars, read_batches, total_size_hint
+from service.files.readers import (
+    FileFailure,
+    iter_keyed_bars,
+    keyed_messages,
+    read_batches,
+    total_size_hint,
+)
 
 BAR = b'{"symbol":"A","date":"2021-02-03","close":1.5}'
 
@@ -151,11 +158,88 @@ def test_csv_without_header(tmp_path: Path, text: str) -> None:
     assert "\n" not in str(info.value)
 
 
-def test_csv_not_utf8(tmp_path: Path) -> None:
+def test_csv_not_utf8_costs_only_its_line(tmp_path: Path) -> None:
     p = tmp_path / "latin.csv"
-    p.write_bytes(b"symbol,date,close\n\xe9,2021-02-03,1\n")
-    with pytest.raises(InputError, match=r"latin\.csv"):
-        _all([str(p)])
+    p.write_bytes(b"symbol,date,close\nA,2021-02-02,1\n\xe9,2021-02-03,1\nB,2021-02-04,2\n")
+    values, lines = _all([str(p)])
+    assert lines == [2, 3, 4]
+    assert values[1] == b"\xe9,2021-02-03,1"  # the raw line, for the dead letter
+    decoded = decode_batch(values)
+    assert decoded.symbols == ["A", "B"]
+    assert [(r.reason, r.index) for r in decoded.rejects] == [("invalid_json", 1)]
+
+
+def test_csv_stray_quote_costs_only_its_line(tmp_path: Path) -> None:
+    """An opening quote without its close used to swallow the rest of the file."""
+    rows = [f"S{i},2021-02-{i + 1:02d},{i + 1}" for i in range(8)]
+    text = [*rows[:2], 'X,"2021-02-09,1', *rows[2:5], '"Y,2021-02-10,1', *rows[5:]]
+    p = tmp_path / "quote.csv"
+    p.write_text("symbol,date,close\n" + "\n".join(text) + "\n", encoding="utf-8")
+    values, lines = _all([str(p)])
+    assert lines == list(range(2, 12))
+    decoded = decode_batch(values)
+    assert decoded.symbols == [f"S{i}" for i in range(8)]
+    assert [(r.reason, lines[r.index]) for r in decoded.rejects] == [
+        ("invalid_json", 4),
+        ("invalid_json", 8),
+    ]
+
+
+def test_csv_quote_that_never_closes_costs_only_its_line(tmp_path: Path) -> None:
+    """Short rows (no note) after it: the merged record is never the header's width."""
+    p = tmp_path / "open.csv"
+    body = "".join(f"S{i},2021-02-03,1\n" for i in range(200))
+    p.write_text('symbol,date,close,note\nX,2021-02-03,1,"never closed\n' + body)
+    values, lines = _all([str(p)])
+    assert lines == list(range(2, 203))
+    decoded = decode_batch(values)
+    assert decoded.symbols == [f"S{i}" for i in range(200)]
+    assert [(r.reason, r.index) for r in decoded.rejects] == [("invalid_json", 0)]
+
+
+csv_lines = st.lists(
+    st.one_of(
+        st.tuples(st.just("good"), st.integers(1, 28)),
+        st.tuples(st.sampled_from(["latin", "open", "lead", "tail", "blank"]), st.just(0)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=csv_lines, chunk=st.integers(5, 300))
+def test_csv_every_good_row_survives_its_neighbours(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[tuple[str, int]], chunk: int
+) -> None:
+    bad = {
+        "latin": b"\xe9\xff,2021-02-03,1",
+        "open": b'Q,"2021-02-03,1',
+        "lead": b'"Q,2021-02-03,1',
+        "tail": b'Q,2021-02-03,1"',
+        "blank": b"",
+    }
+    lines = [b"symbol,date,close"]
+    want: dict[int, dict] = {}
+    for i, (kind, day) in enumerate(rows, 2):
+        if kind == "good":
+            lines.append(f"G{i},2021-02-{day:02d},{day}.5".encode())
+            want[i] = {"symbol": f"G{i}", "date": f"2021-02-{day:02d}", "close": day + 0.5}
+        else:
+            lines.append(bad[kind])
+    p = tmp_path_factory.mktemp("csv") / "bars.csv"
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    old = csvrows._CHUNK_BYTES
+    csvrows._CHUNK_BYTES = chunk
+    try:
+        values, got_lines = _all([str(p)])
+    finally:
+        csvrows._CHUNK_BYTES = old
+    # Two stray quotes may pair into one (rejected) record, but never take a good row.
+    assert set(want) <= set(got_lines) <= {i for i, (k, _) in enumerate(rows, 2) if k != "blank"}
+    assert got_lines == sorted(got_lines)
+    by_line = dict(zip(got_lines, values, strict=True))
+    for i, record in want.items():
+        assert orjson.loads(by_line[i]) == record
 
 
 # --- Parquet ---
@@ -169,7 +253,7 @@ def test_parquet_rows(tmp_path: Path) -> None:
             "date": pa.array([dt.date(2021, 2, 3), dt.date(2021, 2, 4), None], pa.date32()),
             "close": [1.5, None, float("nan")],
             "volume": pa.array([1, 2, 3], pa.int64()),
-            "amount": pa.array([decimal.Decimal("1.25")] * 3, pa.decimal128(10, 2)),
+            "open": pa.array([decimal.Decimal("1.25")] * 3, pa.decimal128(10, 2)),
         }
     )
     pq.write_table(table, p)
@@ -180,7 +264,7 @@ def test_parquet_rows(tmp_path: Path) -> None:
         "date": "2021-02-03",
         "close": 1.5,
         "volume": 1,
-        "amount": 1.25,
+        "open": 1.25,
     }
     reasons = [r.reason for r in decode_batch(values).rejects]
     assert reasons == ["missing_field:close", "missing_field:date"]
@@ -193,6 +277,40 @@ def test_parquet_timestamp_dates(tmp_path: Path) -> None:
     (value,), _ = _all([str(p)])
     assert orjson.loads(value)["trade_date"] == "2021-02-03"
     assert decode_batch([value]).symbols == ["A"]
+
+
+def test_parquet_unknown_columns_of_any_type_are_ignored(tmp_path: Path) -> None:
+    p = tmp_path / "extra.parquet"
+    table = pa.table(
+        {
+            "symbol": ["A", "B"],
+            "date": ["2021-02-03", "2021-02-04"],
+            "close": [1.5, 2.5],
+            "blob": pa.array([b"\x00\xff", b"x"], pa.binary()),
+            "held": pa.array([dt.timedelta(seconds=5)] * 2, pa.duration("s")),
+            "tags": pa.array([[1, 2], []], pa.list_(pa.int64())),
+        }
+    )
+    pq.write_table(table, p)
+    values, lines = _all([str(p)])
+    assert lines == [1, 2]
+    assert orjson.loads(values[0]) == {"symbol": "A", "date": "2021-02-03", "close": 1.5}
+    assert decode_batch(values).symbols == ["A", "B"]
+
+
+def test_parquet_bar_column_of_an_odd_type_is_an_invalid_field(tmp_path: Path) -> None:
+    p = tmp_path / "odd.parquet"
+    table = pa.table(
+        {
+            "symbol": pa.array([b"A", b"B"], pa.binary()),
+            "date": ["2021-02-03", "2021-02-04"],
+            "close": pa.array([dt.timedelta(seconds=5)] * 2, pa.duration("s")),
+        }
+    )
+    pq.write_table(table, p)
+    values, _ = _all([str(p)])
+    assert orjson.loads(values[0]) == {"symbol": "A", "date": "2021-02-03", "close": "0:00:05"}
+    assert {r.reason for r in decode_batch(values).rejects} == {"invalid_field:close"}
 
 
 def test_corrupt_parquet(tmp_path: Path) -> None:
@@ -225,6 +343,58 @@ def test_corrupt_gzip(tmp_path: Path) -> None:
         _all([str(p)])
 
 
+def test_truncated_gzip_keeps_its_readable_part(tmp_path: Path) -> None:
+    rows = [b'{"symbol":"A","date":"2021-02-03","close":%d}' % i for i in range(1, 20001)]
+    full = gzip.compress(b"\n".join(rows) + b"\n")
+    p = tmp_path / "cut.jsonl.gz"
+    p.write_bytes(full[: len(full) // 2])
+    other = tmp_path / "next.jsonl"
+    other.write_bytes(BAR + b"\n")
+    failures: list[FileFailure] = []
+    batches = list(read_batches([str(p), str(other)], batch_lines=1000, failures=failures))
+    kept = [v for b in batches if _file(b) == str(p) for v in b.messages()]
+    assert [(b.messages(), _lines(b)) for b in batches if _file(b) == str(other)] == [([BAR], [1])]
+    assert len(kept) > 1000  # the readable half of the broken file
+    assert kept == rows[: len(kept)]
+    assert [(f.file, f.line) for f in failures] == [(str(p), len(kept) + 1)]
+    assert "ends early" in failures[0].message() and str(p) in failures[0].message()
+    with pytest.raises(InputError, match=rf"cut\.jsonl\.gz broken at line {len(kept) + 1}"):
+        list(read_batches([str(p)]))
+
+
+def test_truncated_gzip_csv_keeps_its_readable_part(tmp_path: Path) -> None:
+    rows = [b"A,2021-02-03,%d" % i for i in range(1, 20001)]
+    full = gzip.compress(b"symbol,date,close\n" + b"\n".join(rows) + b"\n")
+    p = tmp_path / "cut.csv.gz"
+    p.write_bytes(full[: len(full) // 2])
+    failures: list[FileFailure] = []
+    values, lines = [], []
+    for b in read_batches([str(p)], failures=failures):
+        values += b.messages()
+        lines += _lines(b)
+    assert len(values) > 1000 and lines == list(range(2, len(values) + 2))
+    assert [orjson.loads(v)["close"] for v in values] == list(range(1, len(values) + 1))
+    assert [(f.file, f.line) for f in failures] == [(str(p), len(values) + 2)]
+
+
+def test_unreadable_files_are_failures_and_the_rest_is_read(tmp_path: Path) -> None:
+    bad_gz = tmp_path / "bad.jsonl.gz"
+    bad_gz.write_bytes(b"not gzip at all\n")
+    bad_pq = tmp_path / "bad.parquet"
+    bad_pq.write_bytes(b"not parquet at all")
+    no_header = tmp_path / "bad.csv"
+    no_header.write_text("1,2,3\n")
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(BAR + b"\n")
+    failures: list[FileFailure] = []
+    paths = [str(bad_gz), str(bad_pq), str(no_header), str(good)]
+    batches = list(read_batches(paths, failures=failures))
+    assert [b.messages() for b in batches] == [[BAR]]
+    assert [(f.file, f.line <= 1) for f in failures] == [(p, True) for p in paths[:3]]
+    assert all("\n" not in f.message() and " not read: " in f.message() for f in failures)
+    assert "not a gzip file" in failures[0].message()
+
+
 def test_bad_batch_lines() -> None:
     with pytest.raises(ValueError):
         read_batches([], batch_lines=0)
@@ -254,6 +424,13 @@ def test_iter_keyed_bars(tmp_path: Path) -> None:
         (b"S3", rows[5]),
         (None, rows[6]),
     ]
+
+
+def test_keyed_messages_know_their_line(tmp_path: Path) -> None:
+    p = tmp_path / "bars.csv"
+    p.write_text("symbol,date,close\nA,2021-02-03,1\n\nB,2021-02-04,2\n")
+    got = [(m.key, m.file, m.line) for m in keyed_messages([str(p)])]
+    assert got == [(b"A", str(p), 2), (b"B", str(p), 4)]
 
 
 def test_total_size_hint(tmp_path: Path) -> None:

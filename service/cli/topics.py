@@ -1,0 +1,61 @@
+"""`sfa topics create`: the topics of a first run, from the settings' names.
+
+The dev broker (like many production ones) does not create topics on first use,
+and `sfa run` creates only its own output topics, shaped like an input that must
+already exist. This makes the input topic (and, with `--all`, the output,
+dead-letter and compacted state topics exactly as `sfa run` would), so a first run
+needs nothing but `sfa`. Idempotent: a topic that exists with the asked partition
+count is fine; another count is one line, exit 1 (the count decides which instance
+owns which symbols, so it is never changed here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from service.kafka.admin import create_topics, topic_plans
+from service.settings import Settings
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = actions.add_parser(
+        "create",
+        help="create SFA_INPUT_TOPIC (and with --all the service's topics) if missing",
+        description="create SFA_INPUT_TOPIC (and with --all the service's topics) if missing",
+    )
+    create.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        help="partition count (default 1; the unit of "
+        "parallelism: at most this many `sfa run` instances share the work)",
+    )
+    create.add_argument(
+        "--replication-factor",
+        type=int,
+        default=None,
+        help="replicas per partition (default: the broker's default.replication.factor)",
+    )
+    create.add_argument(
+        "--all",
+        action="store_true",
+        help="also SFA_OUTPUT_TOPIC, SFA_DLQ_TOPIC and SFA_STATE_TOPIC (compacted)",
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.partitions < 1:
+        print("sfa: --partitions must be >= 1", file=sys.stderr)
+        return 2
+    if args.replication_factor is not None and args.replication_factor < 1:
+        print("sfa: --replication-factor must be >= 1", file=sys.stderr)
+        return 2
+    plans = topic_plans(settings, service_topics=args.all)
+    done = create_topics(settings, plans, args.partitions, args.replication_factor)
+    for (name, status), plan in zip(done, plans, strict=True):
+        print(f"topics: {name} ({plan.variable}): {status}, {args.partitions} partition(s)")
+    return 0
