@@ -1,6 +1,12 @@
-"""One root error; `retriable` tells retry code what to do without a list of types."""
+"""One root error; `retriable` tells retry code what to do without a list of types.
+
+Every message passes through the secret mask (`service.secrets`) when rendered, because
+error text is printed to the user and logged, and may quote a value from elsewhere.
+"""
 
 from __future__ import annotations
+
+from service.secrets import mask
 
 __all__ = ["ConfigError", "FatalError", "InputError", "RetriableError", "SfaError"]
 
@@ -9,6 +15,9 @@ class SfaError(Exception):
     """Root of every error the service raises on purpose."""
 
     retriable: bool = False
+
+    def __str__(self) -> str:
+        return mask(super().__str__())
 
 
 class ConfigError(SfaError):

@@ -9,12 +9,20 @@ Liveness is deliberately narrow: the process is "stalled" only when there is wor
 (total lag above zero) and no batch finished for `stall_seconds`. An idle pipeline with no
 lag is alive, and an unknown lag (no provider yet, or a provider that raised) never fails
 liveness: a restart is expensive and a metrics glitch is not evidence of a stall.
+
+Nothing here may wait on a Kafka or Dask client (SPEC 10: all three routes answer within
+100 ms): the providers read values the service loop keeps up to date. Readiness names the
+stage start-up is in ("connecting to Kafka", "restoring state of partitions [0, 1]"), so
+a pod that is not ready says why. A scrape the client abandons (closed early, timed out)
+is the client's business: it is logged at DEBUG, never as an error with a traceback.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -24,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
-__all__ = ["Exposition", "Health", "HealthLagProvider", "MetricsServer", "Probe"]
+__all__ = ["RUNNING", "Exposition", "Health", "HealthLagProvider", "MetricsServer", "Probe"]
 
 #: Lag per (topic, partition) (negative = unknown, ignored), or an already summed total.
 HealthLagProvider = Callable[[], int | Mapping[tuple[str, int], int]]
@@ -37,7 +45,19 @@ class Exposition(Protocol):
     def render_for(self, accept: str | None) -> tuple[bytes, str]: ...
 
 
+class ProbeSource(Protocol):
+    """What the endpoint asks for the two probes (`Health`, or a snapshot of one)."""
+
+    def liveness(self) -> Probe: ...
+    def readiness(self) -> Probe: ...
+
+
 _log = logging.getLogger(__name__)
+
+#: What a client hanging up mid-request looks like on our side.
+_HUNG_UP = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout)
+#: The stage of a service that has finished starting.
+RUNNING = "running"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +92,7 @@ class Health:
         self._dask_ready = False
         self._fallback = False
         self._lag: HealthLagProvider | None = None
+        self._stage = RUNNING
 
     def batch_finished(self) -> None:
         """A batch was committed (or finished for good): the pipeline is making progress."""
@@ -83,6 +104,17 @@ class Health:
         """Partitions are (or are no longer) assigned to this consumer."""
         with self._lock:
             self._assigned = assigned
+
+    def set_stage(self, stage: str) -> None:
+        """What the service is doing before it can serve ("connecting to Kafka"), or
+        `RUNNING`; /readyz reports anything but `RUNNING` as its reason."""
+        with self._lock:
+            self._stage = stage
+
+    @property
+    def stage(self) -> str:
+        with self._lock:
+            return self._stage
 
     def set_dask_ready(self, ready: bool) -> None:
         with self._lock:
@@ -137,15 +169,21 @@ class Health:
     def readiness(self) -> Probe:
         with self._lock:
             assigned, dask_ready, fallback = self._assigned, self._dask_ready, self._fallback
+            stage = self._stage
         body: dict[str, Any] = {
+            "stage": stage,
             "assigned": assigned,
             "dask_ready": dask_ready,
             "fallback_active": fallback,
         }
         missing = []
-        if not assigned:
-            missing.append("no partitions assigned")
-        if not (dask_ready or fallback):
+        if stage != RUNNING:
+            missing.append(stage)
+        elif not assigned:
+            missing.append(
+                "no partitions assigned (joining the group, or more members than partitions)"
+            )
+        if stage == RUNNING and not (dask_ready or fallback):
             missing.append("Dask not reachable and local fallback not active")
         if missing:
             return Probe(False, {"status": "not_ready", **body, "reason": "; ".join(missing)})
@@ -156,12 +194,16 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], metrics: Exposition, health: Health) -> None:
+    def __init__(self, address: tuple[str, int], metrics: Exposition, health: ProbeSource) -> None:
         super().__init__(address, _Handler)
         self.metrics = metrics
         self.health = health
 
     def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, _HUNG_UP):
+            _log.debug("scrape from %s abandoned by the client: %s", client_address, exc)
+            return
         _log.warning("metrics endpoint error from %s", client_address, exc_info=True)
 
 
@@ -188,6 +230,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_probe(server.health.readiness(), head)
             else:
                 self._send_json(HTTPStatus.NOT_FOUND, {"reason": f"no route {path}"}, head)
+        except _HUNG_UP as exc:
+            _log.debug("scrape of %s abandoned by the client: %s", path, exc)
+            self.close_connection = True
         except Exception:
             _log.exception("metrics endpoint failed on %s", path)
             self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"reason": "internal error"}, head)

@@ -11,19 +11,24 @@ Failure policy (SPEC 7):
 - abortable transaction error: abort, throw the in-flight batches away, reload the
   assigned partitions' state from the state topic, rewind to the committed offsets;
 - fatal or fenced: exit non-zero and let the supervisor restart us;
-- SIGTERM/SIGINT: stop consuming, finish in-flight batches, commit, close, exit 0.
+- a stop request (`request_stop`, from SIGTERM/SIGINT in `service.cli.run`): stop
+  consuming, finish in-flight batches, commit, close, exit 0. It is honoured at every
+  moment, start-up included: each start-up step and each poll races the stop request,
+  and the blocking calls run on daemon threads (`service.lanes`), so a call stuck on an
+  unreachable broker can be left behind instead of holding up the exit.
+
+Nothing a scrape reads waits on a client: lag is the snapshot the consumer takes after
+each poll (`BatchConsumer.last_lag`), and start-up reports its stage to /readyz.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import functools
 import logging
-import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import numpy as np
@@ -32,13 +37,18 @@ from service import __version__
 from service.batches import BatchOutput, KafkaOrigin
 from service.decode.pool import Decoder, decode_processes
 from service.errors import ConfigError, SfaError
+from service.health import RUNNING
 from service.kafka.admin import ensure_topics
 from service.kafka.consumer import BatchConsumer
 from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
+from service.kafka.reach import check_reachable
 from service.kafka.restore import read_state_partitions
 from service.kafka.sink import KafkaSink, SinkTopics
-from service.metrics import Health, Metrics, MetricsServer
+from service.lanes import Lane
+from service.metrics import Health, Metrics
 from service.pipeline import Pipeline
+from service.probes import ProbeProcess
+from service.progress import Progress
 from service.settings import Settings
 from service.state import StateStore
 
@@ -47,6 +57,12 @@ __all__ = ["Service"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SHUTDOWN_GRACE_S = 25.0
+# How long shutdown waits for one client call (close, flush) before leaving it behind.
+CLOSE_WAIT_S = 10.0
+
+
+class _Stopped(Exception):
+    """A stop was requested while a start-up step or a poll was still running."""
 
 
 class Service:
@@ -57,21 +73,57 @@ class Service:
         self.params = settings.engine_params()
         self.metrics = Metrics(__version__)
         self.health = Health(stall_seconds=settings.stall_seconds)
-        self.server = MetricsServer(self.metrics, self.health, port=settings.metrics_port)
+        # A helper process: a thread here cannot answer within 100 ms (service.probes).
+        self.server = ProbeProcess(self.metrics, self.health, port=settings.metrics_port)
         self.state = StateStore(self.params)
         self.decoder = Decoder(settings.max_message_bytes, decode_processes(settings))
         # Two threads: the consumer's runs `consume`, inside which librdkafka calls our
         # rebalance listener, which drains the pipeline, whose sink needs the producer's
         # thread. One shared thread would deadlock on every revocation.
-        self._kafka = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="consumer")
-        self._producing = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="producer")
+        self._kafka = Lane("sfa-consumer")
+        self._producing = Lane("sfa-producer")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
+        self._stop_requested: str | None = None  # set before the loop exists, too
         self._assigned: set[int] = set()
+        self.progress = Progress()
         self.pipeline: Pipeline | None = None
         self.compute: Any = None
-        self.consumer: BatchConsumer
-        self.producer: TransactionalProducer | AtLeastOnceProducer
+        self.consumer: BatchConsumer | None = None
+        self.producer: TransactionalProducer | AtLeastOnceProducer | None = None
+
+    # --- stopping ---
+
+    def request_stop(self, why: str) -> None:
+        """Ask the service to stop (from a signal handler or any thread); idempotent."""
+        if self._stop_requested is None:
+            self._stop_requested = why
+            log.info("stopping: %s", why)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._stop.set)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_requested is not None
+
+    async def _unless_stopped(self, step: Awaitable[T]) -> T:
+        """`step`'s result, or `_Stopped` as soon as a stop is requested (the step, if it
+        runs on a lane, is left to finish on its own)."""
+        if self._stop.is_set():
+            raise _Stopped
+        task = asyncio.ensure_future(step)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        task.add_done_callback(_ignore_outcome)
+        raise _Stopped
 
     # --- threads ---
 
@@ -95,6 +147,9 @@ class Service:
     def on_assigned(self, partitions: list[tuple[str, int]]) -> None:
         numbers = [p for t, p in partitions if t == self.settings.input_topic]
         log.info("partitions assigned", extra={"partitions": numbers})
+        stage = self.health.stage
+        if not self._assigned:
+            self.health.set_stage(f"restoring state of partitions {numbers}")
         records = list(
             read_state_partitions(self.settings, self.settings.state_topic, numbers, timeout_s=60.0)
         )
@@ -104,6 +159,7 @@ class Service:
                 self.state.restore(key, value)
             self._assigned.update(numbers)
             self.health.set_assigned(bool(self._assigned))
+            self.health.set_stage(RUNNING if stage.startswith("restoring") else stage)
 
         self._on_loop(apply)
         log.info("state restored", extra={"records": len(records), "symbols": len(self.state)})
@@ -137,6 +193,7 @@ class Service:
             m.result_produced(status, n)
             m.analyses(status, n)
         m.batch("ok")
+        self.progress.batch_committed(batch.n_messages, out.n_bars)
         m.observe_batch(batch.n_messages, time.monotonic() - batch.closed_at)
         if isinstance(batch.origin, KafkaOrigin) and batch.origin.timestamps_ms:
             stamps = np.asarray(batch.origin.timestamps_ms, dtype=np.float64)
@@ -155,42 +212,91 @@ class Service:
     # --- main loop ---
 
     async def serve(self) -> int:
+        """Start, consume until stopped (0) or a fatal error (raised), shut down."""
+        self._loop = asyncio.get_running_loop()
+        if self._stop_requested is not None:
+            self._stop.set()
+        log.info("starting", extra={"settings": self.settings.redacted(), "version": __version__})
+        for name in self.settings.kafka_ignored:
+            log.debug("ignoring %s: a Kubernetes service link, not a librdkafka property", name)
+        progress: asyncio.Task[None] | None = None
+        try:
+            await self._start()
+            self.health.set_stage(RUNNING)
+            progress = asyncio.ensure_future(self._report_progress())
+            return await self._consume_loop()
+        except _Stopped:
+            return 0
+        finally:
+            if progress is not None:
+                progress.cancel()
+            await self._shutdown()
+
+    async def _start(self) -> None:
         from service.compute.stream import open_async
 
         s = self.settings
-        self._loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._loop.add_signal_handler(sig, self._stop.set)
-        log.info("starting", extra={"settings": s.redacted(), "version": __version__})
+        stage = self.health.set_stage
+        stage("starting")
         try:
             self.server.start()
         except OSError as exc:  # port taken or not ours to bind: a config error, not a crash
             raise ConfigError(
                 f"SFA_METRICS_PORT: cannot listen on port {s.metrics_port}: {exc.strerror or exc}"
             ) from None
-        await self.in_kafka_thread(
-            lambda: ensure_topics(s, s.input_topic, s.output_topic, s.dlq_topic, s.state_topic)
+        stage(f"connecting to Kafka at {s.kafka_bootstrap_servers}")
+        await self._unless_stopped(
+            self.in_kafka_thread(lambda: check_reachable(s, stopped=lambda: self.stopping))
         )
-        self.compute = await open_async(s)
+        stage("checking topics")
+        await self._unless_stopped(
+            self.in_kafka_thread(
+                lambda: ensure_topics(s, s.input_topic, s.output_topic, s.dlq_topic, s.state_topic)
+            )
+        )
+        stage("connecting to Dask")
+        self.compute = await self._unless_stopped(open_async(s))
         self._sync_fallback()
         self.metrics.set_providers(
             state=lambda: (self.state.n_symbols, self.state.n_bars, self.state.nbytes),
-            lag=lambda: self.consumer.lag(),
+            lag=self._lag,
             dask=lambda: self.compute.worker_stats(),
             inflight=lambda: self.pipeline.inflight if self.pipeline else 0,
         )
-        self.health.set_lag_provider(lambda: self.consumer.lag())
+        self.health.set_lag_provider(self._lag)
+        stage("starting the producer")
         if s.processing_guarantee == "exactly_once":
-            self.producer = await self.in_producer_thread(lambda: TransactionalProducer(s))
+            self.producer = await self._unless_stopped(
+                self.in_producer_thread(lambda: TransactionalProducer(s))
+            )
         else:
             self.producer = AtLeastOnceProducer(s)
-        self.consumer = BatchConsumer(s, listener=self)
-        await self.in_kafka_thread(lambda: self.consumer.subscribe([s.input_topic]))
-        try:
-            code = await self._consume_loop()
-        finally:
-            await self._shutdown()
-        return code
+        stage("joining the consumer group")
+        consumer = BatchConsumer(s, listener=self)
+        self.consumer = consumer
+        await self._unless_stopped(
+            self.in_kafka_thread(lambda: consumer.subscribe([s.input_topic]))
+        )
+
+    def _lag(self) -> dict[tuple[str, int], int]:
+        """For scrapes: the consumer's snapshot, never a call into the client."""
+        consumer = self.consumer
+        return consumer.last_lag() if consumer is not None else {}
+
+    async def _report_progress(self) -> None:
+        every = self.settings.progress_seconds
+        if every <= 0:
+            return
+        while True:
+            await asyncio.sleep(every)
+            line = self.progress.line(
+                self.health.total_lag(),
+                self.pipeline.inflight if self.pipeline else 0,
+                getattr(self.compute, "fallback_reason", None)
+                if getattr(self.compute, "fallback_active", False)
+                else None,
+            )
+            log.info(line.message, extra=line.fields)
 
     def _new_sink(self) -> KafkaSink:
         s = self.settings
@@ -200,10 +306,11 @@ class Service:
             "run": self.in_producer_thread,
             "on_committed": self.after_commit,
         }
-        producer = self.producer
+        producer, consumer = self.producer, self.consumer
+        assert producer is not None and consumer is not None
         if isinstance(producer, TransactionalProducer):
-            return KafkaSink.exactly_once(producer, self.consumer, topics, **options)
-        return KafkaSink.at_least_once(producer, self.consumer, topics, **options)
+            return KafkaSink.exactly_once(producer, consumer, topics, **options)
+        return KafkaSink.at_least_once(producer, consumer, topics, **options)
 
     def _new_pipeline(self) -> Pipeline:
         return Pipeline(
@@ -217,6 +324,8 @@ class Service:
 
     async def _consume_loop(self) -> int:
         s = self.settings
+        consumer = self.consumer
+        assert consumer is not None
         self.pipeline = self._new_pipeline()
         wait_s = s.batch_max_wait_ms / 1000.0
         paused = False
@@ -227,14 +336,17 @@ class Service:
                 continue
             full = pipeline.inflight >= s.max_inflight_batches
             if full != paused:  # backpressure: stay in the group, stop fetching
-                await self.in_kafka_thread(
-                    self.consumer.pause_all if full else self.consumer.resume_all
-                )
+                await self.in_kafka_thread(consumer.pause_all if full else consumer.resume_all)
                 paused = full
             timeout = 0.05 if full else wait_s
-            batch = await self.in_kafka_thread(
-                functools.partial(self.consumer.poll_batch, s.batch_max_messages, timeout)
-            )
+            try:
+                batch = await self._unless_stopped(
+                    self.in_kafka_thread(
+                        functools.partial(consumer.poll_batch, s.batch_max_messages, timeout)
+                    )
+                )
+            except _Stopped:
+                break  # a batch polled meanwhile is never committed: it is read again
             if batch is None:
                 if full:
                     await asyncio.sleep(0.01)
@@ -270,26 +382,45 @@ class Service:
         )
         for key, value in records:
             self.state.restore(key, value)
-        await self.in_kafka_thread(self.consumer.rewind_to_committed)
+        consumer = self.consumer
+        assert consumer is not None
+        await self.in_kafka_thread(consumer.rewind_to_committed)
         self.pipeline = self._new_pipeline()
 
     async def _shutdown(self) -> None:
         log.info("stopping: finishing in-flight batches")
+        self.health.set_stage("stopping")
         self.metrics.clear_providers()  # a scrape must not reach a closed consumer
+        self.health.set_lag_provider(None)
         if self.pipeline is not None:
             try:
                 await asyncio.wait_for(self.pipeline.drain(), SHUTDOWN_GRACE_S)
             except Exception as exc:
                 log.warning("in-flight batches not committed at shutdown: %s", exc)
-        with contextlib.suppress(Exception):
-            await self.in_kafka_thread(self.consumer.close)
-        with contextlib.suppress(Exception):
-            await self.in_producer_thread(self.producer.close)
+        if self.consumer is not None:
+            await self._bounded("close the consumer", self.in_kafka_thread(self.consumer.close))
+        if self.producer is not None:
+            await self._bounded("close the producer", self.in_producer_thread(self.producer.close))
         if self.compute is not None:
-            with contextlib.suppress(Exception):
-                await self.compute.close()
+            await self._bounded("close the Dask client", self.compute.close())
         self.server.stop()
         self._kafka.shutdown(wait=False)
         self._producing.shutdown(wait=False)
         self.decoder.close()
         log.info("stopped")
+
+    async def _bounded(self, what: str, step: Awaitable[Any]) -> None:
+        """A shutdown step that may fail or hang (an unreachable broker): at most
+        CLOSE_WAIT_S, then it is left behind on its daemon thread."""
+        try:
+            await asyncio.wait_for(step, CLOSE_WAIT_S)
+        except TimeoutError:
+            log.warning("could not %s within %s s; leaving it behind", what, CLOSE_WAIT_S)
+        except Exception as exc:
+            log.debug("could not %s: %s", what, exc)
+
+
+def _ignore_outcome(task: asyncio.Future[Any]) -> None:
+    """An abandoned step's result or error is nobody's business any more."""
+    if not task.cancelled():
+        task.exception()

@@ -1,5 +1,10 @@
 """Logging: one JSON object per line for the service (log shippers parse it), plain text
-for interactive commands. Secrets never reach a log: settings are logged redacted."""
+for interactive commands.
+
+Secrets never reach a log: settings are logged redacted, and both formatters pass every
+finished line through `service.secrets.mask`, which also catches a secret quoted by text
+we did not write (a librdkafka line, an exception).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,9 @@ from typing import Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "setup_logging"]
+from service.secrets import mask
+
+__all__ = ["JsonFormatter", "PlainFormatter", "setup_logging"]
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -29,18 +36,24 @@ class JsonFormatter(logging.Formatter):
                 data[key] = value
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(data, default=str).decode()
+        return mask(orjson.dumps(data, default=str).decode())
+
+
+class PlainFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask(super().format(record))
 
 
 def setup_logging(level: str = "INFO", json: bool = True) -> None:
+    """`level` in any case (`info`); `json` for the service, plain text for commands."""
     handler = logging.StreamHandler(sys.stderr)
-    if json:
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if json else PlainFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
+    root.setLevel(level.upper())
     # distributed is chatty at INFO about cluster start/stop; keep its warnings.
     for noisy in ("distributed", "tornado", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

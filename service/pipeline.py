@@ -43,6 +43,7 @@ from service.decode.pool import Decoder
 from service.decode.types import DecodedBatch
 from service.encode import ResultEncoder, encode_pattern_part
 from service.engine import PatternResult, SymbolWindows, position_of, signal_of
+from service.errors import SfaError
 from service.settings import Settings
 from service.state import StateStore
 
@@ -160,7 +161,11 @@ class Pipeline:
 
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
-            log.error("pipeline stopped: %s", exc, exc_info=exc)
+            # An SfaError is a verdict we wrote (fenced, broker gone): its line says it all,
+            # and the driver decides what follows. Anything else is a bug: keep its trace.
+            log.error(
+                "pipeline stopped: %s", exc, exc_info=None if isinstance(exc, SfaError) else exc
+            )
             self._failure = exc
         self._idle.set()
         self._room.set()

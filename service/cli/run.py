@@ -2,7 +2,15 @@
 
 Everything is configured from the environment; exit 0 after a clean SIGTERM/SIGINT,
 3 when Kafka reports the instance fenced or fatally broken (its supervisor restarts
-it), 2 for a configuration error (printed by `service.__main__`).
+it), 2 for a configuration error (printed by `service.__main__`), 1 when the brokers
+cannot be reached.
+
+Before anything starts, every librdkafka client config is built once without brokers
+(`check_client_configs`), so a property librdkafka rejects is a configuration error.
+Signals are ours from here on: the first SIGTERM/SIGINT asks the service to stop (at any
+moment, start-up included); a second one exits at once with one line and no traceback,
+for an operator who does not want to wait for in-flight batches (uncommitted work is
+read again by whoever owns the partitions next).
 """
 
 from __future__ import annotations
@@ -10,9 +18,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
+from types import FrameType
 
+from service.configdoc import help_epilog
 from service.errors import FatalError
 from service.instance import Service
+from service.kafka.config import check_client_configs
+from service.kafka.errors import FencedError
 from service.settings import Settings
 
 __all__ = ["add_arguments", "run"]
@@ -21,17 +35,41 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = (
-        "Everything is configured from the environment (SPEC section 9), e.g. "
-        "KAFKA_BOOTSTRAP_SERVERS, KAFKA_GROUP_ID, SFA_INPUT_TOPIC, SFA_PROCESSING_GUARANTEE, "
-        "SFA_METRICS_PORT, DASK_SCHEDULER_ADDRESS; any KAFKA_SOME_PROPERTY reaches librdkafka "
-        "as some.property."
-    )
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = help_epilog()
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    check_client_configs(settings)
+    service = Service(settings)
+    _take_signals(service)  # kept until exit: a late signal must not raise a traceback
     try:
-        return asyncio.run(Service(settings).serve())
+        return asyncio.run(service.serve())
+    except FencedError as exc:
+        log.error(
+            "fatal: fenced: %s. Another instance took over transactional id %r: give each "
+            "instance its own SFA_INSTANCE_ID (now %r)",
+            exc,
+            settings.effective_transactional_id,
+            settings.instance_id,
+        )
+        return 3
     except FatalError as exc:
         log.error("fatal: %s", exc)
         return 3
+
+
+def _take_signals(service: Service) -> None:
+    """SIGTERM and SIGINT: the first stops the service, a second exits now."""
+    seen: list[int] = []
+
+    def handle(number: int, frame: FrameType | None) -> None:
+        name = signal.Signals(number).name
+        if seen:
+            os.write(2, f"sfa: second signal ({name}): exiting now\n".encode())
+            os._exit(128 + number)
+        seen.append(number)
+        service.request_stop(f"{name} received; a second signal exits at once")
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, handle)

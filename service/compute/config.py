@@ -60,7 +60,14 @@ def dask_config(settings: Settings) -> dict[str, Any]:
 
 
 def local_cluster_kwargs(settings: Settings, *, processes: bool = True) -> dict[str, Any]:
-    """LocalCluster arguments from the settings; no dashboard (no port to collide on)."""
+    """LocalCluster arguments from the settings.
+
+    No dashboard unless SFA_DASK_DASHBOARD_ADDRESS asks for one: distributed's default
+    opens an unauthenticated HTTP port on every interface. The scheduler's HTTP server
+    (health and Prometheus routes) and the workers' cannot be turned off, so they listen
+    on free loopback ports, reachable from this host only (left to distributed, a
+    threaded worker's listened on 0.0.0.0).
+    """
     n_workers = settings.dask_n_workers or default_n_workers()
     threads = settings.dask_threads_per_worker
     if not processes:  # one in-process worker with as many threads as the whole cluster
@@ -70,8 +77,9 @@ def local_cluster_kwargs(settings: Settings, *, processes: bool = True) -> dict[
         "threads_per_worker": threads,
         "memory_limit": settings.dask_memory_limit,
         "processes": processes,
-        # None still starts the scheduler's HTTP server on 8787; ":0" takes a free port.
-        "dashboard_address": ":0",
+        "dashboard_address": settings.dask_dashboard_address or "127.0.0.1:0",
+        "worker_dashboard_address": "127.0.0.1:0",
+        "scheduler_kwargs": {"dashboard": settings.dask_dashboard_address is not None},
     }
 
 

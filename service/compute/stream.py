@@ -226,6 +226,26 @@ class ComputeHandle:
             self.client = self._cluster = self._config_scope = None
 
 
+async def _refused(address: str, timeout_s: float) -> None:
+    """Raise at once when nothing listens at a tcp/tls scheduler address: distributed keeps
+    retrying a refused port for the whole DASK_CONNECT_TIMEOUT (60 s by default)."""
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "tcp", "tls"):
+        return
+    host, _, port = rest.rstrip("/").rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host.strip("[]"), int(port)), min(timeout_s, 5.0)
+        )
+    except ConnectionRefusedError as exc:
+        raise OSError(f"connection refused by {host}:{port}") from exc
+    except (OSError, TimeoutError):
+        return  # unreachable for another reason: let distributed say what and when
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+
+
 async def open_async(settings: Settings) -> ComputeHandle:
     """Connect as configured; on failure fall back to local work or raise (SFA_DASK_FALLBACK)."""
     scope = contextlib.ExitStack()
@@ -234,7 +254,10 @@ async def open_async(settings: Settings) -> ComputeHandle:
     cluster: LocalCluster | None = None
     try:
         if address:
+            await _refused(address, settings.dask_connect_timeout)
             client = await Client(address, asynchronous=True, timeout=settings.dask_connect_timeout)
+            if settings.dask_dashboard_address:
+                log.info("SFA_DASK_DASHBOARD_ADDRESS applies to a LocalCluster only; ignored")
             return ComputeHandle(settings, "remote", client, config_scope=scope)
         if settings.dask_enable_distributed:
             cluster = await LocalCluster(
@@ -242,6 +265,14 @@ async def open_async(settings: Settings) -> ComputeHandle:
                 **local_cluster_kwargs(settings, processes=want_processes(settings)),
             )
             client = await Client(cluster, asynchronous=True)
+            if settings.dask_dashboard_address:
+                log.info(
+                    "Dask dashboard listening",
+                    extra={
+                        "dashboard_address": settings.dask_dashboard_address,
+                        "dashboard_link": cluster.dashboard_link,
+                    },
+                )
             return ComputeHandle(settings, "local_cluster", client, cluster, config_scope=scope)
         return ComputeHandle(settings, "local", config_scope=scope)
     except Exception as exc:  # distributed raises OSError, TimeoutError, ValueError, ...

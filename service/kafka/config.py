@@ -5,20 +5,31 @@ client's own), the user's KAFKA_* passthrough (which may override a default), th
 what correctness needs (which nothing overrides). Secrets arrive as `SecretStr` in the
 settings and are unwrapped here only, at the last moment, so no rendering of the
 settings (repr, logs, errors) can show them.
+
+`check_client_configs` builds every client once, without brokers, before anything starts:
+librdkafka checks names, values and their combinations when a client is created, so an
+unknown `KAFKA_*` property or a bad value becomes one line naming the variable (exit 2)
+instead of a traceback from deep inside start-up.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import uuid
+from collections.abc import Callable
 from typing import Any
 
+from confluent_kafka import Consumer, KafkaException, Producer
 from pydantic import SecretStr
 
+from service.errors import ConfigError
 from service.kafka.clientlog import with_logger
-from service.settings import Settings
+from service.settings import Settings, kafka_variable
 
 __all__ = [
     "admin_config",
+    "check_client_configs",
     "client_config",
     "consumer_config",
     "producer_config",
@@ -119,3 +130,64 @@ def restore_config(settings: Settings) -> dict[str, Any]:
 
 def admin_config(settings: Settings) -> dict[str, Any]:
     return client_config(settings, client="sfa-admin")
+
+
+_SILENT = logging.getLogger("service.kafka.librdkafka.config_check")
+_SILENT.addHandler(logging.NullHandler())
+_SILENT.propagate = False
+_PROPERTY_RE = re.compile(r'property "?([a-z0-9._]+)"?')
+
+
+def check_client_configs(settings: Settings) -> None:
+    """Create (and drop) every client the service will create, with no brokers to reach.
+
+    Raises `ConfigError` naming the `KAFKA_*` variable librdkafka rejected.
+    """
+    producer = producer_config(settings)
+    if settings.processing_guarantee == "exactly_once":
+        producer["transactional.id"] = settings.effective_transactional_id
+    clients: list[tuple[Callable[[dict[str, Any]], object], dict[str, Any]]] = [
+        (Consumer, consumer_config(settings)),
+        (Producer, producer),
+        (Consumer, restore_config(settings)),
+        (Producer, admin_config(settings)),
+    ]
+    for make, conf in clients:
+        reason = _rejected(make, conf)
+        if reason is not None:
+            raise ConfigError(f"{_culprit(settings, reason)}: {reason}")
+
+
+def _rejected(make: Callable[[dict[str, Any]], object], conf: dict[str, Any]) -> str | None:
+    """librdkafka's reason for refusing `conf`, or None; never connects to anything."""
+    offline = {k: v for k, v in conf.items() if k != "bootstrap.servers"}
+    offline["logger"] = _SILENT  # the real clients log the same warnings once
+    if make is Consumer:
+        offline.setdefault("group.id", "sfa-config-check")
+    try:
+        client = make(offline)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else exc
+        return str(err.str() if hasattr(err, "str") else err).strip()
+    close = getattr(client, "close", None)
+    if callable(close):
+        close()
+    return None
+
+
+def _culprit(settings: Settings, reason: str) -> str:
+    """The variable behind a rejection: the user property librdkafka names (or whose value it
+    quotes), else the first user property refused on its own (librdkafka may name an alias,
+    e.g. queue.buffering.max.ms for linger.ms), else all the user's properties."""
+    extra = _passthrough(settings)
+    extra.pop("bootstrap.servers", None)
+    for prop in _PROPERTY_RE.findall(reason):
+        if prop in extra:
+            return kafka_variable(prop)
+    for prop, value in extra.items():
+        if prop in reason or (len(str(value)) > 2 and str(value) in reason):
+            return kafka_variable(prop)
+    for prop, value in extra.items():
+        if _rejected(Producer, {prop: value}) is not None:
+            return kafka_variable(prop)
+    return ", ".join(kafka_variable(p) for p in extra) or "KAFKA_*"

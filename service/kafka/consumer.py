@@ -22,10 +22,10 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from service.batches import Batch, KafkaOrigin
+from service.batches import Batch
 from service.kafka.config import consumer_config
 from service.kafka.errors import classify
-from service.kafka.message import MessageLike, TopicPartitionKey
+from service.kafka.message import KeyedKafkaOrigin, MessageLike, TopicPartitionKey
 from service.settings import Settings
 
 __all__ = ["BatchConsumer", "PartitionListener", "to_batch"]
@@ -53,13 +53,15 @@ def to_batch(messages: Sequence[MessageLike]) -> Batch:
     The consumer subscribes to one topic (the service's input), so a batch has one.
     """
     values, partitions, offsets, stamps = [], [], [], []
+    keys: list[bytes | None] = []
     for m in messages:
         values.append(m.value() or b"")
+        keys.append(m.key())
         partitions.append(m.partition() or 0)
         offsets.append(m.offset() or 0)
         stamps.append(m.timestamp()[1])
     topic = messages[0].topic() or ""
-    return Batch.of_values(values, KafkaOrigin(topic, partitions, offsets, stamps))
+    return Batch.of_values(values, KeyedKafkaOrigin(topic, partitions, offsets, stamps, keys))
 
 
 def _keys(partitions: Iterable[TopicPartition]) -> list[TopicPartitionKey]:
@@ -86,6 +88,7 @@ class BatchConsumer:
         self._paused = False
         self._group_meta: object | None = None
         self._closed = False
+        self._last_lag: dict[TopicPartitionKey, int] = {}
 
     # --- membership ---
 
@@ -132,6 +135,7 @@ class BatchConsumer:
             messages = self._consumer.consume(num_messages=max_messages, timeout=timeout_s)
         except KafkaException as exc:
             raise classify(exc, "consume") from exc
+        self._last_lag = self.lag()  # for scrapes, which must never wait on this client
         if messages or self._group_meta is None:
             # Refreshed here, on the consumer's own thread: called from the producer's
             # thread it waits behind a running consume() (~190 ms a batch, measured).
@@ -236,10 +240,21 @@ class BatchConsumer:
             lags[(tp.topic, tp.partition)] = max(0, high - tp.offset)
         return lags
 
+    def last_lag(self) -> dict[TopicPartitionKey, int]:
+        """`lag()` as the last `poll_batch` left it; safe from any thread, never blocks.
+
+        librdkafka serialises calls on one consumer handle, so `assignment()` from a
+        scrape thread waits for the `consume` running on the consumer's thread (seconds
+        with a long SFA_BATCH_MAX_WAIT_MS). The snapshot is at most one poll old, which
+        is what a scrape interval can resolve anyway.
+        """
+        return self._last_lag
+
     def close(self) -> None:
         """Leave the group now (revocation callbacks run), so partitions move without waiting."""
         if not self._closed:
             self._closed = True
+            self._last_lag = {}
             self._consumer.close()
 
     def _tps(self, partitions: Sequence[TopicPartitionKey] | None) -> list[TopicPartition]:

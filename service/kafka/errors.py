@@ -13,6 +13,7 @@ from service.errors import ConfigError, FatalError, RetriableError, SfaError
 __all__ = [
     "AbortableError",
     "DeliveryError",
+    "FencedError",
     "KafkaFatalError",
     "KafkaRetriableError",
     "MissingTopicError",
@@ -36,6 +37,16 @@ class KafkaFatalError(FatalError):
     """Fenced, fatal or unexpected Kafka state: stop and let the supervisor restart us."""
 
 
+class FencedError(KafkaFatalError):
+    """Another producer with our transactional id (or another member with our instance id)
+    took over: almost always two instances sharing one SFA_INSTANCE_ID."""
+
+
+# librdkafka's _FENCED, PRODUCER_FENCED, INVALID_PRODUCER_EPOCH, FENCED_INSTANCE_ID; by
+# number, because this module does not import confluent_kafka.
+_FENCED_CODES = {-144, 90, 47, 82}
+
+
 class MissingTopicError(ConfigError):
     """A topic the service does not own (the input) does not exist."""
 
@@ -50,6 +61,9 @@ def classify(exc: BaseException, doing: str) -> SfaError:
     message = f"{doing}: {err if err is not None else exc}"
     if err is None or not callable(getattr(err, "fatal", None)):
         return KafkaFatalError(message)
+    code = err.code() if callable(getattr(err, "code", None)) else None
+    if code in _FENCED_CODES:
+        return FencedError(message)
     if err.fatal():
         return KafkaFatalError(message)
     if callable(getattr(err, "txn_requires_abort", None)) and err.txn_requires_abort():

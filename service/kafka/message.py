@@ -4,13 +4,20 @@
 when it turns records into a `Batch` (`service.kafka.consumer.to_batch`); nothing
 outside `service/kafka/` sees a message. This module must never import
 `confluent_kafka`: importing it is how pure code stays pure.
+
+`KeyedKafkaOrigin` is a `KafkaOrigin` that also remembers each message's key, so a dead
+letter can keep its source message's key (and land where compaction and per-key ordering
+expect it).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["Headers", "MessageLike", "TopicPartitionKey"]
+from service.batches import KafkaOrigin
+
+__all__ = ["Headers", "KeyedKafkaOrigin", "MessageLike", "TopicPartitionKey"]
 
 # Exactly librdkafka's header shapes (list form on consumed messages).
 Headers = list[tuple[str, str | bytes | None]] | dict[str, str | bytes | None]
@@ -30,3 +37,13 @@ class MessageLike(Protocol):
     def timestamp(self) -> tuple[int, int]: ...
     def error(self) -> object | None: ...
     def headers(self) -> Headers | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class KeyedKafkaOrigin(KafkaOrigin):
+    """A `KafkaOrigin` plus the key of each message (None for an unkeyed one)."""
+
+    keys: list[bytes | None] = field(default_factory=list)
+
+    def key_of(self, index: int) -> bytes | None:
+        return self.keys[index] if 0 <= index < len(self.keys) else None

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from service.batches import BatchOutput, KafkaOrigin
 from service.encode import dead_letter_headers
+from service.kafka.message import KeyedKafkaOrigin
 
 __all__ = [
     "AtLeastOnceSinkProducer",
@@ -164,7 +165,9 @@ class KafkaSink:
                     origin.offsets[reject.index],
                 )
             ]
-            produce(topics.dlq, reject.raw, headers=headers)
+            # The source message's key, so a dead letter sits beside its symbol's records.
+            key = origin.key_of(reject.index) if isinstance(origin, KeyedKafkaOrigin) else None
+            produce(topics.dlq, reject.raw, key=key, headers=headers)
         for key, value in out.state_records:
             # partition p of the state topic holds the state of input partition p
             produce(topics.state, value, key=key, partition=self._state_partition(key))

@@ -244,6 +244,18 @@ def _start_remote(address: str) -> list[subprocess.Popen[bytes]]:
     ]
 
 
+def _wait_listening(address: str, timeout_s: float = 60.0) -> None:
+    port = int(address.rsplit(":", 1)[1])
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"dask scheduler not listening at {address}"
+            time.sleep(0.1)
+
+
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -257,6 +269,7 @@ def remote() -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
     address = f"tcp://127.0.0.1:{_free_port()}"
     procs = _start_remote(address)
     try:
+        _wait_listening(address)  # a refused port fails open_async at once, by design
         yield address, procs
     finally:
         _stop(procs)

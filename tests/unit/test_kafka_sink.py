@@ -160,3 +160,28 @@ def test_a_file_batch_is_refused() -> None:
     with pytest.raises(TypeError):
         sink.write_blocking(_output(FileOrigin("bars.jsonl")))
     assert log == []
+
+
+def test_a_dead_letter_keeps_its_source_messages_key() -> None:
+    from service.kafka.message import KeyedKafkaOrigin
+
+    log: CallLog = []
+    sink = KafkaSink.exactly_once(
+        FakeProducer(log), FakeConsumer(log), TOPICS, state_partition=STATE_PARTITIONS.get
+    )
+    origin = KeyedKafkaOrigin("bars", [0, 1, 0], [10, 20, 11], [0, 0, 0], [b"A", b"B.SH", None])
+    sink.write_blocking(_output(origin))
+    [dead] = [c for c in log if c[0] == "produce" and c[1] == "dlq"]
+    assert dead[3] == b"B.SH"  # message 1 was rejected; its key was B.SH
+
+
+def test_fencing_is_classified_as_its_own_fatal_error() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from service.kafka.errors import FencedError, KafkaFatalError, classify
+
+    for code in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH):
+        error = classify(KafkaException(KafkaError(code, "fenced", fatal=True)), "commit")
+        assert isinstance(error, FencedError) and isinstance(error, KafkaFatalError)
+    other = classify(KafkaException(KafkaError(KafkaError._STATE, "x", fatal=True)), "commit")
+    assert not isinstance(other, FencedError)

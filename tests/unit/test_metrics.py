@@ -386,7 +386,7 @@ def test_readyz_needs_partitions_and_dask_or_fallback() -> None:
     health.set_dask_ready(True)
     assert health.readiness().ok
     health.set_assigned(False)
-    assert health.readiness().body["reason"] == "no partitions assigned"
+    assert health.readiness().body["reason"].startswith("no partitions assigned")
 
 
 def test_stall_seconds_must_be_positive() -> None:
