@@ -147,6 +147,19 @@ class Settings(BaseModel):
         "Compacted changelog of the per-symbol state (created when missing).",
         min_length=1,
     )
+    repartition_topic: str = _env(
+        "SFA_REPARTITION_TOPIC",
+        "sfa-repartition",
+        "Topic that carries bars read off their owner partition to it (SPEC 7).",
+        min_length=1,
+    )
+    partitioner: Literal["murmur2", "crc32"] = _env(
+        "SFA_PARTITIONER",
+        "murmur2",
+        "Which partition owns a symbol: murmur2 (the Java client's default, librdkafka's "
+        "murmur2_random) or crc32 (librdkafka's default consistent_random); `sfa produce` "
+        "partitions with it.",
+    )
     processing_guarantee: Literal["exactly_once", "at_least_once"] = _env(
         "SFA_PROCESSING_GUARANTEE",
         "exactly_once",

@@ -1,7 +1,11 @@
-"""`sfa produce FILE... --topic T`: load bar files into Kafka, keyed by symbol.
+"""`sfa produce FILE... --topic T`: load bar files into Kafka, as a feed would send them.
 
-The key matters: per-symbol state lives with the partition that carries the symbol,
-so every bar of a symbol must land on the same partition (SPEC 1).
+By default every record is one symbol's, keyed by it, on the partition that owns it
+with the service's partitioner (`SFA_PARTITIONER`), so the service forwards nothing;
+`--unkeyed` and `--snapshot` send the other shapes real feeds have (`service.feed`).
+Records are stamped with strictly increasing timestamps in line order, so a file's
+corrections win in Kafka exactly as in `sfa replay`. Stamping needs the record count
+first: the files are read twice (reading is several times faster than sending).
 
 Nothing is lost quietly: a line the broker cannot take (larger than the topic's
 `max.message.bytes`) is named with its file and line and skipped, the rest is sent,
@@ -14,12 +18,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 from functools import partial
 
 from service.cli.report import EXIT_INCOMPLETE
-from service.files.readers import FileFailure, keyed_messages, total_size_hint
+from service.feed import FeedRecord, keyed_records, snapshot_records, stamps
+from service.files.readers import FileFailure, keyed_messages
 from service.kafka.admin import require_topic
+from service.kafka.config import check_client_configs
 from service.kafka.producer import AtLeastOnceProducer, RecordRefused
+from service.ownership import Partitioner
 from service.settings import Settings
 
 __all__ = ["add_arguments", "run"]
@@ -32,6 +40,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="JSONL, CSV or Parquet bars")
     parser.add_argument(
         "--topic", default=None, help="target topic (default: SFA_INPUT_TOPIC, 'stock-bars')"
+    )
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument(
+        "--unkeyed",
+        action="store_true",
+        help="send every line as read with no key (the client spreads them over partitions)",
+    )
+    shape.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="send one unkeyed array per date holding every symbol's bar of that day "
+        "(holds the input in memory)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -66,34 +86,60 @@ class _Skips:
         return f"message of {size:,} bytes is too large for the topic{limit}"
 
 
+def _records(
+    args: argparse.Namespace,
+    partitions: int,
+    partitioner: Partitioner,
+    limit: int | None,
+    failures: list[FileFailure],
+) -> Iterator[FeedRecord]:
+    """The records to send, in the order they are stamped; `failures` gets broken files."""
+    messages = ((m.value, m.file, m.line) for m in keyed_messages(args.files, failures))
+    if args.snapshot:
+        arrays, leftovers = snapshot_records(messages, limit)
+        yield from leftovers
+        yield from arrays
+        return
+    yield from keyed_records(messages, partitions, partitioner, keyed=not args.unkeyed)
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    check_client_configs(settings)
     topic = args.topic or settings.input_topic
-    limit = require_topic(settings, topic)
+    shape = require_topic(settings, topic)
+    limit = shape.max_message_bytes
     producer = AtLeastOnceProducer(settings, max_message_bytes=limit)
     skips = _Skips(limit)
     failures: list[FileFailure] = []
+    total = sum(1 for _ in _records(args, shape.partitions, settings.partitioner, limit, []))
     bar = None
     if sys.stderr.isatty() and not args.no_progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total_size_hint(args.files), unit="B", unit_scale=True, desc="produce")
+        bar = tqdm(total=total, unit="msg", unit_scale=True, desc="produce")
     started = time.perf_counter()
     count = 0
+    stamp = iter(stamps(total, int(time.time() * 1000)))
     try:
-        for m in keyed_messages(args.files, failures):
+        for m in _records(args, shape.partitions, settings.partitioner, limit, failures):
             size = len(m.value) + len(m.key or b"")
+            # Every record takes its stamp, sent or not, so the order never depends on skips;
+            # a file that grew between the passes takes the last stamp for its extra records.
+            timestamp = next(stamp, None)
             try:
                 producer.produce(
                     topic,
                     m.value,
                     key=m.key,
+                    partition=m.partition,
+                    timestamp_ms=timestamp,
                     on_delivery=partial(skips.delivered, m.file, m.line, size),
                 )
                 count += 1
             except RecordRefused:
                 skips.add(m.file, m.line, skips.too_large(size))
             if bar is not None:
-                bar.update(len(m.value) + 1)
+                bar.update(1)
             if count % _FLUSH_EVERY == 0:
                 producer.flush_and_verify()
         producer.flush_and_verify()

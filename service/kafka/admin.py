@@ -37,6 +37,7 @@ from service.settings import Settings
 
 __all__ = [
     "TopicPlan",
+    "TopicShape",
     "create_topics",
     "ensure_topics",
     "partition_count",
@@ -206,11 +207,20 @@ def create_topics(
     return [(plan.name, "exists" if found[plan.name] else "created") for plan in plans]
 
 
-def require_topic(settings: Settings, topic: str, timeout_s: float = 10.0) -> int | None:
+@dataclass(frozen=True, slots=True)
+class TopicShape:
+    """What a writer needs to know of a topic: partitions, and the record size it takes."""
+
+    partitions: int
+    max_message_bytes: int | None  # None: not allowed to describe it
+
+
+def require_topic(settings: Settings, topic: str, timeout_s: float = 10.0) -> TopicShape:
     """Check `topic` exists before writing to it (librdkafka would wait for it for
-    `message.timeout.ms`); return its `max.message.bytes` when the broker says."""
+    `message.timeout.ms`); return its partition count and `max.message.bytes`."""
     admin = _admin(settings)
-    if partition_count(admin, topic, timeout_s) is None:
+    partitions = partition_count(admin, topic, timeout_s)
+    if partitions is None:
         raise SfaError(
             f"topic {topic!r} does not exist on {settings.kafka_bootstrap_servers} "
             "(create it with: sfa topics create)"
@@ -220,8 +230,9 @@ def require_topic(settings: Settings, topic: str, timeout_s: float = 10.0) -> in
         entries = admin.describe_configs([resource], request_timeout=timeout_s)[resource]
         value = entries.result(timeout=timeout_s).get("max.message.bytes")
     except (KafkaException, TimeoutError):
-        return None  # not allowed to describe: the broker will still say per record
-    return int(value.value) if value is not None and value.value else None
+        return TopicShape(partitions, None)  # the broker will still say per record
+    limit = int(value.value) if value is not None and value.value else None
+    return TopicShape(partitions, limit)
 
 
 def _text(data: bytes | None) -> str | None:

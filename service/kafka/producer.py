@@ -67,17 +67,22 @@ class _BaseProducer:
         headers: HeaderList | None = None,
         partition: int | None = None,
         on_delivery: DeliveryCallback | None = None,
+        timestamp_ms: int | None = None,
     ) -> None:
         """Enqueue one record; when the local queue is full, serve deliveries and retry.
 
         `on_delivery` replaces the producer's own callback for this record (to know
-        which record failed). A record too large to send raises `RecordRefused`.
+        which record failed). `timestamp_ms` is the record's event time (SPEC 1: it
+        decides which correction wins); None lets the client stamp it. A record too
+        large to send raises `RecordRefused`.
         """
         kwargs: dict[str, Any] = {"value": value, "key": key}
         if headers:
             kwargs["headers"] = headers
         if partition is not None:
             kwargs["partition"] = partition
+        if timestamp_ms is not None:
+            kwargs["timestamp"] = timestamp_ms
         if on_delivery is not None:
             kwargs["on_delivery"] = on_delivery
         elif self._on_delivery is not None:
