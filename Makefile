@@ -12,7 +12,7 @@ KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-unit test-integration lint fmt typecheck kafka-up kafka-down kafka-status bench bench-kafka mutation clean
+.PHONY: help install demo test test-unit test-integration lint fmt typecheck kafka-up kafka-down kafka-status bench bench-kafka mutation clean image image-test compose-test deploy-test
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -30,14 +30,27 @@ demo: $(STAMP) ## Generate a synthetic market and replay it through the pipeline
 	$(BIN)/sfa generate --symbols $(DEMO_SYMBOLS) --start-year $(DEMO_START) --end-year $(DEMO_END) --seed 7 --output $(DEMO_DIR)/bars.jsonl
 	$(BIN)/sfa replay $(DEMO_DIR)/bars.jsonl deploy/demo/bad-bars.jsonl --output $(DEMO_DIR)/results.jsonl --errors $(DEMO_DIR)/errors.jsonl --summary
 
-test: $(STAMP) ## Run unit and integration tests (starts a Kafka broker when KAFKA_BOOTSTRAP_SERVERS is unset)
-	$(BIN)/python -m pytest tests
+test: $(STAMP) ## Run unit and integration tests (starts a Kafka broker when KAFKA_BOOTSTRAP_SERVERS is unset; not tests/deploy)
+	$(BIN)/python -m pytest tests --ignore=tests/deploy
 
 test-unit: $(STAMP) ## Run the fast, pure unit tests only
 	$(BIN)/python -m pytest tests/unit
 
 test-integration: $(STAMP) ## Run the integration tests (real Kafka broker, real Dask)
 	$(BIN)/python -m pytest tests/integration
+
+image: ## Build the service image with podman on a cached debootstrap base (installs podman, buildah, debootstrap as root)
+	bash scripts/image.sh build
+
+image-test: $(STAMP) image ## Run the image: --help, a replay, `sfa run` on the broker until ready, metrics, SIGTERM
+	$(BIN)/python -m pytest tests/deploy/test_image.py
+
+compose-test: $(STAMP) image ## Bring deploy/compose up under podman-compose with stand-ins (no Grafana) and check it
+	$(BIN)/python -m pytest tests/deploy/test_compose.py
+
+deploy-test: $(STAMP) image ## All of tests/deploy: image, compose, alert rules and the real-Prometheus test (slow)
+	@command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	$(BIN)/python -m pytest tests/deploy
 
 lint: $(STAMP) ## ruff check (with the layout's import bans) + format check + mypy (service strict, tests lenient)
 	$(BIN)/ruff check service tests bench

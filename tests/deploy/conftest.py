@@ -1,0 +1,69 @@
+"""Fixtures for the deployment tests: the service image under podman, and the shared broker.
+
+These tests run what users run (the image, compose), so they need podman and the image;
+`make image-test` / `make deploy-test` build both first. A missing podman is a skip with
+one line (nothing to test on that machine); a missing image is built here once, because a
+test that silently skipped on a fresh clone would prove nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+# The broker fixtures are the integration suite's own: one broker, uuid topics per test.
+from tests.integration.conftest import group_id, kafka_admin, kafka_bootstrap, new_topic
+
+__all__ = [
+    "REPO",
+    "group_id",
+    "kafka_admin",
+    "kafka_bootstrap",
+    "new_topic",
+    "podman",
+    "podman_env",
+    "sfa_image",
+]
+
+REPO = Path(__file__).resolve().parents[2]
+_IMAGE_SCRIPT = REPO / "scripts" / "image.sh"
+
+
+@pytest.fixture(scope="session")
+def podman_env() -> dict[str, str]:
+    """The environment every podman call here runs with: the sandbox's runtime and ulimits
+    (deploy/standins/containers.conf) unless the caller configured podman already."""
+    env = dict(os.environ)
+    env.setdefault("CONTAINERS_CONF", str(REPO / "deploy" / "standins" / "containers.conf"))
+    return env
+
+
+@pytest.fixture(scope="session")
+def podman(podman_env: dict[str, str]) -> str:
+    found = shutil.which("podman")
+    if found is None:
+        pytest.skip("podman missing (bash scripts/image.sh tools installs it)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def sfa_image(podman: str, podman_env: dict[str, str]) -> str:
+    """The image tag under test; built with scripts/image.sh when it does not exist yet."""
+    image = os.environ.get("SFA_IMAGE", "localhost/sfa:latest")
+    exists = subprocess.run([podman, "image", "exists", image], env=podman_env, check=False)
+    if exists.returncode != 0:
+        built = subprocess.run(
+            ["bash", str(_IMAGE_SCRIPT), "build"],
+            env={**podman_env, "SFA_IMAGE": image},
+            capture_output=True,
+            text=True,
+            timeout=1200,
+            check=False,
+        )
+        if built.returncode != 0:
+            pytest.fail(f"scripts/image.sh build failed:\n{built.stderr[-3000:]}", pytrace=False)
+    return image
