@@ -12,10 +12,10 @@ KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-unit test-integration lint fmt typecheck kafka-up kafka-down kafka-status bench bench-kafka mutation clean image image-test compose-test deploy-test
+.PHONY: help install demo test test-unit test-integration lint fmt typecheck kafka-up kafka-down kafka-status kafka-secure-up kafka-secure-down kafka-secure-status docs bench bench-kafka mutation clean image image-test compose-test deploy-test
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,7 @@ demo: $(STAMP) ## Generate a synthetic market and replay it through the pipeline
 	@mkdir -p $(DEMO_DIR)
 	$(BIN)/sfa generate --symbols $(DEMO_SYMBOLS) --start-year $(DEMO_START) --end-year $(DEMO_END) --seed 7 --output $(DEMO_DIR)/bars.jsonl
 	$(BIN)/sfa replay $(DEMO_DIR)/bars.jsonl deploy/demo/bad-bars.jsonl --output $(DEMO_DIR)/results.jsonl --errors $(DEMO_DIR)/errors.jsonl --summary
+	$(BIN)/sfa plot --strongest $(DEMO_DIR)/results.jsonl --bars $(DEMO_DIR)/bars.jsonl --output $(DEMO_DIR)/strongest.png
 
 test: $(STAMP) ## Run unit and integration tests (starts a Kafka broker when KAFKA_BOOTSTRAP_SERVERS is unset; not tests/deploy)
 	$(BIN)/python -m pytest tests --ignore=tests/deploy
@@ -73,6 +74,18 @@ kafka-down: ## Stop the broker started by kafka-up
 kafka-status: ## Say whether the broker answers
 	bash scripts/kafka.sh status
 
+kafka-secure-up: ## Start a second, authenticated broker (SCRAM, TLS, ACLs); `bash scripts/kafka.sh env-secure` prints its KAFKA_* lines
+	bash scripts/kafka.sh up-secure
+
+kafka-secure-down: ## Stop the authenticated broker
+	bash scripts/kafka.sh down-secure
+
+kafka-secure-status: ## Say whether the authenticated broker answers
+	bash scripts/kafka.sh status-secure
+
+docs: $(STAMP) ## Regenerate docs/configuration.md from the settings (a unit test fails when it is stale)
+	$(BIN)/python -m service.configdoc > docs/configuration.md
+
 bench: $(STAMP) ## Engine, replay and memory benchmarks (ratios measured in one run)
 	$(BIN)/python -m bench.run
 
@@ -83,4 +96,4 @@ mutation: $(STAMP) ## Mutation-test the engine and calendar (mutmut, niced, ~15-
 	nice -n 19 $(BIN)/python -m bench.mutation
 
 clean: ## Remove build artefacts and demo output (keeps .venv and the Kafka cache)
-	rm -rf var build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var build mutants *.egg-info .pytest_cache .mypy_cache .ruff_cache

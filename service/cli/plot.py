@@ -53,7 +53,12 @@ class YearPath:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("symbol", metavar="SYMBOL", help="the symbol to draw")
+    parser.add_argument("symbol", metavar="SYMBOL", nargs="?", help="the symbol to draw")
+    parser.add_argument(
+        "--strongest",
+        metavar="RESULTS",
+        help="instead of SYMBOL: the symbol with the strongest pattern in a results JSONL file",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--results", metavar="FILE", help="results JSONL (sfa replay output)")
     source.add_argument(
@@ -65,6 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    if (args.symbol is None) == (args.strongest is None):
+        print("sfa: give either SYMBOL or --strongest RESULTS", file=sys.stderr)
+        return 2
+    if args.strongest is not None:
+        args.symbol = strongest(args.strongest)
     output = Path(args.output or f"{args.symbol}.png")
     fmt = _FORMATS.get(output.suffix.lower())
     if fmt is None:
@@ -82,6 +92,33 @@ def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
     render(result, paths, output, fmt)
     print(f"plot: {args.symbol} -> {output}", file=sys.stderr)
     return 0
+
+
+def _last_results(path: str) -> dict[str, dict[str, Any]]:
+    last: dict[str, dict[str, Any]] = {}
+    try:
+        with open(path, "rb") as fh:
+            for line in fh:
+                obj = orjson.loads(line)
+                if isinstance(obj, dict) and isinstance(obj.get("symbol"), str):
+                    last[obj["symbol"]] = obj
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"{path} is not results JSONL: {exc}") from None
+    return last
+
+
+def strongest(path: str) -> str:
+    """The symbol whose last result has the highest pattern strength (ties: first in name order)."""
+    ranked = sorted(
+        (-float(r["pattern"]["pattern_strength"]), symbol)
+        for symbol, r in _last_results(path).items()
+        if r.get("status") == "ok" and isinstance(r.get("pattern"), dict)
+    )
+    if not ranked:
+        raise SfaError(f"no symbol with a pattern in {path}")
+    return ranked[0][1]
 
 
 def from_results(path: str, symbol: str) -> dict[str, Any]:

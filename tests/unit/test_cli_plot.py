@@ -107,3 +107,24 @@ def test_other_output_formats_exit_2(results: Path, symbol: str, tmp_path: Path,
     out = tmp_path / "p.jpg"
     assert plot.run(_args(symbol, "--results", str(results), "--output", str(out))) == 2
     assert capsys.readouterr().err.count("\n") == 1 and not out.exists()
+
+
+def test_strongest_picks_the_highest_last_pattern_strength(results: Path, tmp_path: Path) -> None:
+    last = {}
+    for line in results.read_bytes().splitlines():
+        obj = orjson.loads(line)
+        last[obj["symbol"]] = obj
+    ranked = {s: r["pattern"]["pattern_strength"] for s, r in last.items() if r["status"] == "ok"}
+    assert len(set(ranked.values())) > 1  # the choice is not a tie
+    assert plot.strongest(str(results)) == max(ranked, key=lambda s: ranked[s])
+    out = tmp_path / "best.png"
+    assert (
+        plot.run(_args("--strongest", str(results), "--results", str(results), "-o", str(out))) == 0
+    )
+    assert out.stat().st_size > 0
+
+
+def test_symbol_and_strongest_exclude_each_other(results: Path, symbol: str, capsys) -> None:
+    assert plot.run(_args(symbol, "--strongest", str(results), "--results", str(results))) == 2
+    assert plot.run(_args("--results", str(results))) == 2
+    assert "either SYMBOL or --strongest" in capsys.readouterr().err
