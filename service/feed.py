@@ -29,7 +29,14 @@ import orjson
 
 from service.ownership import Partitioner, owner
 
-__all__ = ["SNAPSHOT_MAX_BARS", "FeedRecord", "Shape", "keyed_records", "snapshot_records", "stamps"]
+__all__ = [
+    "SNAPSHOT_MAX_BARS",
+    "FeedRecord",
+    "Shape",
+    "keyed_records",
+    "snapshot_records",
+    "stamps",
+]
 
 Shape = Literal["keyed", "unkeyed", "snapshot"]
 SNAPSHOT_MAX_BARS = 10_000

@@ -15,12 +15,17 @@ Nothing here may wait on a Kafka or Dask client (SPEC 10: all three routes answe
 stage start-up is in ("connecting to Kafka", "restoring state of partitions [0, 1]"), so
 a pod that is not ready says why. A scrape the client abandons (closed early, timed out)
 is the client's business: it is logged at DEBUG, never as an error with a traceback.
+
+`GET /symbols/{symbol}` is served when a `SymbolSource` is given: the path is checked
+here (400 for anything but a SPEC 1 symbol, without asking anyone), the answer comes
+from the source (`service.queries.SymbolQueries`, or the probe helper's channel to it).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import sys
 import threading
@@ -32,7 +37,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
-__all__ = ["RUNNING", "Exposition", "Health", "HealthLagProvider", "MetricsServer", "Probe"]
+__all__ = [
+    "RUNNING",
+    "Exposition",
+    "Health",
+    "HealthLagProvider",
+    "MetricsServer",
+    "Probe",
+    "SymbolSource",
+    "valid_symbol",
+]
 
 #: Lag per (topic, partition) (negative = unknown, ignored), or an already summed total.
 HealthLagProvider = Callable[[], int | Mapping[tuple[str, int], int]]
@@ -52,7 +66,24 @@ class ProbeSource(Protocol):
     def readiness(self) -> Probe: ...
 
 
+class SymbolSource(Protocol):
+    """Where `/symbols/{symbol}` gets its answer: (HTTP status, JSON body)."""
+
+    def answer(self, symbol: str) -> tuple[int, bytes]: ...
+
+
 _log = logging.getLogger(__name__)
+
+# SPEC 1's symbol rule, as `service.decode.rules` applies it to bars (a unit test holds
+# the two together); repeated here because the probe helper must not import numpy.
+_SYMBOL_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
+_SYMBOLS = "/symbols/"
+
+
+def valid_symbol(text: str) -> bool:
+    """1-32 characters of A-Za-z0-9._- (SPEC 1)."""
+    return _SYMBOL_RE.fullmatch(text) is not None
+
 
 #: What a client hanging up mid-request looks like on our side.
 _HUNG_UP = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout)
@@ -194,10 +225,17 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], metrics: Exposition, health: ProbeSource) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        metrics: Exposition,
+        health: ProbeSource,
+        symbols: SymbolSource | None = None,
+    ) -> None:
         super().__init__(address, _Handler)
         self.metrics = metrics
         self.health = health
+        self.symbols = symbols
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
@@ -228,6 +266,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_probe(server.health.liveness(), head)
             elif path == "/readyz":
                 self._send_probe(server.health.readiness(), head)
+            elif path.startswith(_SYMBOLS) and server.symbols is not None:
+                self._send_symbol(server.symbols, path[len(_SYMBOLS) :], head)
             else:
                 self._send_json(HTTPStatus.NOT_FOUND, {"reason": f"no route {path}"}, head)
         except _HUNG_UP as exc:
@@ -236,6 +276,14 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             _log.exception("metrics endpoint failed on %s", path)
             self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"reason": "internal error"}, head)
+
+    def _send_symbol(self, symbols: SymbolSource, symbol: str, head: bool) -> None:
+        if not valid_symbol(symbol):  # no need to ask: the same rule as the service's
+            reason = "not a symbol: 1-32 characters of A-Za-z0-9._- (SPEC 1)"
+            self._send_json(HTTPStatus.BAD_REQUEST, {"symbol": symbol[:64], "reason": reason}, head)
+            return
+        status, body = symbols.answer(symbol)
+        self._send(HTTPStatus(status), body, "application/json", head)
 
     def _send_probe(self, probe: Probe, head: bool) -> None:
         self._send_json(HTTPStatus(probe.status), probe.body, head)
@@ -259,18 +307,25 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class MetricsServer:
-    """Serves /metrics, /healthz and /readyz on `host:port`; port 0 turns it off (SPEC 10).
+    """Serves /metrics, /healthz and /readyz (and /symbols/{symbol} with `symbols`) on
+    `host:port`, in this process; port 0 turns it off (SPEC 10).
 
     `start()` and `stop()` are idempotent; use it as a context manager in tests.
     """
 
     def __init__(
-        self, metrics: Exposition, health: Health, port: int, host: str = "0.0.0.0"
+        self,
+        metrics: Exposition,
+        health: Health,
+        port: int,
+        host: str = "0.0.0.0",
+        symbols: SymbolSource | None = None,
     ) -> None:
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be within 0..65535, got {port}")
         self._metrics = metrics
         self._health = health
+        self._symbols = symbols
         self._requested_port = port
         self._host = host
         self._server: _Server | None = None
@@ -288,7 +343,9 @@ class MetricsServer:
     def start(self) -> None:
         if not self.enabled or self._server is not None:
             return
-        server = _Server((self._host, self._requested_port), self._metrics, self._health)
+        server = _Server(
+            (self._host, self._requested_port), self._metrics, self._health, self._symbols
+        )
         thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.2},

@@ -14,9 +14,17 @@ A snapshot that stops coming is news too: when the last one is older than
 SFA_STALL_SECONDS, /healthz reports the service process itself as stalled. The helper
 exits when its stdin closes or its parent dies, so it never outlives the service.
 
+`GET /symbols/{symbol}` cannot come from a snapshot (the helper would need every
+result), so the helper forwards it over a socket pair to a thread of the service, which
+answers with `set_queries`' source (`service.queries.SymbolQueries`). The helper waits
+`QUERY_TIMEOUT_S` for the answer, then says 503: the probes' promise is kept for the
+three probe routes, and a busy service costs a query, not a scrape.
+
     service process                       helper process (python -m service.probes)
       Metrics, Health --snapshot thread--> stdin (length-prefixed JSON) -> latest snapshot
                                                                      HTTP <- scrapes
+      SymbolQueries <--query thread------> socket pair (id, symbol) / (id, status, body)
+                                                                     HTTP <- /symbols/X
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import logging
 import os
 import selectors
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -35,12 +44,17 @@ import time
 from collections.abc import Mapping
 from typing import IO, Any
 
-from service.health import Exposition, Health, Probe, _Server
+from service.health import Exposition, Health, Probe, SymbolSource, _Server
 
-__all__ = ["ProbeProcess"]
+__all__ = ["QUERY_TIMEOUT_S", "ProbeProcess"]
+
+#: How long the helper waits for the service's answer to a symbol query.
+QUERY_TIMEOUT_S = 0.2
 
 _log = logging.getLogger(__name__)
 _HEADER = struct.Struct("!I")
+_REQUEST = struct.Struct("!IH")  # request id, symbol length; then the symbol (ASCII)
+_REPLY = struct.Struct("!IHI")  # request id, HTTP status, body length; then the body
 _OPENMETRICS = "application/openmetrics-text"
 _START_TIMEOUT_S = 30.0
 
@@ -58,9 +72,15 @@ class ProbeProcess:
         port: int,
         host: str = "0.0.0.0",
         interval_s: float = 0.25,
+        queries: SymbolSource | None = None,
+        query_timeout_s: float = QUERY_TIMEOUT_S,
     ) -> None:
         self._metrics = metrics
         self._health = health
+        self._queries = queries
+        self._query_timeout_s = query_timeout_s
+        self._channel: socket.socket | None = None
+        self._query_thread: threading.Thread | None = None
         self._requested_port = port
         self._host = host
         self._interval_s = interval_s
@@ -77,9 +97,14 @@ class ProbeProcess:
     def port(self) -> int:
         return self._port
 
+    def set_queries(self, queries: SymbolSource | None) -> None:
+        """What answers /symbols/{symbol} from now on (None: 503, not served yet)."""
+        self._queries = queries
+
     def start(self) -> None:
         if not self.enabled or self._proc is not None:
             return
+        ours, theirs = socket.socketpair()
         args = [
             sys.executable,
             "-m",
@@ -88,8 +113,18 @@ class ProbeProcess:
             str(self._requested_port),
             str(self._health.stall_seconds),
             str(os.getpid()),
+            str(theirs.fileno()),
+            str(self._query_timeout_s),
         ]
-        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            proc = subprocess.Popen(
+                args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=[theirs.fileno()]
+            )
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()  # the helper's end now lives in the helper only
         assert proc.stdin is not None and proc.stdout is not None
         # Ready before the first scrape; if the helper failed, its own line says why, below.
         with contextlib.suppress(OSError):
@@ -98,11 +133,17 @@ class ProbeProcess:
         if not line.startswith("listening "):
             proc.kill()
             proc.wait(10)
+            ours.close()
             raise OSError(line.removeprefix("error ").strip() or "probe server did not start")
         self._proc, self._port = proc, int(line.split()[1])
         self._stop.clear()
         self._thread = threading.Thread(target=self._publish, name="sfa-probes", daemon=True)
         self._thread.start()
+        self._channel = ours
+        self._query_thread = threading.Thread(
+            target=self._serve_queries, args=(ours,), name="sfa-queries", daemon=True
+        )
+        self._query_thread.start()
         _log.info("metrics endpoint listening", extra={"host": self._host, "port": self._port})
 
     def publish_now(self) -> None:
@@ -119,6 +160,14 @@ class ProbeProcess:
             self._thread.join(timeout=5)
             self._thread = None
         self._port = 0
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            with contextlib.suppress(OSError):
+                channel.shutdown(socket.SHUT_RDWR)  # wakes the query thread's recv
+            channel.close()
+        if self._query_thread is not None:
+            self._query_thread.join(timeout=5)
+            self._query_thread = None
         if proc is None:
             return
         if proc.stdin is not None:
@@ -167,6 +216,47 @@ class ProbeProcess:
                 return
             except Exception:
                 _log.warning("could not build a probe snapshot", exc_info=True)
+
+    def _serve_queries(self, channel: socket.socket) -> None:
+        """Answer the helper's symbol queries, one at a time, until the channel closes."""
+        while True:
+            try:
+                header = _recv_exactly(channel, _REQUEST.size)
+                if header is None:
+                    return
+                request_id, size = _REQUEST.unpack(header)
+                data = _recv_exactly(channel, size)
+                if data is None:
+                    return
+                status, body = self._answer(data.decode("ascii", errors="replace"))
+                channel.sendall(_REPLY.pack(request_id, status, len(body)) + body)
+            except OSError:
+                return  # the helper went away, or `stop` shut the channel
+
+    def _answer(self, symbol: str) -> tuple[int, bytes]:
+        queries = self._queries
+        if queries is None:
+            return 503, b'{"reason":"symbol queries are not served yet"}'
+        try:
+            return queries.answer(symbol)
+        except Exception:
+            _log.warning("symbol query for %s failed", symbol, exc_info=True)
+            return 500, b'{"reason":"internal error"}'
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
+    """`size` bytes, or None at end of stream; a socket timeout only means "not yet"."""
+    chunks: list[bytes] = []
+    while size > 0:
+        try:
+            chunk = sock.recv(size)
+        except TimeoutError:
+            continue
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
 
 
 def _read_line(stream: IO[bytes], timeout_s: float) -> str:
@@ -226,6 +316,79 @@ class _Latest:
         return Probe(bool(ok), body)
 
 
+_GONE = (503, b'{"reason":"the service process does not answer queries"}')
+
+
+class _QueryChannel:
+    """The helper's end of the symbol-query channel, as the `_Server`'s symbol source.
+
+    Requests carry an id, so concurrent HTTP threads each get their own answer; a reply
+    that comes after its request gave up is dropped. A write that cannot finish within
+    the timeout may leave the stream cut mid-frame, so the channel closes for good then.
+    """
+
+    def __init__(self, sock: socket.socket, timeout_s: float) -> None:
+        # Two objects on one socket: a timeout makes the shared descriptor non-blocking,
+        # so the reader needs one too (it just waits again when it expires).
+        self._reader = sock
+        self._reader.settimeout(1.0)
+        self._writer = sock.dup()
+        self._writer.settimeout(timeout_s)
+        self._timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._pending: dict[int, tuple[threading.Event, list[tuple[int, bytes]]]] = {}
+        self._next_id = 0
+        self._closed = False
+        threading.Thread(target=self._read, name="sfa-query-replies", daemon=True).start()
+
+    def answer(self, symbol: str) -> tuple[int, bytes]:
+        data = symbol.encode("ascii")
+        done = threading.Event()
+        slot: list[tuple[int, bytes]] = []
+        with self._lock:
+            if self._closed:
+                return _GONE
+            self._next_id = request_id = (self._next_id + 1) & 0xFFFFFFFF
+            self._pending[request_id] = (done, slot)
+            try:
+                self._writer.sendall(_REQUEST.pack(request_id, len(data)) + data)
+            except OSError:
+                self._close_locked()
+                return _GONE
+        if not done.wait(self._timeout_s):
+            with self._lock:
+                self._pending.pop(request_id, None)
+            reason = f"the service did not answer within {self._timeout_s * 1000:.0f} ms"
+            return 503, json.dumps({"reason": reason}).encode()
+        return slot[0] if slot else _GONE  # woken without an answer: the channel closed
+
+    def _read(self) -> None:
+        try:
+            while True:
+                header = _recv_exactly(self._reader, _REPLY.size)
+                if header is None:
+                    break
+                request_id, status, size = _REPLY.unpack(header)
+                body = _recv_exactly(self._reader, size)
+                if body is None:
+                    break
+                with self._lock:
+                    waiting = self._pending.pop(request_id, None)
+                if waiting is not None:
+                    waiting[1].append((status, body))
+                    waiting[0].set()
+        except OSError:
+            pass
+        with self._lock:
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        self._closed = True
+        for done, _ in self._pending.values():
+            done.set()  # an empty slot: the waiter answers 503 at once
+        self._pending.clear()
+
+
 def _feed(latest: _Latest, stream: IO[bytes]) -> None:
     """Read snapshots until the service closes our stdin (or dies), then exit."""
     while True:
@@ -249,10 +412,12 @@ def _main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup_logging("WARNING", json=True)
     host, port, stall, parent = argv[0], int(argv[1]), float(argv[2]), int(argv[3])
+    queries_fd, query_timeout = int(argv[4]), float(argv[5])
     exit_with_parent(parent)
     latest = _Latest(stall)
+    channel = _QueryChannel(socket.socket(fileno=queries_fd), query_timeout)
     try:
-        server = _Server((host, port), latest, latest)
+        server = _Server((host, port), latest, latest, channel)
     except OSError as exc:
         sys.stdout.write(f"error {exc.strerror or exc}\n")
         sys.stdout.flush()

@@ -147,11 +147,14 @@ class Settings(BaseModel):
         "Compacted changelog of the per-symbol state (created when missing).",
         min_length=1,
     )
-    repartition_topic: str = _env(
+    repartition_topic: str | None = _env(
         "SFA_REPARTITION_TOPIC",
-        "sfa-repartition",
-        "Topic that carries bars read off their owner partition to it (SPEC 7).",
+        None,
+        "Topic that carries bars read off their owner partition to it (SPEC 7; created "
+        "when missing); unset: KAFKA_GROUP_ID-repartition, because its offsets and its "
+        "forwarded bars belong to one group (a second group sharing it would read them).",
         min_length=1,
+        allowed="not empty",
     )
     partitioner: Literal["murmur2", "crc32"] = _env(
         "SFA_PARTITIONER",
@@ -370,6 +373,22 @@ class Settings(BaseModel):
         ge=0,
         le=86_400,
     )
+    dask_adapt_min: int | None = _env(
+        "SFA_DASK_ADAPT_MIN",
+        None,
+        "Fewest workers of an adaptive LocalCluster (needs SFA_DASK_ADAPT_MAX); unset: 1; "
+        "0 lets an idle cluster stop every worker.",
+        ge=0,
+        le=256,
+    )
+    dask_adapt_max: int | None = _env(
+        "SFA_DASK_ADAPT_MAX",
+        None,
+        "Most workers of an adaptive LocalCluster: set, the cluster grows with queued work "
+        "and shrinks when idle (DASK_N_WORKERS is then ignored); unset: a fixed size.",
+        ge=1,
+        le=256,
+    )
 
     @field_validator("kafka_extra", mode="before")
     @classmethod
@@ -485,6 +504,18 @@ class Settings(BaseModel):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _adapt_range(self) -> Settings:
+        low, high = self.dask_adapt_min, self.dask_adapt_max
+        if low is not None and high is None:
+            raise ValueError(
+                "SFA_DASK_ADAPT_MIN: needs SFA_DASK_ADAPT_MAX (unset, the cluster has a fixed "
+                "size: DASK_N_WORKERS)"
+            )
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"SFA_DASK_ADAPT_MIN: {low} is above SFA_DASK_ADAPT_MAX ({high})")
+        return self
+
     # --- derived views ---
 
     def engine_params(self) -> EngineParams:
@@ -495,6 +526,11 @@ class Settings(BaseModel):
             alignment=self.alignment,
             years=self.years,
         )
+
+    @property
+    def effective_repartition_topic(self) -> str:
+        """SFA_REPARTITION_TOPIC, else one per group (as Kafka Streams names its own)."""
+        return self.repartition_topic or f"{self.kafka_group_id}-repartition"
 
     @property
     def effective_transactional_id(self) -> str:

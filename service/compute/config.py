@@ -20,6 +20,7 @@ from service.settings import Settings
 
 __all__ = [
     "LOST_WORK_ERRORS",
+    "adapt_range",
     "dask_config",
     "default_n_workers",
     "local_cluster_kwargs",
@@ -70,7 +71,10 @@ def local_cluster_kwargs(settings: Settings, *, processes: bool = True) -> dict[
     """
     n_workers = settings.dask_n_workers or default_n_workers()
     threads = settings.dask_threads_per_worker
-    if not processes:  # one in-process worker with as many threads as the whole cluster
+    adapt = adapt_range(settings)
+    if adapt is not None:  # start at the floor; every added worker is DASK_THREADS_PER_WORKER
+        n_workers = adapt[0]
+    elif not processes:  # one in-process worker with as many threads as the whole cluster
         n_workers, threads = 1, n_workers * threads
     return {
         "n_workers": n_workers,
@@ -81,6 +85,18 @@ def local_cluster_kwargs(settings: Settings, *, processes: bool = True) -> dict[
         "worker_dashboard_address": "127.0.0.1:0",
         "scheduler_kwargs": {"dashboard": settings.dask_dashboard_address is not None},
     }
+
+
+def adapt_range(settings: Settings) -> tuple[int, int] | None:
+    """(minimum, maximum) workers of an adaptive LocalCluster, or None for a fixed size.
+
+    Adaptive only when SFA_DASK_ADAPT_MAX is set; the floor defaults to one worker so an
+    idle stream does not pay a worker start-up on its next batch (0 must be asked for).
+    """
+    if settings.dask_adapt_max is None:
+        return None
+    floor = 1 if settings.dask_adapt_min is None else settings.dask_adapt_min
+    return floor, settings.dask_adapt_max
 
 
 def want_processes(settings: Settings) -> bool:

@@ -6,6 +6,18 @@ scattered again; after a second loss it is computed here with a WARNING. Nothing
 back silently: every fallback logs its reason and is visible as `fallback_active` /
 `fallback_reason` (metrics: sfa_dask_fallback_active). After a fallback the handle
 looks for the cluster again every SFA_DASK_RECONNECT_SECONDS.
+
+The workers the handle reports (`worker_stats`, `n_workers`, `is_reachable`) are a view a
+task on the loop refreshes every `WORKERS_REFRESH_S` with `scheduler.identity(n_workers=-1)`.
+Asking the client instead does not work: an asynchronous client's `scheduler_info()`
+returns a cache that distributed fills without per-worker entries, so on the loop (the
+empty-cluster watch, the reachability check after a loss) it read 0 workers on a live
+cluster; from a scrape thread it blocks on the loop. A scrape must not wait on a Dask
+client anyway (SPEC 10), so it reads the view, at most a refresh old.
+
+With SFA_DASK_ADAPT_MAX the LocalCluster adapts (distributed's `Adaptive`): it starts at
+the floor, grows while tasks queue and retires idle workers. A retired worker's tasks are
+moved by the scheduler, so the results do not depend on the cluster's size.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ from distributed import Client, Future, LocalCluster
 
 from service.compute.config import (
     LOST_WORK_ERRORS,
+    adapt_range,
     dask_config,
     local_cluster_kwargs,
     reason_of,
@@ -32,21 +45,25 @@ from service.engine import EngineParams, SymbolWindows
 from service.errors import SfaError
 from service.settings import Settings
 
-__all__ = ["ComputeHandle", "Mode", "open_async"]
+__all__ = ["WORKERS_REFRESH_S", "ComputeHandle", "Mode", "open_async"]
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["remote", "local_cluster", "local"]
 
+#: How old the worker view may get: a scrape every second sees a change within two.
+WORKERS_REFRESH_S = 1.0
 
-def _worker_memory(client: Client | None) -> dict[str, int]:
-    if client is None or client.status != "running":
-        return {}
-    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+
+async def _fetch_workers(client: Client, timeout_s: float) -> dict[str, int]:
+    """Worker address -> managed memory bytes, fresh from the scheduler (every worker:
+    `n_workers=-1`; the scheduler's own default may cap it)."""
+    identity = cast(Awaitable[dict[str, Any]], client.scheduler.identity(n_workers=-1))
+    info = await asyncio.wait_for(identity, timeout_s)
     out: dict[str, int] = {}
-    for address, info in workers.items():
-        metrics = info.get("metrics", {})
-        out[address] = int(metrics.get("managed_bytes", metrics.get("memory", 0)) or 0)
+    for address, worker in (info.get("workers") or {}).items():
+        metrics = worker.get("metrics") or {}
+        out[str(address)] = int(metrics.get("managed_bytes", metrics.get("memory", 0)) or 0)
     return out
 
 
@@ -73,6 +90,9 @@ class ComputeHandle:
         )
         self._cluster = cluster
         self._config_scope = config_scope
+        self._workers: dict[str, int] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self.adaptive = cluster is not None and adapt_range(settings) is not None
 
     @property
     def fallback_active(self) -> bool:
@@ -114,6 +134,7 @@ class ComputeHandle:
                     reason,
                 )
                 was_active = policy.fallback_active
+                await self.refresh_workers()  # `is_reachable` below decides on this view
                 step = policy.after_loss(losses, self.client is not None, self.is_reachable, reason)
                 if policy.fallback_active and not was_active:
                     log.warning(
@@ -191,31 +212,62 @@ class ComputeHandle:
             if old is not None:
                 with contextlib.suppress(Exception):
                     await cast(Awaitable[Any], old.close())
-        try:  # fresh from the scheduler: the client's cached view lags by seconds
-            workers = await cast(Awaitable[dict[str, int]], client.nthreads())
-        except Exception as exc:
-            log.info("Dask probe failed: %s", reason_of(exc))
-            return 0
-        if not workers:
-            log.info("Dask scheduler reachable but without workers yet")
-        return len(workers)
+        workers = await self.refresh_workers()
+        if self._watcher is None:  # a client found only now (after a fallback at start)
+            self._watcher = asyncio.ensure_future(self._watch_workers())
+        if workers == 0:
+            log.info("Dask scheduler reachable but without workers (or probe failed)")
+        return workers
 
-    # --- for metrics and health ---
+    # --- the worker view, for metrics, health and the policy ---
+
+    async def refresh_workers(self) -> int:
+        """Read the workers from the scheduler into the view; 0 (an empty view) when it
+        cannot be reached. Runs on the handle's loop."""
+        client = self.client
+        if client is None or client.status != "running":
+            self._workers = {}
+            return 0
+        try:
+            self._workers = await _fetch_workers(client, self.settings.dask_connect_timeout)
+        except Exception as exc:  # gone or slow: no workers we could count on
+            log.debug("Dask worker view not refreshed: %s", reason_of(exc))
+            self._workers = {}
+        return len(self._workers)
+
+    async def _watch_workers(self) -> None:
+        while True:
+            await self.refresh_workers()
+            await asyncio.sleep(WORKERS_REFRESH_S)
+
+    async def start_watching(self) -> None:
+        """Fill the view once, then keep it fresh on this loop until `close`."""
+        await self.refresh_workers()
+        if self._watcher is None and self.client is not None:
+            self._watcher = asyncio.ensure_future(self._watch_workers())
 
     def worker_stats(self) -> dict[str, int]:
-        """Worker address -> managed memory bytes (empty without a cluster)."""
-        return _worker_memory(self.client)
+        """Worker address -> managed memory bytes (empty without a cluster); from any
+        thread, without waiting on the client."""
+        return dict(self._workers)
 
     def n_workers(self) -> int:
-        return len(self.worker_stats())
+        return len(self._workers)
 
     def is_reachable(self) -> bool:
-        """True when work can run: a connected client with workers, or local mode."""
+        """True when work can run: a connected client with workers (an adaptive cluster
+        at zero starts some for queued work), or local mode."""
         if self.client is None:
             return True
-        return self.client.status == "running" and self.n_workers() > 0
+        return self.client.status == "running" and (self.n_workers() > 0 or self.adaptive)
 
     async def close(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        self._workers = {}
         try:
             for closing in (self.client, self._cluster):
                 if closing is not None:
@@ -246,6 +298,11 @@ async def _refused(address: str, timeout_s: float) -> None:
         await writer.wait_closed()
 
 
+async def _watching(handle: ComputeHandle) -> ComputeHandle:
+    await handle.start_watching()
+    return handle
+
+
 async def open_async(settings: Settings) -> ComputeHandle:
     """Connect as configured; on failure fall back to local work or raise (SFA_DASK_FALLBACK)."""
     scope = contextlib.ExitStack()
@@ -256,14 +313,24 @@ async def open_async(settings: Settings) -> ComputeHandle:
         if address:
             await _refused(address, settings.dask_connect_timeout)
             client = await Client(address, asynchronous=True, timeout=settings.dask_connect_timeout)
-            if settings.dask_dashboard_address:
-                log.info("SFA_DASK_DASHBOARD_ADDRESS applies to a LocalCluster only; ignored")
-            return ComputeHandle(settings, "remote", client, config_scope=scope)
+            for variable, value in (
+                ("SFA_DASK_DASHBOARD_ADDRESS", settings.dask_dashboard_address),
+                ("SFA_DASK_ADAPT_MAX", settings.dask_adapt_max),
+            ):
+                if value is not None:
+                    log.info("%s applies to a LocalCluster only; ignored", variable)
+            return await _watching(ComputeHandle(settings, "remote", client, config_scope=scope))
         if settings.dask_enable_distributed:
             cluster = await LocalCluster(
                 asynchronous=True,
                 **local_cluster_kwargs(settings, processes=want_processes(settings)),
             )
+            adapt = adapt_range(settings)
+            if adapt is not None:
+                cluster.adapt(minimum=adapt[0], maximum=adapt[1])
+                log.info(
+                    "Dask LocalCluster adapts", extra={"minimum": adapt[0], "maximum": adapt[1]}
+                )
             client = await Client(cluster, asynchronous=True)
             if settings.dask_dashboard_address:
                 log.info(
@@ -273,7 +340,8 @@ async def open_async(settings: Settings) -> ComputeHandle:
                         "dashboard_link": cluster.dashboard_link,
                     },
                 )
-            return ComputeHandle(settings, "local_cluster", client, cluster, config_scope=scope)
+            handle = ComputeHandle(settings, "local_cluster", client, cluster, config_scope=scope)
+            return await _watching(handle)
         return ComputeHandle(settings, "local", config_scope=scope)
     except Exception as exc:  # distributed raises OSError, TimeoutError, ValueError, ...
         if cluster is not None:

@@ -18,6 +18,7 @@ from distributed import Client, LocalCluster
 
 from service.compute.config import (
     LOST_WORK_ERRORS,
+    adapt_range,
     dask_config,
     local_cluster_kwargs,
     reason_of,
@@ -120,6 +121,9 @@ def _start(settings: Settings, mode: SyncMode, stack: contextlib.ExitStack) -> C
         return None
     cluster = LocalCluster(**local_cluster_kwargs(settings, processes=mode == "local_cluster"))
     stack.enter_context(cluster)
+    adapt = adapt_range(settings)
+    if adapt is not None:  # the same SFA_DASK_ADAPT_* as the service's cluster
+        cluster.adapt(minimum=adapt[0], maximum=adapt[1])
     return stack.enter_context(Client(cluster))
 
 

@@ -29,6 +29,7 @@ from service.compute.stream import ComputeHandle, open_async
 from service.compute.tasks import ChunkResult, analyze_chunk
 from service.engine import EngineParams, SymbolWindows
 from service.errors import SfaError
+from service.metrics import Metrics
 from service.settings import Settings, load_settings
 
 pytestmark = [
@@ -144,6 +145,47 @@ def test_local_cluster_applies_every_dask_setting(local: ComputeHandle) -> None:
     assert set(local.worker_stats()) == set(local.client.scheduler_info(n_workers=-1)["workers"])
 
 
+def test_the_worker_view_is_right_on_the_loop_off_it_and_in_the_metrics(
+    loop: LoopThread, local: ComputeHandle
+) -> None:
+    """An asynchronous client's `scheduler_info()` has no per-worker entries: read on the
+    loop it said 0 workers (so `sfa_dask_workers` read 0 and a loss looked like an empty
+    cluster) while two ran. The view comes from the scheduler, on the loop and off it."""
+    assert local.client is not None
+    identity = loop.run(local.client.scheduler.identity(n_workers=-1))
+    truth = set(identity["workers"])
+    assert len(truth) == 2
+
+    async def read_on_the_loop() -> tuple[set[str], int, bool]:
+        return set(local.worker_stats()), local.n_workers(), local.is_reachable()
+
+    assert loop.run(read_on_the_loop()) == (truth, 2, True)
+    metrics = Metrics("test")
+    metrics.set_providers(dask=local.worker_stats)
+
+    async def scrape_on_the_loop() -> str:
+        return metrics.render_for(None)[0].decode()
+
+    for text in (loop.run(scrape_on_the_loop()), metrics.render_for(None)[0].decode()):
+        assert "sfa_dask_workers 2.0" in text.splitlines()
+        assert {
+            w for w in truth if f'sfa_dask_worker_memory_bytes{{worker="{w}"}}' in text
+        } == truth
+
+
+def test_a_scrape_does_not_wait_on_a_busy_loop(loop: LoopThread, local: ComputeHandle) -> None:
+    """Reading the workers off the loop used to run a call on it: a scrape waited for
+    whatever held the loop (the blocking `sync` of distributed)."""
+    release = threading.Event()
+    loop.loop.call_soon_threadsafe(release.wait, 30)  # the loop is busy until released
+    got: list[int] = []
+    reader = threading.Thread(target=lambda: got.append(local.n_workers()), daemon=True)
+    reader.start()
+    reader.join(10)  # a deadlock guard, not a latency bound: the old read waits 30 s
+    release.set()
+    assert got == [2]
+
+
 def test_work_runs_on_the_workers(loop: LoopThread, local: ComputeHandle) -> None:
     chunks = chunks_of(6, 4)
     got = loop.run(local.run_chunks(chunks, PARAMS))
@@ -214,6 +256,7 @@ async def wait_for_workers(handle: ComputeHandle, n: int) -> None:
     assert handle.client is not None
     # an async client returns a coroutine; distributed's annotations say None
     await handle.client.wait_for_workers(n)  # type: ignore[func-returns-value,misc]
+    await handle.refresh_workers()  # the view would catch up within WORKERS_REFRESH_S
 
 
 def _free_port() -> int:

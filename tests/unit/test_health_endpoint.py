@@ -85,3 +85,42 @@ def test_readyz_over_http_carries_the_reason_as_json() -> None:
             body = json.loads(response.read())
     assert body["status"] == "not_ready"
     assert body["reason"] == "restoring state of partitions [0, 1]"
+
+
+class _Symbols:
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def answer(self, symbol: str) -> tuple[int, bytes]:
+        self.asked.append(symbol)
+        return (200, b'{"symbol":"%s"}' % symbol.encode()) if symbol == "AAA" else (404, b"{}")
+
+
+def _status(url: str, method: str = "GET") -> tuple[int, bytes]:
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_symbols_route_checks_the_symbol_then_asks_the_source() -> None:
+    symbols = _Symbols()
+    with MetricsServer(
+        _SlowExposition(), Health(), port=_free_port(), host="127.0.0.1", symbols=symbols
+    ) as server:
+        base = f"http://127.0.0.1:{server.port}/symbols/"
+        assert _status(base + "AAA") == (200, b'{"symbol":"AAA"}')
+        assert _status(base + "AAA", "HEAD") == (200, b"")
+        assert _status(base + "BBB")[0] == 404
+        for bad in ("", "a" * 33, "a/b", "%41"):
+            status, body = _status(base + bad)
+            assert status == 400 and "SPEC 1" in json.loads(body)["reason"], bad
+    assert symbols.asked == ["AAA", "AAA", "BBB"]
+
+
+def test_without_a_symbol_source_there_is_no_symbols_route() -> None:
+    with MetricsServer(_SlowExposition(), Health(), port=_free_port(), host="127.0.0.1") as server:
+        status, body = _status(f"http://127.0.0.1:{server.port}/symbols/AAA")
+    assert status == 404 and json.loads(body)["reason"] == "no route /symbols/AAA"
