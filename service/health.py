@@ -258,6 +258,13 @@ class _Handler(BaseHTTPRequestHandler):
     def _respond(self, *, head: bool) -> None:
         server = cast(_Server, self.server)
         path = urlsplit(self.path).path
+        if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "0") != "0":
+            # Nothing here takes input: refuse a body instead of reading it, and close, so
+            # unread bytes can never be parsed as the next request on this connection.
+            self.close_connection = True
+            reason = {"reason": "requests to this endpoint carry no body"}
+            self._send_json(HTTPStatus.BAD_REQUEST, reason, head)
+            return
         try:
             if path == "/metrics":
                 body, content_type = server.metrics.render_for(self.headers.get("Accept"))
