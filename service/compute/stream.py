@@ -30,6 +30,7 @@ from typing import Any, Literal, cast
 
 import dask.config
 from distributed import Client, Future, LocalCluster
+from distributed.comm.core import CommClosedError
 
 from service.compute.config import (
     LOST_WORK_ERRORS,
@@ -153,11 +154,19 @@ class ComputeHandle:
         client = self.client
         assert client is not None
         timeout = self.settings.dask_connect_timeout
-        # A one-element list scatters the chunk as one object (a list would scatter each item).
-        [data] = await asyncio.wait_for(client.scatter([chunk], hash=False), timeout)
-        future = client.submit(
-            analyze_chunk, data, params, retries=self.settings.dask_task_retries, pure=False
-        )
+        try:
+            # One-element list: the chunk is scattered as one object, not item by item.
+            [data] = await asyncio.wait_for(client.scatter([chunk], hash=False), timeout)
+            future = client.submit(
+                analyze_chunk, data, params, retries=self.settings.dask_task_retries, pure=False
+            )
+        except RuntimeError as exc:
+            # distributed closes a client that lost its scheduler for a connect timeout;
+            # its calls then raise RuntimeError ("ConnectionPool is closed"): the cluster
+            # is lost, like any other comm failure, not an engine bug.
+            if client.status in ("closing", "closed") or "closed" in str(exc):
+                raise CommClosedError(f"Dask client closed: {exc}") from exc
+            raise
         try:
             return await self._watch(future)
         finally:
