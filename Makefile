@@ -12,7 +12,7 @@ KAFKA_PORT ?= 9092
 export KAFKA_PORT
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-unit test-integration lint fmt typecheck kafka-up kafka-down kafka-status kafka-secure-up kafka-secure-down kafka-secure-status docs bench bench-kafka soak mutation clean image image-test compose-test deploy-test
+.PHONY: help install demo test test-unit test-integration lint fmt typecheck kafka-up kafka-down kafka-status kafka-secure-up kafka-secure-down kafka-secure-status docs bench bench-kafka drills soak mutation clean image image-test compose-test deploy-test
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
@@ -91,6 +91,9 @@ bench: $(STAMP) ## Engine, replay and memory benchmarks (ratios measured in one 
 
 bench-kafka: $(STAMP) kafka-up ## End-to-end Kafka throughput and latency against bare consume+decode
 	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) $(BIN)/python -m bench.kafka
+
+drills: $(STAMP) kafka-up ## Long failure drills (joins, SIGKILLs, leaves, remote Dask loss, stall), each ending with the replay check
+	SFA_DRILLS=1 KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) $(BIN)/python -m pytest tests/integration/test_drills_long.py
 
 soak: $(STAMP) kafka-up ## Two instances fed a live-shaped market at half capacity for SOAK_MINUTES (10); table + var/soak/soak.png
 	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) $(BIN)/python -m bench.soak
