@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from service.compute.tasks import ChunkResult
 from service.decode.types import DecodedBatch, Reject
@@ -28,6 +28,7 @@ __all__ = [
     "BatchSink",
     "Compute",
     "FileOrigin",
+    "Forward",
     "KafkaOrigin",
     "Origin",
     "Payload",
@@ -41,26 +42,38 @@ Payload = list[bytes] | bytes | DecodedBatch
 
 @dataclass(frozen=True, slots=True)
 class KafkaOrigin:
-    """Where each message of a Kafka batch came from (lists parallel to the messages)."""
+    """Where each message of a Kafka batch came from (lists parallel to the messages).
+
+    `topics` names each message's topic when a batch mixes topics (the input and the
+    repartition topic, SPEC 7); None means every message came from `topic`.
+    """
 
     topic: str
     partitions: list[int]
     offsets: list[int]
     timestamps_ms: list[int]
+    topics: list[str] | None = field(default=None, kw_only=True)
+
+    def topic_of(self, index: int) -> str:
+        return self.topics[index] if self.topics is not None else self.topic
 
     def input_ref(self, index: int) -> dict[str, Any]:
         """SPEC 6 `input`: the position of message `index`."""
         return {
-            "topic": self.topic,
+            "topic": self.topic_of(index),
             "partition": self.partitions[index],
             "offset": self.offsets[index],
         }
 
     def next_offsets(self) -> dict[tuple[str, int], int]:
-        """Per partition, the offset to commit once this batch is delivered."""
+        """Per (topic, partition), the offset to commit once this batch is delivered."""
         # Offsets only grow within a partition in a batch: the last one seen is the max.
-        last = dict(zip(self.partitions, self.offsets, strict=True))
-        return {(self.topic, p): o + 1 for p, o in last.items()}
+        if self.topics is None:
+            last = dict(zip(self.partitions, self.offsets, strict=True))
+            return {(self.topic, p): o + 1 for p, o in last.items()}
+        where = zip(self.topics, self.partitions, strict=True)
+        last_of = dict(zip(where, self.offsets, strict=True))
+        return {tp: o + 1 for tp, o in last_of.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +130,17 @@ class Batch:
         raise TypeError("a decoded batch no longer holds its messages")
 
 
+class Forward(NamedTuple):
+    """A bar read off a partition other than its owner's, to produce to partition
+    `partition` of the repartition topic (SPEC 7), stamped with its original timestamp.
+    A tuple: a snapshot feed makes one per bar, and a dataclass costs twice as much."""
+
+    partition: int
+    key: bytes
+    value: bytes
+    timestamp_ms: int
+
+
 @dataclass(slots=True)
 class BatchOutput:
     """Everything one batch produces; the sink commits it as a unit."""
@@ -131,6 +155,7 @@ class BatchOutput:
     executed_by: frozenset[str]
     analysed: int
     timings: dict[str, float]
+    forwards: list[Forward] = field(default_factory=list)
 
 
 class BatchSink(Protocol):

@@ -213,6 +213,11 @@ class Metrics:
             "sfa_messages_consumed", "Kafka messages consumed.", ["topic"], registry=reg
         )
         self._bars = Counter("sfa_bars_processed", "Valid bars applied to state.", registry=reg)
+        self._forwarded = Counter(
+            "sfa_bars_forwarded",
+            "Valid bars sent to the repartition topic, their owner partition's (SPEC 7).",
+            registry=reg,
+        )
         self._dead = Counter(
             "sfa_dead_letters", "Records sent to the dead-letter output.", ["reason"], registry=reg
         )
@@ -281,6 +286,11 @@ class Metrics:
 
     def bars_processed(self, n: int) -> None:
         self._bars.inc(n)
+
+    def bars_forwarded(self, n: int) -> None:
+        """Counted once their batch committed; the owner counts them again as processed
+        when it applies them (a forwarded bar is processed once, by its owner)."""
+        self._forwarded.inc(n)
 
     def dead_letter(self, reason: str, n: int = 1) -> None:
         self._dead.labels(reason=reason).inc(n)

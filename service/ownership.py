@@ -12,14 +12,21 @@ Written here rather than asked of the client because the decision is needed wher
 producer is involved (which partition's state a decoded bar belongs to), and a pure
 function can be checked against Kafka's own values in unit tests. A symbol's owner is
 computed once per process and cached: symbols are few, bars many.
+
+`Routing` is the service's side of SPEC 7: which bars of a Kafka batch were read off a
+partition other than their owner and must be forwarded to the repartition topic.
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Partitioner", "murmur2", "owner", "partition_of_key"]
+import numpy as np
+
+__all__ = ["Partitioner", "Routing", "murmur2", "owner", "partition_of_key"]
 
 Partitioner = Literal["murmur2", "crc32"]
 
@@ -72,3 +79,38 @@ def owner(symbol: str, partitions: int, partitioner: Partitioner = "murmur2") ->
     if found is None:
         found = _OWNERS[cache_key] = partition_of_key(symbol.encode(), partitions, partitioner)
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """Where bars belong in the service (SPEC 7): `source` is the input topic (N =
+    `partitions`), `repartition` the topic forwarded bars travel through."""
+
+    source: str
+    repartition: str
+    partitions: int
+    partitioner: Partitioner = "murmur2"
+
+    def owners(self, symbols: Sequence[str]) -> np.ndarray:
+        """int32 owner partition of each symbol (a batch's uniques: few, cached)."""
+        n, how = self.partitions, self.partitioner
+        return np.fromiter((owner(s, n, how) for s in symbols), np.int32, len(symbols))
+
+    def to_forward(
+        self,
+        codes: np.ndarray,
+        uniques: Sequence[str],
+        bar_partitions: np.ndarray,
+        from_source: bool | np.ndarray,
+    ) -> np.ndarray | None:
+        """Mask of the bars to forward: read from the input topic (`from_source`, per bar
+        or for all) off a partition other than their symbol's owner. None: none (the
+        well-keyed fast path, one vectorised compare). Bars read from the repartition
+        topic are never forwarded again: they are on their owner's partition already.
+        """
+        if from_source is False or not len(codes):
+            return None
+        misplaced = self.owners(uniques)[codes] != bar_partitions
+        if from_source is not True:
+            misplaced &= from_source
+        return misplaced if misplaced.any() else None

@@ -37,13 +37,14 @@ from dataclasses import dataclass
 import numpy as np
 from streamz import Stream
 
-from service.batches import Batch, BatchOutput, BatchSink, Compute, KafkaOrigin
+from service.batches import Batch, BatchOutput, BatchSink, Compute, Forward, KafkaOrigin
 from service.compute.tasks import ChunkResult
 from service.decode.pool import Decoder
 from service.decode.types import DecodedBatch
-from service.encode import ResultEncoder, encode_pattern_part
+from service.encode import ResultEncoder, encode_forwarded_bars, encode_pattern_part
 from service.engine import PatternResult, SymbolWindows, position_of, signal_of
 from service.errors import SfaError
+from service.ownership import Routing
 from service.settings import Settings
 from service.state import StateStore
 
@@ -71,6 +72,8 @@ class _Prepared:
     chunks: list[list[SymbolWindows]]
     state_records: list[tuple[bytes, bytes]]
     prepared_at: float
+    forwards: list[Forward]
+    n_bars: int
     pending: Awaitable[list[ChunkResult]] | None = None
 
 
@@ -91,7 +94,10 @@ class Pipeline:
         on_delivered: Callable[[BatchOutput], None] | None = None,
         with_changelog: bool = False,
         decoder: Decoder | None = None,
+        routing: Routing | None = None,
     ) -> None:
+        """`routing` (Kafka mode): bars read off a partition other than their owner's are
+        forwarded (SPEC 7) instead of applied; None (files): every bar is applied."""
         self.settings = settings
         self.params = settings.engine_params()
         self._encoder = ResultEncoder(self.params.window_days, self.params.alignment)
@@ -101,6 +107,7 @@ class Pipeline:
         self._sink = sink
         self._on_delivered = on_delivered
         self._with_changelog = with_changelog
+        self._routing = routing
         self._decoder = decoder if decoder is not None else Decoder(settings.max_message_bytes)
         self._seq = 0
         self._max_inflight = settings.max_inflight_batches
@@ -198,13 +205,22 @@ class Pipeline:
         seq = self._seq
         self._seq += 1
         partition: int | np.ndarray = -1
+        stamps: int | np.ndarray = 0  # files: every bar alike, so arrival (line) order decides
+        forwards: list[Forward] = []
         kafka = batch.origin if isinstance(batch.origin, KafkaOrigin) else None
         if kafka is not None and len(decoded):
-            partition = np.asarray(kafka.partitions, dtype=np.int32)[decoded.message_index]
-        outcome = self.state.apply_codes(
-            decoded.codes, decoded.uniques, decoded.days, decoded.closes, partition
-        )
+            at = decoded.message_index
+            bar_partitions = np.asarray(kafka.partitions, dtype=np.int32)[at]
+            bar_stamps = np.asarray(kafka.timestamps_ms, dtype=np.int64)[at]
+            if self._routing is not None:
+                decoded, bar_partitions, bar_stamps, forwards = self._route(
+                    kafka, decoded, bar_partitions, bar_stamps
+                )
+            partition, stamps = bar_partitions, bar_stamps
         state = self.state
+        outcome = state.apply_codes(
+            decoded.codes, decoded.uniques, decoded.days, decoded.closes, partition, stamps
+        )
         last_msg: dict[str, int] = {}
         if kafka is not None and len(decoded):
             # message indexes grow along the batch, so the max per code is the last one
@@ -219,7 +235,74 @@ class Pipeline:
         size = self.settings.dask_chunk_size
         chunks = [stale[i : i + size] for i in range(0, len(stale), size)]
         records = state.changelog_records(outcome) if self._with_changelog else []
-        return _Prepared(seq, batch, decoded, touched, chunks, records, time.monotonic())
+        return _Prepared(
+            seq,
+            batch,
+            decoded,
+            touched,
+            chunks,
+            records,
+            time.monotonic(),
+            forwards,
+            len(decoded),
+        )
+
+    def _route(
+        self,
+        kafka: KafkaOrigin,
+        decoded: DecodedBatch,
+        partition: np.ndarray,
+        stamps: np.ndarray,
+    ) -> tuple[DecodedBatch, np.ndarray, np.ndarray, list[Forward]]:
+        """Split off the bars to forward (SPEC 7); the rest, re-factorized, is applied.
+
+        A forwarded bar keeps its record's timestamp, so event order (SPEC 1) is the same
+        whichever way it reaches its owner. Rejects stay with the batch that read them:
+        a bad record is dead-lettered where it was first read, once.
+        """
+        routing = self._routing
+        assert routing is not None
+        from_source: bool | np.ndarray
+        if kafka.topics is None:
+            from_source = kafka.topic == routing.source
+        else:
+            by_message = np.fromiter(
+                (t == routing.source for t in kafka.topics), bool, len(kafka.topics)
+            )
+            from_source = by_message[decoded.message_index]
+        mask = routing.to_forward(decoded.codes, decoded.uniques, partition, from_source)
+        if mask is None:
+            return decoded, partition, stamps, []
+        uniques = decoded.uniques
+        owners = routing.owners(uniques)
+        out = np.flatnonzero(mask)
+        codes = decoded.codes[out].tolist()
+        symbols = [uniques[c] for c in codes]
+        values = encode_forwarded_bars(symbols, decoded.days[out], decoded.closes[out])
+        keys = [s.encode() for s in uniques]
+        forwards = list(
+            map(
+                Forward,
+                owners[codes].tolist(),
+                [keys[c] for c in codes],
+                values,
+                stamps[out].tolist(),
+            )
+        )
+        keep = ~mask
+        kept_codes = decoded.codes[keep]
+        used = np.unique(kept_codes)  # codes follow first appearance: so does `used`
+        remap = np.full(len(uniques), -1, dtype=np.int32)
+        remap[used] = np.arange(len(used), dtype=np.int32)
+        applied = DecodedBatch(
+            codes=remap[kept_codes],
+            uniques=[uniques[i] for i in used.tolist()],
+            days=decoded.days[keep],
+            closes=decoded.closes[keep],
+            message_index=decoded.message_index[keep],
+            rejects=decoded.rejects,
+        )
+        return applied, partition[keep], stamps[keep], forwards
 
     def _dispatch(self, prepared: _Prepared | None) -> _Prepared | None:
         if prepared is not None and prepared.chunks:
@@ -307,11 +390,12 @@ class Pipeline:
             results=results,
             rejects=prepared.decoded.rejects,
             state_records=prepared.state_records,
-            n_bars=len(prepared.decoded),
+            n_bars=prepared.n_bars,
             statuses=statuses,
             executed_by=frozenset(executed_by),
             analysed=len(fresh),
             timings={},
+            forwards=prepared.forwards,
         )
 
     def _release(self, out: BatchOutput | None) -> None:

@@ -7,7 +7,11 @@ here would hide a mistyped SFA_INPUT_TOPIC. Output, dead-letter and state
 topics belong to the service and are created with the input's partition
 count, so partition N of the state topic holds exactly the symbols of input
 partition N. The state topic is compacted: it is a changelog, and only each
-key's latest record is needed to restore.
+key's latest record is needed to restore. The repartition topic (SPEC 7) carries
+forwarded bars from the partition that read them to partition owner(s): same
+partition count (its partition p travels with input partition p), and short
+retention with delete cleanup, because a forwarded bar is read within moments by
+the owner and then lives on in the state topic, never again here.
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ __all__ = [
 ]
 
 _STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+# One day: far longer than a forwarded bar waits for its owner (seconds), short enough
+# that a snapshot feed's forwarded copies never pile up.
+_REPARTITION_TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(24 * 3600 * 1000)}
 
 
 def _admin(settings: Settings) -> AdminClient:
@@ -75,10 +82,12 @@ def ensure_topics(
     dlq_topic: str,
     state_topic: str,
     *,
+    repartition_topic: str | None = None,
     create_input: bool = False,
     timeout_s: float = 30.0,
 ) -> int:
-    """Create missing output/DLQ/state topics; return the input's partition count.
+    """Create missing output/DLQ/state (and repartition) topics; return the input's
+    partition count. The state and repartition topics must have the input's count.
 
     Safe when several instances start at once: "already exists" counts as
     success. `create_input=True` (demos, tests) creates a one-partition input.
@@ -99,17 +108,27 @@ def ensure_topics(
             (output_topic, {}),
             (dlq_topic, {}),
             (state_topic, dict(_STATE_TOPIC_CONFIG)),
+            *(
+                [(repartition_topic, dict(_REPARTITION_TOPIC_CONFIG))]
+                if repartition_topic is not None
+                else []
+            ),
         )
         if partition_count(admin, name, timeout_s) is None
     ]
     _create(admin, wanted, timeout_s)
-    state_partitions = partition_count(admin, state_topic, timeout_s)
-    if state_partitions != partitions:
-        # State for input partition N must live in state partition N.
-        raise KafkaFatalError(
-            f"SFA_STATE_TOPIC: {state_topic!r} has {state_partitions} partitions, "
-            f"input {input_topic!r} has {partitions}; they must match"
-        )
+    # State for input partition N lives in state partition N; bars input partition N
+    # owns are forwarded to repartition partition N.
+    shaped = [("SFA_STATE_TOPIC", state_topic)]
+    if repartition_topic is not None:
+        shaped.append(("SFA_REPARTITION_TOPIC", repartition_topic))
+    for variable, name in shaped:
+        have = partition_count(admin, name, timeout_s)
+        if have != partitions:
+            raise KafkaFatalError(
+                f"{variable}: {name!r} has {have} partitions, "
+                f"input {input_topic!r} has {partitions}; they must match"
+            )
     admin.poll(0)  # hand librdkafka's queued log lines (config warnings) to the logger
     return partitions
 
@@ -160,7 +179,8 @@ class TopicPlan:
 
 def topic_plans(settings: Settings, service_topics: bool) -> list[TopicPlan]:
     """The input topic, and with `service_topics` the ones `sfa run` would create
-    (output, dead letters, the compacted state topic), shaped as `ensure_topics` does."""
+    (output, dead letters, the compacted state topic), shaped as `ensure_topics` does.
+    `sfa run` creates the repartition topic itself when missing."""
     plans = [TopicPlan(settings.input_topic, "SFA_INPUT_TOPIC", {})]
     if service_topics:
         plans += [

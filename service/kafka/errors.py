@@ -45,6 +45,9 @@ class FencedError(KafkaFatalError):
 # librdkafka's _FENCED, PRODUCER_FENCED, INVALID_PRODUCER_EPOCH, FENCED_INSTANCE_ID; by
 # number, because this module does not import confluent_kafka.
 _FENCED_CODES = {-144, 90, 47, 82}
+# librdkafka's _FATAL: the event a consumer gets for a fatal error (a static member fenced
+# by another with its group.instance.id arrives so), with the cause only in its text.
+_FATAL_EVENT = -150
 
 
 class MissingTopicError(ConfigError):
@@ -62,7 +65,7 @@ def classify(exc: BaseException, doing: str) -> SfaError:
     if err is None or not callable(getattr(err, "fatal", None)):
         return KafkaFatalError(message)
     code = err.code() if callable(getattr(err, "code", None)) else None
-    if code in _FENCED_CODES:
+    if code in _FENCED_CODES or (code == _FATAL_EVENT and "fenced" in message.lower()):
         return FencedError(message)
     if err.fatal():
         return KafkaFatalError(message)

@@ -4,11 +4,17 @@ The order is the delivery guarantee (SPEC 7), so it lives here alone, built from
 producer, the consumer and the topics, and unit-tested with fakes:
 
 * exactly_once: `begin`, every record, then `commit(offsets, group metadata)`: the
-  consumed offsets commit *inside* the transaction, with the output or not at all;
-  the consumer never commits on its own.
+  consumed offsets (of the input and the repartition topic) commit *inside* the
+  transaction, with the output or not at all; the consumer never commits on its own.
 * at_least_once: every record, `flush_and_verify` (every record acknowledged, else
   `DeliveryError`), and only then the consumer commits the offsets: a crash repeats
   output but never loses it.
+
+"Every record" includes the bars the batch forwards to the repartition topic (SPEC 7):
+in the transaction they commit with the offsets that read them, so a crash neither
+loses a forwarded bar nor forwards it twice; at least once, they are flushed and
+verified with the rest before the offsets commit, so a crash may forward a bar again
+(the owner then applies the same bar twice, which changes nothing) but never loses it.
 
 The blocking calls run through `run` (the service's producer thread); `on_committed`
 is told about each batch once its offsets are committed (metrics, health).
@@ -47,6 +53,8 @@ class SinkProducer(Protocol):
         key: bytes | None = None,
         headers: Headers | None = None,
         partition: int | None = None,
+        *,
+        timestamp_ms: int | None = None,
     ) -> None: ...
 
 
@@ -75,6 +83,7 @@ class SinkTopics:
     output: str
     dlq: str
     state: str
+    repartition: str | None = None  # None: a batch with forwards is a bug, and raises
 
 
 async def _inline(fn: Callable[[], None]) -> None:
@@ -153,14 +162,25 @@ class KafkaSink:
         if not isinstance(origin, KafkaOrigin):
             raise TypeError("KafkaSink delivers Kafka batches only")
         produce, topics = self._producer.produce, self._topics
+        if out.forwards and topics.repartition is None:
+            raise TypeError("a batch forwards bars but the sink has no repartition topic")
         self._begin()
+        for fwd in out.forwards:
+            # The original timestamp travels along: it decides event order (SPEC 1).
+            produce(
+                topics.repartition,  # type: ignore[arg-type]
+                fwd.value,
+                key=fwd.key,
+                partition=fwd.partition,
+                timestamp_ms=fwd.timestamp_ms,
+            )
         for symbol, payload in out.results:
             produce(topics.output, payload, key=symbol.encode())
         for reject in out.rejects:
             headers: Headers = [
                 *dead_letter_headers(
                     reject,
-                    origin.topic,
+                    origin.topic_of(reject.index),
                     origin.partitions[reject.index],
                     origin.offsets[reject.index],
                 )

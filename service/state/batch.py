@@ -19,9 +19,10 @@ class GroupedBatch:
     """A batch's bars grouped by symbol (index `g` into `names`), arrival order inside.
 
     Per symbol: `latest` (greatest day of any of its bars, in a window or not) and
-    `partitions` (partition of its last bar). The in-window bars are `days`, `closes` and
-    `years` (window year), grouped; symbol `g` owns `[lo[g], hi[g])`, and `rising[g]`
-    says its days strictly increase, the precondition of the append fast path.
+    `partitions` (partition of its last bar). The in-window bars are `days`, `closes`,
+    `stamps` (event stamps) and `years` (window year), grouped; symbol `g` owns
+    `[lo[g], hi[g])`, and `rising[g]` says its days strictly increase, the precondition
+    of the append fast path.
     """
 
     names: list[str]
@@ -30,6 +31,7 @@ class GroupedBatch:
     codes: np.ndarray
     days: np.ndarray
     closes: np.ndarray
+    stamps: np.ndarray
     years: np.ndarray
     lo: list[int]
     hi: list[int]
@@ -51,9 +53,11 @@ def group_batch(
     closes: np.ndarray,
     partition: int | np.ndarray,
     table: WindowTable,
+    stamps: int | np.ndarray = 0,
 ) -> GroupedBatch:
     """Group a non-empty batch given in arrival order; bar i's symbol is
-    `uniques[codes[i]]`, every unique used. Inputs are checked, not trusted."""
+    `uniques[codes[i]]`, every unique used; `stamps` per bar or one for all.
+    Inputs are checked, not trusted."""
     codes = np.asarray(codes)
     n = len(codes)
     days = np.asarray(days)
@@ -63,6 +67,12 @@ def group_batch(
     if days.dtype.kind not in "iu":
         raise TypeError(f"apply: days must be integer day numbers, got {days.dtype}")
     days = days.astype(np.int32, copy=False)
+    if isinstance(stamps, np.ndarray):
+        if stamps.shape != (n,):
+            raise ValueError(f"apply: stamps shape {stamps.shape}, expected ({n},)")
+        bar_stamps = stamps.astype(np.int64, copy=False)
+    else:
+        bar_stamps = np.full(n, int(stamps), dtype=np.int64)
 
     k = len(uniques)
     if codes.dtype.kind not in "iu" or codes.min() < 0 or codes.max() >= k:
@@ -95,6 +105,7 @@ def group_batch(
         codes=w_codes,
         days=w_days,
         closes=closes[order][inside],
+        stamps=bar_stamps[order][inside],
         years=g_years[inside],
         lo=np.searchsorted(w_codes, ids, side="left").tolist(),
         hi=np.searchsorted(w_codes, ids, side="right").tolist(),

@@ -1,18 +1,24 @@
 """The window store: per symbol, only the bars inside festival windows (SPEC 1, 3, 7).
 
-Bars outside every window only move latest(s). Held bars live in two compact columns per
-symbol: int32 day numbers, strictly increasing, and float64 closes. Two arrays and a few
-scalars per symbol keep a million held bars near 12 bytes each; per-year Python objects
-would cost more than the bars themselves.
+Bars outside every window only move latest(s). Held bars live in three compact columns per
+symbol: int32 day numbers, strictly increasing, float64 closes and int64 event stamps.
+Three arrays and a few scalars per symbol keep a million held bars near 20 bytes each;
+per-year Python objects would cost more than the bars themselves.
 
 Arrays are never mutated once stored: every change builds new arrays, and stored ones
 are read-only. Snapshots handed to Dask workers therefore need no copy and stay valid
 while later batches are applied.
 
-Corrections and order independence (SPEC 1): a later arrival for the same (symbol, day)
-replaces the earlier one. `apply` takes bars in arrival order and merges with a stable
-sort that keeps the last occurrence, so the held state depends only on the set of bars
-after corrections, never on batching.
+Corrections and order independence (SPEC 1): of several bars for the same (symbol, day),
+the one latest in event order is held. Each bar comes with an event stamp (the Kafka
+record timestamp in ms; 0 for files, where arrival is line order) and event order is
+(stamp, then arrival): a bar replaces the held one unless its stamp is older. So a
+later-stamped correction wins whichever partition or batch it travelled through, and
+a forwarded bar, arriving late, cannot undo a newer one. Arrival breaks ties, which is
+read order within a partition (what SPEC 1 asks) because an instance reads a partition
+in order and, after a rewind, restores the state committed before what it reads again.
+The stamp is kept per held bar (8 bytes) because the bar it must be compared with may
+arrive any time later, through another partition or after a restart.
 
 Staleness: a pattern depends only on closed windows (SPEC 3), so a batch whose bars all
 land in open windows reuses the cached pattern; only position and signal, which are
@@ -53,16 +59,18 @@ _PATTERN_OVERHEAD = 600  # PatternResult + Pattern dataclasses and three ndarray
 _NO_DAY = int(np.iinfo(np.int32).min)  # latest of a symbol not seen yet
 _NO_DAYS = frozen(np.empty(0, dtype=np.int32))
 _NO_CLOSES = frozen(np.empty(0, dtype=np.float64))
+_NO_STAMPS = frozen(np.empty(0, dtype=np.int64))
 
 
 class _Entry:
-    """One symbol: two read-only columns and a few scalars (no per-year objects)."""
+    """One symbol: three read-only columns and a few scalars (no per-year objects)."""
 
-    __slots__ = ("closes", "days", "encoded", "latest", "partition", "pattern")
+    __slots__ = ("closes", "days", "encoded", "latest", "partition", "pattern", "stamps")
 
     def __init__(self, latest: int, partition: int) -> None:
         self.days: np.ndarray = _NO_DAYS
         self.closes: np.ndarray = _NO_CLOSES
+        self.stamps: np.ndarray = _NO_STAMPS
         self.latest = latest
         self.partition = partition
         self.pattern: PatternResult | None = None
@@ -118,6 +126,10 @@ class StateStore:
         e = self._entries[symbol]
         return SymbolWindows(symbol, e.days, e.closes, e.latest)
 
+    def stamps(self, symbol: str) -> np.ndarray:
+        """The event stamp of each held bar (parallel to `windows(symbol).days`)."""
+        return self._entries[symbol].stamps
+
     def latest(self, symbol: str) -> int:
         return self._entries[symbol].latest
 
@@ -160,7 +172,7 @@ class StateStore:
     @property
     def nbytes(self) -> int:
         """Array bytes plus an estimate of Python overhead per symbol and cached patterns."""
-        per_bar = _NO_DAYS.itemsize + _NO_CLOSES.itemsize
+        per_bar = _NO_DAYS.itemsize + _NO_CLOSES.itemsize + _NO_STAMPS.itemsize
         return self._n_bars * per_bar + len(self._entries) * _SYMBOL_OVERHEAD + self._pattern_bytes
 
     # --- writing ---
@@ -171,12 +183,14 @@ class StateStore:
         days: np.ndarray,
         closes: np.ndarray,
         partition: int | np.ndarray = -1,
+        stamps: int | np.ndarray = 0,
     ) -> ApplyOutcome:
-        """Apply valid bars given in ARRIVAL order; later (symbol, day) bars win."""
+        """Apply valid bars given in ARRIVAL order; for one (symbol, day) the latest in
+        event order wins (greatest stamp, then last arrival)."""
         if len(symbols) == 0:
             return ApplyOutcome([], [], set(), set())
         codes, uniques = factorize(symbols)
-        return self.apply_codes(codes, uniques, days, closes, partition)
+        return self.apply_codes(codes, uniques, days, closes, partition, stamps)
 
     def apply_codes(
         self,
@@ -185,8 +199,10 @@ class StateStore:
         days: np.ndarray,
         closes: np.ndarray,
         partition: int | np.ndarray = -1,
+        stamps: int | np.ndarray = 0,
     ) -> ApplyOutcome:
-        """`apply` of factorized symbols (bar i is `uniques[codes[i]]`), as decoded.
+        """`apply` of factorized symbols (bar i is `uniques[codes[i]]`), as decoded;
+        `stamps` is each bar's event stamp (one int: all bars alike, as in files).
 
         The batch is grouped by symbol once; per symbol, new bars past the last held day
         are appended, anything else goes through a stable merge. Stale and changelog
@@ -194,7 +210,7 @@ class StateStore:
         """
         if len(codes) == 0:
             return ApplyOutcome([], [], set(), set())
-        gb = group_batch(codes, uniques, days, closes, partition, self._win)
+        gb = group_batch(codes, uniques, days, closes, partition, self._win, stamps)
         names, k = gb.names, len(gb.names)
         entries = self._entries
         old_latest = np.empty(k, dtype=np.int64)
@@ -225,15 +241,18 @@ class StateStore:
                 continue
             held = len(e.days)
             if gb.rising[g] and (held == 0 or gb.days[a] > e.days[-1]):
+                # Days past every held one: nothing to correct, so stamps need no compare.
                 new_days = np.concatenate((e.days, gb.days[a:b]))
                 new_closes = np.concatenate((e.closes, gb.closes[a:b]))
+                new_stamps = np.concatenate((e.stamps, gb.stamps[a:b]))
                 new_days.setflags(write=False)  # inline `frozen`: this is the hot path
                 new_closes.setflags(write=False)
-                e.days, e.closes = new_days, new_closes
+                new_stamps.setflags(write=False)
+                e.days, e.closes, e.stamps = new_days, new_closes, new_stamps
                 n_bars_delta += b - a
                 appended[g] = True
                 continue
-            years = self._merge(e, gb.days[a:b], gb.closes[a:b], gb.years[a:b])
+            years = self._merge(e, gb.days[a:b], gb.closes[a:b], gb.stamps[a:b], gb.years[a:b])
             n_bars_delta += len(e.days) - held
             merged_groups.extend([g] * len(years))
             merged_years.extend(years)
@@ -262,32 +281,43 @@ class StateStore:
         )
 
     @staticmethod
-    def _merge(e: _Entry, days: np.ndarray, closes: np.ndarray, years: np.ndarray) -> list[int]:
-        """General path: old + new, stable sort by day, last occurrence wins.
+    def _merge(
+        e: _Entry, days: np.ndarray, closes: np.ndarray, stamps: np.ndarray, years: np.ndarray
+    ) -> list[int]:
+        """General path: old + new, stable sort by (day, stamp), last occurrence wins.
 
-        Returns the window years whose bars actually changed, so that a re-sent bar (a
+        Held bars come first, so at equal stamps the new arrival wins. Returns the window
+        years whose bars actually changed (close or stamp), so that a re-sent bar (a
         replay after a crash) neither rewrites the changelog nor forces a recompute.
         """
         all_days = np.concatenate((e.days, days))
-        by_day = np.argsort(all_days, kind="stable")
-        s_days = all_days[by_day]
+        all_stamps = np.concatenate((e.stamps, stamps))
+        order = np.lexsort((all_stamps, all_days))  # stable: ties keep arrival order
+        s_days = all_days[order]
         keep = np.empty(len(s_days), dtype=bool)
         keep[-1] = True
         np.not_equal(s_days[1:], s_days[:-1], out=keep[:-1])
         m_days = s_days[keep]
-        m_closes = np.concatenate((e.closes, closes))[by_day][keep]
-        # Which incoming days now differ from what was held before?
-        final = m_closes[np.searchsorted(m_days, days)]
+        m_closes = np.concatenate((e.closes, closes))[order][keep]
+        m_stamps = all_stamps[order][keep]
+        # Which incoming days now hold something other than before?
+        at = np.searchsorted(m_days, days)
+        final_closes, final_stamps = m_closes[at], m_stamps[at]
         old_days = e.days
         if len(old_days):
             pos = np.minimum(np.searchsorted(old_days, days), len(old_days) - 1)
-            differs = (old_days[pos] != days) | (e.closes[pos] != final)
+            differs = (
+                (old_days[pos] != days)
+                | (e.closes[pos] != final_closes)
+                | (e.stamps[pos] != final_stamps)
+            )
         else:
             differs = np.ones(len(days), dtype=bool)
         if not differs.any():
             return []
         e.days = frozen(m_days)
         e.closes = frozen(m_closes)
+        e.stamps = frozen(m_stamps)
         return np.unique(years[differs]).tolist()
 
     def drop_partition(self, partition: int) -> int:
@@ -317,7 +347,7 @@ class StateStore:
                 continue
             start, end = w.bounds(year)
             a, b = np.searchsorted(e.days, (start, end + 1)).tolist()
-            value = encode_window(year, w.window_days, e.days[a:b], e.closes[a:b])
+            value = encode_window(year, w.window_days, e.days[a:b], e.closes[a:b], e.stamps[a:b])
             out.append((window_key(symbol, year), value))
         for symbol in sorted(outcome.changed_meta):
             e = self._entries.get(symbol)
@@ -377,13 +407,15 @@ class StateStore:
     def _replace_window(self, e: _Entry, year: int, record: WindowRecord | None) -> None:
         start, end = self._win.bounds(year)
         a, b = np.searchsorted(e.days, (start, end + 1)).tolist()
-        new_days, new_closes = _NO_DAYS, _NO_CLOSES
+        new_days, new_closes, new_stamps = _NO_DAYS, _NO_CLOSES, _NO_STAMPS
         if record is not None:
             keep = (record.days >= start) & (record.days <= end)
             new_days, new_closes = record.days[keep], record.closes[keep]
+            new_stamps = record.stamps[keep]
         before = len(e.days)
         e.days = frozen(np.concatenate((e.days[:a], new_days.astype(np.int32), e.days[b:])))
         e.closes = frozen(np.concatenate((e.closes[:a], new_closes, e.closes[b:])))
+        e.stamps = frozen(np.concatenate((e.stamps[:a], new_stamps.astype(np.int64), e.stamps[b:])))
         self._n_bars += len(e.days) - before
 
 

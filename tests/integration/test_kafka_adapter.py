@@ -199,22 +199,68 @@ def test_transaction_commit_is_visible_abort_is_not_and_rewind(
     assert [offset for _, _, offset in again] == [3, 4, 5]
 
 
+def _member(settings: Settings, name: str) -> Settings:
+    """Another instance of the same group: static members need their own instance ids."""
+    return settings.model_copy(update={"instance_id": f"{settings.instance_id}-{name}"})
+
+
 def test_two_members_split_four_partitions(
     settings: Settings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
 ) -> None:
     topic = new_topic(partitions=4)
     first, second = Recorder(), Recorder()
-    consumers.append(BatchConsumer(settings, listener=first))
+    consumers.append(BatchConsumer(_member(settings, "a"), listener=first))
     consumers[0].subscribe([topic])
     _poll_until(consumers[:1], lambda _: len(first.assigned) == 4)
-    consumers.append(BatchConsumer(settings, listener=second))
+    consumers.append(BatchConsumer(_member(settings, "b"), listener=second))
     consumers[1].subscribe([topic])
     _poll_until(consumers, lambda _: len(first.assigned) == len(second.assigned) == 2, 40)
     assert first.assigned.isdisjoint(second.assigned)
     assert first.assigned | second.assigned == {(topic, p) for p in range(4)}
-    # Cooperative: the first member only gave partitions up, it never lost all four.
-    assert [kind for kind, _ in first.events] == ["assigned", "revoked"]
+    # Eager range: the first member gave all four up, then got its two back.
+    assert [kind for kind, _ in first.events] == ["assigned", "revoked", "assigned"]
     assert set(consumers[0].assignment()) == first.assigned
+
+
+def test_twins_are_held_and_reported_in_pairs(
+    settings: Settings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
+) -> None:
+    """SPEC 7: input p and repartition p on one member, through a rebalance; a member
+    subscribed to the input alone (an old version) gets lone twins, which stay paused
+    and unreported instead of being processed apart from their pair."""
+    source, repartition = new_topic(partitions=4), new_topic(partitions=4)
+    twins = (source, repartition)
+    first, second = Recorder(), Recorder()
+    consumers.append(BatchConsumer(_member(settings, "a"), listener=first, twins=twins))
+    consumers[0].subscribe(list(twins))
+    _poll_until(consumers[:1], lambda _: len(first.assigned) == 8)
+    consumers.append(BatchConsumer(_member(settings, "b"), listener=second, twins=twins))
+    consumers[1].subscribe(list(twins))
+    _poll_until(consumers, lambda _: len(first.assigned) == len(second.assigned) == 4, 40)
+    for held_pairs in (first.assigned, second.assigned):
+        numbers = {p for _, p in held_pairs}
+        assert held_pairs == {(t, p) for t in twins for p in numbers}
+    for kind, partitions in first.events + second.events:
+        numbers = {p for _, p in partitions}
+        assert sorted(partitions) == sorted((t, p) for t in twins for p in numbers), kind
+    # An input-only member joins: range splits the input three ways, the repartition
+    # topic two ways, so some twins are apart. Only pairs are reported, lone ones paused.
+    third = Recorder()
+    consumers.append(BatchConsumer(_member(settings, "c"), listener=third, twins=twins))
+    consumers[2].subscribe([source])
+    _produce(settings, source, [b"x%d" % i for i in range(8)], partition=0)
+    _produce(settings, source, [b"y%d" % i for i in range(8)], partition=3)
+    got = _poll_until(consumers, lambda _: len(consumers[2].assignment()) >= 1, 40)
+    time.sleep(1.0)
+    got += _poll_until(consumers, lambda _: True)
+    for recorder, consumer in zip((first, second, third), consumers, strict=True):
+        held = set(consumer.assignment())
+        pairs = {p for t, p in held if t == source and (repartition, p) in held}
+        assert recorder.assigned == {(t, p) for t in twins for p in pairs}
+    assert consumers[2].assignment() and not third.assigned  # it holds lone twins only
+    reported = first.assigned | second.assigned | third.assigned
+    read = {(source, p) for _, p, _ in got}
+    assert read <= reported  # nothing was read off a lone twin
 
 
 def test_ensure_topics_shapes_and_is_idempotent(

@@ -11,12 +11,34 @@ from collections import Counter
 
 import pytest
 
-from service.batches import Batch, BatchOutput, FileOrigin, KafkaOrigin
+from service.batches import Batch, BatchOutput, FileOrigin, Forward, KafkaOrigin
 from service.decode.types import Reject
 from service.kafka.sink import KafkaSink, SinkTopics
-from tests.unit.fakes import CallLog, FakeConsumer, FakeProducer
+from tests.unit import fakes
+from tests.unit.fakes import CallLog, FakeConsumer
 
-TOPICS = SinkTopics(output="out", dlq="dlq", state="state")
+
+class FakeProducer(fakes.FakeProducer):
+    """The shared fake, plus the record timestamp forwarded bars are produced with
+    (logged as a seventh element when given)."""
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+        partition: int | None = None,
+        *,
+        timestamp_ms: int | None = None,
+    ) -> None:
+        if timestamp_ms is None:
+            super().produce(topic, value, key, headers, partition)
+        else:
+            self._call("produce", topic, value, key, tuple(headers or ()), partition, timestamp_ms)
+
+
+TOPICS = SinkTopics(output="out", dlq="dlq", state="state", repartition="rep")
 STATE_PARTITIONS = {b"s:A": 1, b"s:B": 0}
 
 
@@ -185,3 +207,56 @@ def test_fencing_is_classified_as_its_own_fatal_error() -> None:
         assert isinstance(error, FencedError) and isinstance(error, KafkaFatalError)
     other = classify(KafkaException(KafkaError(KafkaError._STATE, "x", fatal=True)), "commit")
     assert not isinstance(other, FencedError)
+
+
+def _forwarding_output() -> BatchOutput:
+    origin = KafkaOrigin(
+        "bars", [0, 2, 1], [10, 5, 11], [100, 200, 300], topics=["bars", "rep", "bars"]
+    )
+    out = _output(origin)
+    out.forwards = [Forward(3, b"C", b'{"symbol":"C"}', 100), Forward(0, b"D", b"{}", 300)]
+    return out
+
+
+def test_forwarded_bars_go_in_the_transaction_with_their_original_timestamps() -> None:
+    log: CallLog = []
+    sink = KafkaSink.exactly_once(
+        FakeProducer(log), FakeConsumer(log), TOPICS, state_partition=STATE_PARTITIONS.get
+    )
+    sink.write_blocking(_forwarding_output())
+    assert log[0] == ("begin",)
+    forwarded = [c for c in log if c[0] == "produce" and c[1] == "rep"]
+    assert forwarded == [
+        ("produce", "rep", b'{"symbol":"C"}', b"C", (), 3, 100),
+        ("produce", "rep", b"{}", b"D", (), 0, 300),
+    ]
+    # both topics' offsets commit in the same transaction
+    assert log[-1] == (
+        "commit",
+        {("bars", 0): 11, ("rep", 2): 6, ("bars", 1): 12},
+        FakeConsumer.GROUP_METADATA,
+    )
+    dead = [c for c in log if c[0] == "produce" and c[1] == "dlq"]
+    assert dict(dead[0][4])["sfa.source.topic"] == b"rep"  # message 1 came from "rep"
+
+
+def test_at_least_once_flushes_forwarded_bars_before_committing() -> None:
+    log: CallLog = []
+    sink = KafkaSink.at_least_once(
+        FakeProducer(log), FakeConsumer(log), TOPICS, state_partition=STATE_PARTITIONS.get
+    )
+    sink.write_blocking(_forwarding_output())
+    names = _names(log)
+    last_forward = max(i for i, c in enumerate(log) if c[0] == "produce" and c[1] == "rep")
+    assert last_forward < names.index("flush_and_verify") < names.index("commit_offsets")
+
+
+def test_forwards_without_a_repartition_topic_are_refused() -> None:
+    log: CallLog = []
+    topics = SinkTopics(output="out", dlq="dlq", state="state")
+    sink = KafkaSink.exactly_once(
+        FakeProducer(log), FakeConsumer(log), topics, state_partition=STATE_PARTITIONS.get
+    )
+    with pytest.raises(TypeError):
+        sink.write_blocking(_forwarding_output())
+    assert log == []

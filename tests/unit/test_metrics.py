@@ -31,6 +31,7 @@ from service.metrics import (
 SPEC_FAMILIES: dict[str, tuple[str, frozenset[str]]] = {
     "sfa_messages_consumed_total": ("counter", frozenset({"topic"})),
     "sfa_bars_processed_total": ("counter", frozenset()),
+    "sfa_bars_forwarded_total": ("counter", frozenset()),
     "sfa_dead_letters_total": ("counter", frozenset({"reason"})),
     "sfa_results_produced_total": ("counter", frozenset({"status"})),
     "sfa_batches_total": ("counter", frozenset({"outcome"})),
@@ -80,6 +81,7 @@ def _busy(m: Metrics) -> Metrics:
     """Touch every family so each one has samples."""
     m.messages_consumed("bars", 10)
     m.bars_processed(9)
+    m.bars_forwarded(4)
     m.dead_letter("invalid_json")
     m.result_produced("ok", 3)
     m.batch("ok")

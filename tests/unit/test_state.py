@@ -39,7 +39,10 @@ def day(iso: str) -> int:
 
 
 def apply(
-    store: StateStore, bars: list[tuple[str, str, float]], partition: int = -1
+    store: StateStore,
+    bars: list[tuple[str, str, float]],
+    partition: int = -1,
+    stamps: list[int] | int = 0,
 ) -> ApplyOutcome:
     """Apply (symbol, iso date, close) bars in the given arrival order."""
     return store.apply(
@@ -47,6 +50,7 @@ def apply(
         np.array([day(b[1]) for b in bars], dtype=np.int32),
         np.array([b[2] for b in bars], dtype=np.float64),
         partition,
+        np.array(stamps, dtype=np.int64) if isinstance(stamps, list) else stamps,
     )
 
 
@@ -133,6 +137,65 @@ def test_out_of_order_arrival_gives_the_in_order_state() -> None:
     for i in range(0, len(shuffled), 5):
         apply(out_of_order, shuffled[i : i + 5])
     assert state_of(out_of_order) == state_of(in_order)
+
+
+def test_a_later_stamp_wins_whatever_arrives_last() -> None:
+    """SPEC 1 event order: the record timestamp first; a correction that travelled through
+    another partition (or was forwarded) and arrives late must not undo a newer bar."""
+    store = StateStore(PARAMS)
+    apply(store, [("A", "2023-01-10", 2.0), ("A", "2023-01-11", 1.0)], stamps=[200, 100])
+    out = apply(store, [("A", "2023-01-10", 9.0)], stamps=[150])  # older than the held one
+    assert held(store, "A") == [(day("2023-01-10"), 2.0), (day("2023-01-11"), 1.0)]
+    assert out.changed_windows == set()
+    apply(store, [("A", "2023-01-10", 3.0), ("A", "2023-01-10", 4.0)], stamps=[300, 250])
+    assert held(store, "A")[0] == (day("2023-01-10"), 3.0)  # within a batch too
+    assert store.stamps("A").tolist() == [300, 100]
+
+
+def test_equal_stamps_keep_the_last_arrival() -> None:
+    """Ties are read order within a partition: the later arrival wins (files: stamp 0)."""
+    store = StateStore(PARAMS)
+    apply(store, [("A", "2023-01-10", 1.0), ("A", "2023-01-10", 2.0)], stamps=[5, 5])
+    assert held(store, "A") == [(day("2023-01-10"), 2.0)]
+    apply(store, [("A", "2023-01-10", 3.0)], stamps=[5])
+    assert held(store, "A") == [(day("2023-01-10"), 3.0)]
+
+
+def test_a_newer_stamp_on_an_identical_close_is_kept() -> None:
+    """Same close, newer stamp: the stamp must move, or a bar stamped in between (with
+    another close) would win later although the identical bar superseded it."""
+    store = StateStore(PARAMS)
+    apply(store, [("A", "2023-01-10", 1.0), ("A", "2023-04-01", 1.0)], stamps=[10, 10])
+    out = apply(store, [("A", "2023-01-10", 1.0)], stamps=[30])
+    assert out.changed_windows == {("A", 2023)}  # the changelog must carry the new stamp
+    apply(store, [("A", "2023-01-10", 2.0)], stamps=[20])
+    assert held(store, "A")[0] == (day("2023-01-10"), 1.0)
+
+
+def test_stamps_survive_the_changelog() -> None:
+    store = StateStore(PARAMS)
+    out = apply(store, [("A", "2023-01-10", 1.0), ("A", "2023-01-11", 2.0)], stamps=[70, 60])
+    restored = StateStore(PARAMS)
+    for key, value in store.changelog_records(out):
+        restored.restore(key, value)
+    assert restored.stamps("A").tolist() == [70, 60]
+    apply(restored, [("A", "2023-01-10", 9.0), ("A", "2023-01-11", 8.0)], stamps=[65, 65])
+    assert held(restored, "A") == [(day("2023-01-10"), 1.0), (day("2023-01-11"), 8.0)]
+
+
+def test_version_1_windows_read_as_stamped_zero() -> None:
+    """Migration: a window written before stamps existed loses to any bar read after it."""
+    days = np.array([day("2023-01-10"), day("2023-01-11")], dtype=np.int32)
+    old = encode_window(2023, 60, days, np.array([1.0, 2.0]), version=1)
+    assert old[0] == 1 and len(old) == 8 + 2 * 12
+    record = decode_value(old)
+    assert isinstance(record, WindowRecord)
+    assert record.stamps.tolist() == [0, 0]
+    store = StateStore(PARAMS)
+    store.restore(window_key("A", 2023), old)
+    store.restore(b"A/meta", bytes([1, ord("M"), 0, 0]) + (0).to_bytes(4, "little") * 2)
+    apply(store, [("A", "2023-01-10", 5.0)], stamps=[1])
+    assert held(store, "A") == [(day("2023-01-10"), 5.0), (day("2023-01-11"), 2.0)]
 
 
 def test_bars_outside_windows_only_move_latest() -> None:
@@ -308,8 +371,8 @@ def test_window_record_is_small_and_versioned() -> None:
     out = apply(store, bars)
     ((_, value),) = [r for r in store.changelog_records(out) if r[0] == b"A/2023"]
     assert store.bars("A") == 121
-    assert len(value) == 8 + 121 * 12  # 1,460 bytes
-    assert value[0] == FORMAT_VERSION
+    assert len(value) == 8 + 121 * 20  # 2,428 bytes: day, close and event stamp per bar
+    assert value[0] == FORMAT_VERSION == 2
     record = decode_value(value)
     assert isinstance(record, WindowRecord)
     assert record.days.tolist() == store.windows("A").days.tolist()
@@ -423,6 +486,50 @@ def test_any_batching_and_order_gives_the_same_state(
     for key, value in records:
         restored.restore(key, value)
     assert state_of(restored) == expected
+
+
+_STAMPED = st.tuples(st.sampled_from("AB"), _DAYS, st.sampled_from([1.0, 2.0, 3.5]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    bars=st.lists(_STAMPED, min_size=1, max_size=50),
+    cuts=st.lists(st.integers(0, 50), max_size=6),
+    seed=st.integers(0, 2**16),
+)
+def test_with_distinct_stamps_any_arrival_order_gives_the_latest_stamped_bars(
+    bars: list[tuple[str, int, float]], cuts: list[int], seed: int
+) -> None:
+    """Bar i is stamped i (distinct, as `sfa produce` stamps): whatever the arrival order
+    and batching (bars spread over partitions and forwarded), and through a restore in
+    the middle, the held bars are those of the greatest stamp per (symbol, day)."""
+    stamped = [(s, d, c, i) for i, (s, d, c) in enumerate(bars)]
+    winner = {(s, d): c for s, d, c, _ in stamped}
+    arrivals = list(stamped)
+    random.Random(seed).shuffle(arrivals)
+    bounds = [0, *sorted(c for c in cuts if c < len(arrivals)), len(arrivals)]
+    store = StateStore(PARAMS)
+    records: list[tuple[bytes, bytes]] = []
+    for n, (a, b) in enumerate(itertools.pairwise(bounds)):
+        chunk = arrivals[a:b]
+        out = store.apply(
+            [x[0] for x in chunk],
+            np.array([x[1] for x in chunk], dtype=np.int32),
+            np.array([x[2] for x in chunk]),
+            -1,
+            np.array([x[3] for x in chunk], dtype=np.int64),
+        )
+        records += store.changelog_records(out)
+        if n == 1:  # a restart: the rest goes on from the restored state
+            store = StateStore(PARAMS)
+            for key, value in records:
+                store.restore(key, value)
+    table = window_table(60)
+    for s in {x[0] for x in bars}:
+        want = sorted(
+            (d, c) for (s2, d), c in winner.items() if s2 == s and table.year_of(np.array([d]))[0]
+        )
+        assert held(store, s) == want
 
 
 # --- memory and speed ---
