@@ -20,7 +20,10 @@ RUN useradd --create-home --uid 10001 --user-group sfa
 COPY --from=build /install /usr/local
 USER 10001:10001
 WORKDIR /home/sfa
+# All interfaces inside the container, so Prometheus and the kubelet reach the port; the
+# service's own default is loopback (SFA_METRICS_ADDRESS).
 ENV SFA_METRICS_PORT=8000 \
+    SFA_METRICS_ADDRESS=0.0.0.0 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 EXPOSE 8000

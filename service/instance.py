@@ -28,6 +28,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -46,9 +47,11 @@ from service.kafka.restore import read_state_partitions
 from service.kafka.sink import KafkaSink, SinkTopics
 from service.lanes import Lane
 from service.metrics import Health, Metrics
+from service.ownership import Routing
 from service.pipeline import Pipeline
 from service.probes import ProbeProcess
 from service.progress import Progress
+from service.queries import SymbolQueries
 from service.settings import Settings
 from service.state import StateStore
 
@@ -74,7 +77,9 @@ class Service:
         self.metrics = Metrics(__version__)
         self.health = Health(stall_seconds=settings.stall_seconds)
         # A helper process: a thread here cannot answer within 100 ms (service.probes).
-        self.server = ProbeProcess(self.metrics, self.health, port=settings.metrics_port)
+        self.server = ProbeProcess(
+            self.metrics, self.health, port=settings.metrics_port, host=settings.metrics_address
+        )
         self.state = StateStore(self.params)
         self.decoder = Decoder(settings.max_message_bytes, decode_processes(settings))
         # Two threads: the consumer's runs `consume`, inside which librdkafka calls our
@@ -86,6 +91,17 @@ class Service:
         self._stop = asyncio.Event()
         self._stop_requested: str | None = None  # set before the loop exists, too
         self._assigned: set[int] = set()
+        self.routing: Routing | None = None  # known once the input's partitions are
+        # symbol -> the SPEC 6 result committed last, for GET /symbols/{symbol}
+        self.latest: dict[str, bytes] = {}
+        self.server.set_queries(
+            SymbolQueries(
+                self.latest.get,
+                partitions=lambda: self.routing.partitions if self.routing is not None else None,
+                partitioner=settings.partitioner,
+                held=lambda: self._assigned,
+            )
+        )
         self.progress = Progress()
         self.pipeline: Pipeline | None = None
         self.compute: Any = None
@@ -173,6 +189,8 @@ class Service:
                 with contextlib.suppress(Exception):
                     await self.pipeline.drain()  # finish in-flight work before giving them up
             for p in numbers:
+                for symbol in self.state.symbols_of_partition(p):
+                    self.latest.pop(symbol, None)
                 self.state.drop_partition(p)
                 self._assigned.discard(p)
             self.health.set_assigned(bool(self._assigned))
@@ -185,8 +203,17 @@ class Service:
         m = self.metrics
         batch = out.batch
         now_ms = time.time() * 1000.0
-        m.messages_consumed(self.settings.input_topic, batch.n_messages)
+        origin = batch.origin
+        if isinstance(origin, KafkaOrigin) and origin.topics is not None:
+            for topic, n in Counter(origin.topics).items():
+                m.messages_consumed(topic, n)
+        else:
+            topic = origin.topic if isinstance(origin, KafkaOrigin) else self.settings.input_topic
+            m.messages_consumed(topic, batch.n_messages)
         m.bars_processed(out.n_bars)
+        self.latest.update(out.results)
+        if out.forwards:
+            m.bars_forwarded(len(out.forwards))
         for reject in out.rejects:
             m.dead_letter(reject.reason)
         for status, n in out.statuses.items():
@@ -249,10 +276,20 @@ class Service:
             self.in_kafka_thread(lambda: check_reachable(s, stopped=lambda: self.stopping))
         )
         stage("checking topics")
-        await self._unless_stopped(
+        partitions = await self._unless_stopped(
             self.in_kafka_thread(
-                lambda: ensure_topics(s, s.input_topic, s.output_topic, s.dlq_topic, s.state_topic)
+                lambda: ensure_topics(
+                    s,
+                    s.input_topic,
+                    s.output_topic,
+                    s.dlq_topic,
+                    s.state_topic,
+                    repartition_topic=s.effective_repartition_topic,
+                )
             )
+        )
+        self.routing = Routing(
+            s.input_topic, s.effective_repartition_topic, partitions, s.partitioner
         )
         stage("connecting to Dask")
         self.compute = await self._unless_stopped(open_async(s))
@@ -272,11 +309,12 @@ class Service:
         else:
             self.producer = AtLeastOnceProducer(s)
         stage("joining the consumer group")
-        consumer = BatchConsumer(s, listener=self)
+        # Input partition p and repartition partition p travel as a pair (SPEC 7,
+        # docs/ownership.md): the consumer reports and runs pairs only.
+        twins = (s.input_topic, s.effective_repartition_topic)
+        consumer = BatchConsumer(s, listener=self, twins=twins)
         self.consumer = consumer
-        await self._unless_stopped(
-            self.in_kafka_thread(lambda: consumer.subscribe([s.input_topic]))
-        )
+        await self._unless_stopped(self.in_kafka_thread(lambda: consumer.subscribe(list(twins))))
 
     def _lag(self) -> dict[tuple[str, int], int]:
         """For scrapes: the consumer's snapshot, never a call into the client."""
@@ -300,7 +338,12 @@ class Service:
 
     def _new_sink(self) -> KafkaSink:
         s = self.settings
-        topics = SinkTopics(output=s.output_topic, dlq=s.dlq_topic, state=s.state_topic)
+        topics = SinkTopics(
+            output=s.output_topic,
+            dlq=s.dlq_topic,
+            state=s.state_topic,
+            repartition=s.effective_repartition_topic,
+        )
         options: dict[str, Any] = {
             "state_partition": self.state.partition_of_record,
             "run": self.in_producer_thread,
@@ -320,6 +363,7 @@ class Service:
             state=self.state,
             with_changelog=True,
             decoder=self.decoder,
+            routing=self.routing,
         )
 
     async def _consume_loop(self) -> int:

@@ -255,6 +255,15 @@ class Settings(BaseModel):
         ge=0,
         le=65535,
     )
+    metrics_address: str = _env(
+        "SFA_METRICS_ADDRESS",
+        "127.0.0.1",
+        "Interface the metrics port binds: loopback by default, so a laptop run exposes "
+        "nothing; the image sets 0.0.0.0 so Prometheus and probes reach it from outside.",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9.:_-]+$",
+        allowed="an IP address or host name",
+    )
     stall_seconds: float = _env(
         "SFA_STALL_SECONDS",
         120.0,

@@ -207,3 +207,49 @@ def test_the_progress_line_shows_life(
     assert line["level"] == "INFO"
     assert {"bars_per_second", "lag_messages", "batches", "fallback_active"} <= line.keys()
     assert "bars/s" in line["msg"] and "lag" in line["msg"]
+
+
+def test_symbols_endpoint_answers_held_symbols_and_names_the_owner_otherwise(
+    kafka_bootstrap: str,
+    topics: dict[str, str],
+    bars: list[tuple[bytes, bytes]],
+    tmp_path: Path,
+) -> None:
+    """GET /symbols/{symbol} (issue 10): a held symbol's latest committed result; else 404
+    with its owner partition; 400 for a name SPEC 1 rejects. The port binds loopback only
+    by default (SFA_METRICS_ADDRESS)."""
+    import psutil
+
+    from service.ownership import owner
+
+    _load(kafka_bootstrap, topics["input"], bars[:3000])
+    port = _free_port()
+    env = _env(kafka_bootstrap, topics, SFA_METRICS_PORT=str(port))
+    symbol = orjson.loads(bars[0][1])["symbol"]
+    service = Service(env, tmp_path / "run.log")
+    try:
+        deadline = time.monotonic() + 120
+        while (got := _get(port, f"/symbols/{symbol}"))[0] != 200:
+            service.check_alive()
+            assert time.monotonic() < deadline, f"no result for {symbol}: {got}"
+            time.sleep(0.3)
+        result = json.loads(got[1])
+        assert result["symbol"] == symbol and result["input"]["offset"] >= 0
+        code, body = _get(port, "/symbols/NOT.HELD")
+        assert code == 404
+        assert json.loads(body)["owner_partition"] == owner("NOT.HELD", 2)
+        assert _get(port, "/symbols/bad%20name")[0] == 400
+        listening = {
+            c.laddr.ip
+            for p in [
+                psutil.Process(service.proc.pid),
+                *psutil.Process(service.proc.pid).children(recursive=True),
+            ]
+            for c in p.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        }
+        assert listening == {"127.0.0.1"}
+        code, _ = service.stop()
+    finally:
+        service.close()
+    assert code == 0

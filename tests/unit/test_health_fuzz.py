@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,13 +21,13 @@ class _Exposition:
 
 
 @pytest.fixture(scope="module")
-def server() -> MetricsServer:
+def server() -> Iterator[MetricsServer]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     srv = MetricsServer(_Exposition(), Health(), port=port, host="127.0.0.1")
     srv.start()
-    yield srv  # type: ignore[misc]
+    yield srv
     srv.stop()
 
 
