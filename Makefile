@@ -31,8 +31,9 @@ demo: $(STAMP) ## Generate a synthetic market and replay it through the pipeline
 	$(BIN)/sfa replay $(DEMO_DIR)/bars.jsonl deploy/demo/bad-bars.jsonl --output $(DEMO_DIR)/results.jsonl --errors $(DEMO_DIR)/errors.jsonl --summary
 	$(BIN)/sfa plot --strongest $(DEMO_DIR)/results.jsonl --bars $(DEMO_DIR)/bars.jsonl --output $(DEMO_DIR)/strongest.png
 
-test: $(STAMP) ## Run unit and integration tests (starts a Kafka broker when KAFKA_BOOTSTRAP_SERVERS is unset; not tests/deploy)
-	$(BIN)/python -m pytest tests --ignore=tests/deploy
+test: $(STAMP) ## Run unit and integration tests (starts a Kafka broker when KAFKA_BOOTSTRAP_SERVERS is unset; not tests/deploy; the secure-broker tests in their own process)
+	$(BIN)/python -m pytest tests --ignore=tests/deploy --ignore=tests/integration/test_security.py
+	$(BIN)/python -m pytest tests/integration/test_security.py
 
 test-unit: $(STAMP) ## Run the fast, pure unit tests only
 	$(BIN)/python -m pytest tests/unit
