@@ -8,13 +8,16 @@ import sys
 import time
 from pathlib import Path
 
+# VmHWM, not ru_maxrss: Linux carries the parent's peak into ru_maxrss across exec, so
+# a child of a pytest process that has grown to 500 MB would report 500 MB.
 _PEAK = (
-    "import resource, sys\n"
+    "import sys\n"
     "from service.market import write_jsonl\n"
     "n, start, end = map(int, sys.argv[1:4])\n"
     "with open(sys.argv[4], 'wb') as out:\n"
     "    write_jsonl(out, n, start, end, 0)\n"
-    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"  # KiB -> MiB
+    "hwm = next(l for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+    "print(int(hwm.split()[1]) // 1024)\n"  # KiB -> MiB
 )
 
 
