@@ -230,8 +230,14 @@ def test_a_mixed_feed_through_two_instances_matches_replay(
 ) -> None:
     procs = [_start(kafka_bootstrap, _env(topics, name)) for name in ("left", "right")]
     try:
-        members = _wait_for_members(kafka_admin, topics["group"], 2)
         repartition = f"{topics['group']}-repartition"
+        deadline = time.monotonic() + 60
+        while True:  # a describe during a rebalance can show a member between assignments
+            members = _wait_for_members(kafka_admin, topics["group"], 2)
+            if all(any(t == topics["input"] for t, _ in held) for held in members.values()):
+                break
+            assert time.monotonic() < deadline, f"no settled assignment: {members}"
+            time.sleep(0.5)
         for held in members.values():
             # range co-partitions: input p and repartition p with the same member
             inputs = {p for t, p in held if t == topics["input"]}
