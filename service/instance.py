@@ -440,7 +440,8 @@ class Service:
             try:
                 await asyncio.wait_for(self.pipeline.drain(), SHUTDOWN_GRACE_S)
             except Exception as exc:
-                log.warning("in-flight batches not committed at shutdown: %s", exc)
+                if exc is not self.pipeline.failure:  # that one is the exit's own line
+                    log.warning("in-flight batches not committed at shutdown: %s", exc)
         if self.consumer is not None:
             await self._bounded("close the consumer", self.in_kafka_thread(self.consumer.close))
         if self.producer is not None:

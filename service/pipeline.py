@@ -168,11 +168,13 @@ class Pipeline:
 
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
-            # An SfaError is a verdict we wrote (fenced, broker gone): its line says it all,
-            # and the driver decides what follows. Anything else is a bug: keep its trace.
-            log.error(
-                "pipeline stopped: %s", exc, exc_info=None if isinstance(exc, SfaError) else exc
-            )
+            # An SfaError is a verdict we wrote (fenced, broker gone, not authorized): the
+            # driver that decides what follows reports it, once. Anything else is a bug:
+            # keep its trace here, where it happened.
+            if isinstance(exc, SfaError):
+                log.debug("pipeline stopped: %s", exc)
+            else:
+                log.error("pipeline stopped: %s", exc, exc_info=exc)
             self._failure = exc
         self._idle.set()
         self._room.set()

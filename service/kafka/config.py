@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -131,9 +130,11 @@ def restore_config(settings: Settings) -> dict[str, Any]:
     conf = client_config(settings, client="sfa-restore")
     conf.update(
         {
-            # librdkafka insists on a group.id, but assign() never joins it and
-            # nothing is committed; unique so it cannot collide with a real group.
-            "group.id": f"sfa-restore-{uuid.uuid4().hex}",
+            # librdkafka insists on a group.id. assign() never joins the group and nothing
+            # is committed, but librdkafka still looks up its coordinator: the service's
+            # own group is the one its ACLs allow, where a made-up name would be refused
+            # (GROUP_AUTHORIZATION_FAILED in the log) on a least-privilege cluster.
+            "group.id": settings.kafka_group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "isolation.level": "read_committed",

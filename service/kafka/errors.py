@@ -12,6 +12,7 @@ from service.errors import ConfigError, FatalError, RetriableError, SfaError
 
 __all__ = [
     "AbortableError",
+    "AuthorizationError",
     "DeliveryError",
     "FencedError",
     "KafkaFatalError",
@@ -50,6 +51,20 @@ _FENCED_CODES = {-144, 90, 47, 82}
 _FATAL_EVENT = -150
 
 
+class AuthorizationError(KafkaFatalError):
+    """The broker refused the principal a permission. Retrying cannot grant it, so this
+    is fatal even where librdkafka calls the transaction merely abortable."""
+
+
+# TOPIC_, GROUP_, CLUSTER_ and TRANSACTIONAL_ID_AUTHORIZATION_FAILED.
+_AUTHORIZATION_CODES = {29, 30, 31, 53}
+# Broker errors that go away on their own (leader elections, a coordinator loading, a
+# request timing out, the local _TIMED_OUT and _TRANSPORT) but which librdkafka does not
+# mark retriable outside the calls it retries itself, e.g. a watermark query just after
+# a topic was created.
+_TRANSIENT_CODES = {5, 6, 7, 13, 14, 15, 16, 74, 75, -185, -195}
+
+
 class MissingTopicError(ConfigError):
     """A topic the service does not own (the input) does not exist."""
 
@@ -58,7 +73,9 @@ def classify(exc: BaseException, doing: str) -> SfaError:
     """Map a `KafkaException` (or anything else) raised while `doing` to a service error.
 
     Order matters: librdkafka marks fencing as fatal, and an error can be both
-    retriable and abortable; the stronger verdict wins.
+    retriable and abortable; the stronger verdict wins. A refused permission is
+    stronger than all but fencing: librdkafka calls a transaction the broker refused
+    for lack of WRITE abortable, and retrying it would loop forever.
     """
     err = exc.args[0] if exc.args else None
     message = f"{doing}: {err if err is not None else exc}"
@@ -67,10 +84,12 @@ def classify(exc: BaseException, doing: str) -> SfaError:
     code = err.code() if callable(getattr(err, "code", None)) else None
     if code in _FENCED_CODES or (code == _FATAL_EVENT and "fenced" in message.lower()):
         return FencedError(message)
+    if code in _AUTHORIZATION_CODES:
+        return AuthorizationError(message)
     if err.fatal():
         return KafkaFatalError(message)
     if callable(getattr(err, "txn_requires_abort", None)) and err.txn_requires_abort():
         return AbortableError(message)
-    if err.retriable():
+    if err.retriable() or code in _TRANSIENT_CODES:
         return KafkaRetriableError(message)
     return KafkaFatalError(message)

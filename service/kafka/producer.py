@@ -22,6 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer, Topic
 from service.kafka.config import producer_config
 from service.kafka.errors import (
     AbortableError,
+    AuthorizationError,
     DeliveryError,
     KafkaFatalError,
     KafkaRetriableError,
@@ -226,6 +227,7 @@ class AtLeastOnceProducer(_BaseProducer):
         super().__init__(conf)
         self._failures: list[str] = []
         self._failed = 0
+        self._refused: set[str] = set()
         self._on_delivery = self._record_delivery
 
     def _record_delivery(self, err: KafkaError | None, msg: Message) -> None:
@@ -233,6 +235,8 @@ class AtLeastOnceProducer(_BaseProducer):
             self._failed += 1
             if len(self._failures) < 5:
                 self._failures.append(f"{msg.topic()}[{msg.partition()}]: {err}")
+            if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                self._refused.add(str(msg.topic()))
 
     def flush_and_verify(self, timeout_s: float = 60.0) -> None:
         """Block until every queued record is acknowledged; raise if any was not.
@@ -240,8 +244,13 @@ class AtLeastOnceProducer(_BaseProducer):
         Only after this returns may the consumed offsets be committed.
         """
         remaining = self._producer.flush(timeout_s)
-        failed, failures = self._failed, self._failures
-        self._failed, self._failures = 0, []
+        failed, failures, refused = self._failed, self._failures, self._refused
+        self._failed, self._failures, self._refused = 0, [], set()
+        if refused:  # retrying cannot grant a permission
+            raise AuthorizationError(
+                f"not authorized to write to {', '.join(sorted(refused))}: the service "
+                "needs WRITE on it (docs/security.md lists every ACL it needs)"
+            )
         if failed:
             raise DeliveryError(f"{failed} record(s) not delivered, e.g. {'; '.join(failures)}")
         if remaining:

@@ -1,6 +1,6 @@
 """Read state-changelog partitions back into memory when their input partitions arrive.
 
-A separate consumer with no group (assign, not subscribe): restoring must not
+A separate consumer that never joins a group (assign, not subscribe): restoring must not
 join or disturb the service's group, and it must not commit anything. It
 reads `read_committed`, so records of aborted transactions never come back.
 
@@ -52,18 +52,31 @@ def read_state_partitions(
         consumer.close()
 
 
+def _watermarks(consumer: Consumer, topic: str, p: int, deadline: float) -> tuple[int, int]:
+    """Retries transient refusals until `deadline`: a state topic created a moment ago
+    can still be electing its leader (NOT_LEADER_FOR_PARTITION), which is no reason to
+    stop the instance."""
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=max(deadline - time.monotonic(), 1.0)
+            )
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = classify(exc, f"read end offsets of {topic}[{p}]")
+            if not isinstance(error, KafkaRetriableError) or time.monotonic() > deadline:
+                raise error from exc
+            log.info("%s; retrying", error)
+            time.sleep(0.2)
+
+
 def _read(
     consumer: Consumer, topic: str, partitions: list[int], timeout_s: float
 ) -> Iterator[tuple[bytes, bytes | None]]:
     deadline = time.monotonic() + timeout_s
     ends: dict[int, int] = {}
     for p in partitions:
-        try:
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, p), timeout=max(deadline - time.monotonic(), 1.0)
-            )
-        except KafkaException as exc:
-            raise classify(exc, f"read end offsets of {topic}[{p}]") from exc
+        low, high = _watermarks(consumer, topic, p, deadline)
         if high > low:
             ends[p] = high
     if not ends:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from service.batches import BatchOutput, KafkaOrigin
 from service.encode import dead_letter_headers
+from service.kafka.errors import AuthorizationError
 from service.kafka.message import KeyedKafkaOrigin
 
 __all__ = [
@@ -191,4 +192,21 @@ class KafkaSink:
         for key, value in out.state_records:
             # partition p of the state topic holds the state of input partition p
             produce(topics.state, value, key=key, partition=self._state_partition(key))
-        self._commit(origin.next_offsets())
+        try:
+            self._commit(origin.next_offsets())
+        except AuthorizationError as exc:
+            wrote = [
+                topic
+                for topic, records in (
+                    (topics.output, out.results),
+                    (topics.dlq, out.rejects),
+                    (topics.state, out.state_records),
+                    (topics.repartition, out.forwards),
+                )
+                if records and topic is not None
+            ]
+            # The broker's refusal names no topic; the operator needs one to grant.
+            raise AuthorizationError(
+                f"{exc}; this batch wrote to {', '.join(wrote)}: the service needs WRITE on "
+                "each (docs/security.md lists every ACL it needs)"
+            ) from exc

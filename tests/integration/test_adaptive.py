@@ -46,18 +46,22 @@ def loop() -> Iterator[LoopThread]:
 
 
 class Sampler:
-    """Every worker count the handle's view showed, sampled off the loop like a scrape."""
+    """Every worker count the scheduler reported through the handle, sampled off the loop
+    like a scrape. It asks the scheduler itself (`refresh_workers`) rather than reading
+    the view the handle refreshes every second: with FAST_ADAPT a burst's extra worker
+    can start and retire inside one refresh interval, and the view never shows it."""
 
-    def __init__(self, handle: ComputeHandle) -> None:
+    def __init__(self, handle: ComputeHandle, loop: LoopThread) -> None:
         self.seen: list[int] = []
         self._handle = handle
+        self._loop = loop
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(0.1):
-            self.seen.append(self._handle.n_workers())
+            self.seen.append(self._loop.run(self._handle.refresh_workers()))
 
     def stop(self) -> None:
         self._stop.set()
@@ -98,7 +102,7 @@ def test_a_burst_scales_workers_up_idleness_down_and_results_do_not_change(
     env = {**BASE, "SFA_DASK_PROCESSES": "true", "SFA_DASK_ADAPT_MIN": "1"}
     with dask.config.set(FAST_ADAPT):
         handle = loop.run(open_async(load_settings({**env, "SFA_DASK_ADAPT_MAX": "3"})))
-    sampler = Sampler(handle)
+    sampler = Sampler(handle, loop)
     try:
         assert handle.mode == "local_cluster" and handle.adaptive
         wait_until(lambda: handle.n_workers() == 1, 60, "the floor of one worker never started")

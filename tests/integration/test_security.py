@@ -2,8 +2,7 @@
 SCRAM and TLS through `KAFKA_*` variables alone, a wrong password or an untrusted CA
 as one line at start with the secret nowhere, and least privilege: the ACLs listed in
 docs/security.md are enough for the exactly-once path through a restart, and a missing
-WRITE on the output topic commits nothing and (strict xfail until service/ stops retrying
-it) is one clear line.
+WRITE on the output topic commits nothing and is one clear line.
 
 The service runs as a real `sfa` subprocess whose only configuration is its environment;
 every test has its own uuid-prefixed topics, group, transactional id and ACLs.
@@ -415,12 +414,6 @@ def test_the_documented_acls_are_enough_for_exactly_once_through_a_restart(
     assert "state restored" in second.text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service/kafka/restore.py: the group-less restore consumer still looks up the "
-    "coordinator of its random sfa-restore-<uuid> group and logs GROUP_AUTHORIZATION_FAILED "
-    "as a warning when the service may not use that group",
-)
 def test_the_documented_acls_restore_without_an_authorization_complaint(
     secure_broker: SecureBroker,
     names: Names,
@@ -503,12 +496,6 @@ def test_no_write_on_the_output_topic_commits_nothing(
     assert all(offset < 0 for offset in committed.values()), committed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service/ retries a batch the broker refuses for lack of WRITE forever (an "
-    "AbortableError in service/kafka/errors.py classify) instead of one line naming the "
-    "topic and permission; see docs/security.md",
-)
 def test_no_write_on_the_output_topic_is_one_clear_line(
     secure_broker: SecureBroker,
     names: Names,

@@ -209,6 +209,34 @@ def test_fencing_is_classified_as_its_own_fatal_error() -> None:
     assert not isinstance(other, FencedError)
 
 
+def test_a_refused_permission_is_fatal_even_when_librdkafka_says_abort() -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
+    from service.kafka.errors import AbortableError, AuthorizationError, classify
+
+    refused = KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "refused", txn_requires_abort=True)
+    assert isinstance(classify(KafkaException(refused), "commit"), AuthorizationError)
+    for code in (KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
+        assert isinstance(classify(KafkaException(KafkaError(code)), "x"), AuthorizationError)
+    # the same abortable verdict for any other code still means "abort and retry"
+    other = KafkaError(KafkaError._STATE, "x", txn_requires_abort=True)
+    assert type(classify(KafkaException(other), "commit")) is AbortableError
+
+
+def test_a_leader_election_is_transient_even_unmarked() -> None:
+    """A watermark query right after a topic is created can meet NOT_LEADER_FOR_PARTITION
+    with librdkafka's retriable flag unset: waiting fixes it, dying does not."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from service.kafka.errors import KafkaRetriableError, classify
+
+    for code in (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE):
+        error = classify(KafkaException(KafkaError(code)), "read end offsets")
+        assert isinstance(error, KafkaRetriableError)
+    unknown = classify(KafkaException(KafkaError(KafkaError.INVALID_CONFIG)), "x")
+    assert not isinstance(unknown, KafkaRetriableError)
+
+
 def _forwarding_output() -> BatchOutput:
     origin = KafkaOrigin(
         "bars", [0, 2, 1], [10, 5, 11], [100, 200, 300], topics=["bars", "rep", "bars"]
