@@ -33,11 +33,20 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from streamz import Stream
 
-from service.batches import Batch, BatchOutput, BatchSink, Compute, Forward, KafkaOrigin
+from service.batches import (
+    Batch,
+    BatchOutput,
+    BatchSink,
+    Compute,
+    Forward,
+    KafkaOrigin,
+    Origin,
+)
 from service.compute.tasks import ChunkResult
 from service.decode.pool import Decoder
 from service.decode.types import DecodedBatch
@@ -48,7 +57,10 @@ from service.ownership import Routing
 from service.settings import Settings
 from service.state import StateStore
 
-__all__ = ["Pipeline"]
+__all__ = ["Emit", "Pipeline"]
+
+#: Per batch (every touched symbol's result after each batch) or once, at `finish`.
+Emit = Literal["batch", "final"]
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +107,16 @@ class Pipeline:
         with_changelog: bool = False,
         decoder: Decoder | None = None,
         routing: Routing | None = None,
+        emit: Emit = "batch",
     ) -> None:
         """`routing` (Kafka mode): bars read off a partition other than their owner's are
-        forwarded (SPEC 7) instead of applied; None (files): every bar is applied."""
+        forwarded (SPEC 7) instead of applied; None (files): every bar is applied.
+
+        `emit="final"` (replay backfills): batches only update the state; `finish()`
+        then emits one result per held symbol. Each equals the last result per-batch
+        emission would have given that symbol, since after the last batch that touched
+        a symbol nothing about it changes; the patterns are computed once, not per
+        closed year."""
         self.settings = settings
         self.params = settings.engine_params()
         self._encoder = ResultEncoder(self.params.window_days, self.params.alignment)
@@ -109,6 +128,8 @@ class Pipeline:
         self._with_changelog = with_changelog
         self._routing = routing
         self._decoder = decoder if decoder is not None else Decoder(settings.max_message_bytes)
+        self._emit_final = emit == "final"
+        self._final: Batch | None = None  # the marker batch `finish` submits
         self._seq = 0
         self._max_inflight = settings.max_inflight_batches
         self._inflight = 0
@@ -155,6 +176,23 @@ class Pipeline:
         except Exception as exc:
             self._fail(exc)
         self._raise_if_failed()
+
+    async def finish(self, origin: Origin) -> None:
+        """With `emit="final"`: after every batch, one result per held symbol (sorted),
+        delivered like a batch's (its `on_delivered` sees a batch of 0 messages)."""
+        if not self._emit_final:
+            return
+        empty = DecodedBatch(
+            codes=np.empty(0, np.int32),
+            uniques=[],
+            days=np.empty(0, np.int32),
+            closes=np.empty(0),
+            message_index=np.empty(0, np.int32),
+            rejects=[],
+        )
+        self._final = Batch.of_decoded(empty, 0, 0, origin)
+        await self.submit(self._final)
+        await self.drain()
 
     async def drain(self) -> None:
         """Wait until every submitted batch has been delivered (or the pipeline failed)."""
@@ -229,11 +267,17 @@ class Pipeline:
             last = np.full(len(decoded.uniques), -1, dtype=np.int64)
             np.maximum.at(last, decoded.codes, decoded.message_index)
             last_msg = dict(zip(decoded.uniques, last.tolist(), strict=True))
+        if not self._emit_final:
+            touched_symbols, stale_symbols = outcome.touched, outcome.stale
+        elif batch is self._final:
+            touched_symbols = stale_symbols = sorted(state.symbols())
+        else:
+            touched_symbols = stale_symbols = []
         touched = [
             _Touched(s, state.latest(s), state.bars(s), last_msg.get(s, -1))
-            for s in outcome.touched
+            for s in touched_symbols
         ]
-        stale = [state.windows(s) for s in outcome.stale]
+        stale = [state.windows(s) for s in stale_symbols]
         size = self.settings.dask_chunk_size
         chunks = [stale[i : i + size] for i in range(0, len(stale), size)]
         records = state.changelog_records(outcome) if self._with_changelog else []

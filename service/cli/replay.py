@@ -40,6 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar even on a terminal"
     )
+    parser.add_argument(
+        "--emit",
+        choices=("batch", "final"),
+        default="batch",
+        help="batch: a result for every symbol a batch touched, after each batch (as the "
+        "service does); final: one result per symbol after the last batch (backfills)",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -55,7 +62,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         results = sys.stdout.buffer if args.output == "-" else open_out(args.output)
         errors = open_out(args.errors) if args.errors else None
         progress = sys.stderr.isatty() and not args.no_progress
-        stats, pipeline = asyncio.run(replay(args.files, settings, results, errors, progress))
+        stats, pipeline = asyncio.run(
+            replay(args.files, settings, results, errors, progress, args.emit)
+        )
         for out in outputs:
             out.commit()
     except OSError as exc:  # a write to an output failed (disk full, say)

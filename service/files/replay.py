@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from service.batches import Batch, BatchOutput
+from service.batches import Batch, BatchOutput, FileOrigin
 from service.decode.pool import decode_processes
 from service.files.readers import FileFailure, read_batches, total_size_hint
 from service.files.sink import FileSink
 from service.files.source import FileSource
-from service.pipeline import Pipeline
+from service.pipeline import Emit, Pipeline
 from service.settings import Settings
 
 __all__ = ["ReplayStats", "replay"]
@@ -58,8 +58,12 @@ async def replay(
     results: IO[bytes] | None,
     errors: IO[bytes] | None,
     progress: bool = False,
+    emit: Emit = "batch",
 ) -> tuple[ReplayStats, Pipeline]:
     """Run every file through the pipeline; returns the counts and the final pipeline.
+
+    `emit="final"`: one result per symbol after the last batch instead of one per
+    touched symbol per batch (a backfill whose users want only the end state).
 
     A file that breaks part way does not stop the run: what it and the other files
     yielded is processed, and the break is in `stats.failures` for the caller to
@@ -102,10 +106,12 @@ async def replay(
         compute,
         sink,
         on_delivered=delivered,
+        emit=emit,
     )
     try:
         async for batch in _batches(paths, settings.batch_max_messages, source, stats.failures):
             await pipeline.submit(batch)
+        await pipeline.finish(FileOrigin(paths[-1] if paths else "-"))
         await pipeline.drain()
         if source is not None:
             stats.failures.extend(source.failures)

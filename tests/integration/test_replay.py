@@ -322,3 +322,19 @@ def test_reader_process_exits_with_its_parent(market: Path, tmp_path: Path) -> N
             return
         time.sleep(0.2)
     pytest.fail(f"helper {helper} outlived its parent")
+
+
+def test_emit_final_writes_one_result_per_symbol(market: Path, tmp_path: Path) -> None:
+    """`--emit final` on a local Dask cluster: the end state of each symbol, once, sorted."""
+    per_batch = _sfa("replay", str(market), "-o", str(tmp_path / "b.jsonl"), "--no-progress")
+    final = _sfa(
+        "replay", str(market), "-o", str(tmp_path / "f.jsonl"), "--emit", "final", "--no-progress"
+    )
+    assert per_batch.returncode == 0 and final.returncode == 0, final.stderr
+    assert "30 results (30 ok)" in final.stderr
+    lines = (tmp_path / "f.jsonl").read_bytes().splitlines()
+    symbols = [orjson.loads(line)["symbol"] for line in lines]
+    assert symbols == sorted(set(symbols)) and len(symbols) == 30
+    assert {s: orjson.loads(x) for s, x in zip(symbols, lines, strict=True)} == _last(
+        tmp_path / "b.jsonl"
+    )

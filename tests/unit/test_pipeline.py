@@ -7,26 +7,32 @@ import datetime as dt
 import random
 
 import orjson
+import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.baseline import baseline_analyze
 from service.batches import Batch, BatchOutput, FileOrigin
-from service.pipeline import Pipeline
+from service.pipeline import Emit, Pipeline
 from service.settings import load_settings
 from tests.unit.fakes import InlineCompute, ListSink
 
 
-def _run(values: list[bytes], batch: int, **env: str) -> tuple[dict[str, dict], ListSink]:
+def _run(
+    values: list[bytes], batch: int, emit: Emit = "batch", **env: str
+) -> tuple[dict[str, dict], ListSink]:
     settings = load_settings({"SFA_MAX_INFLIGHT_BATCHES": "3", "DASK_CHUNK_SIZE": "2", **env})
     sink = ListSink()
 
     async def go() -> None:
-        pipeline = Pipeline(settings, InlineCompute(), sink)
+        pipeline = Pipeline(settings, InlineCompute(), sink, emit=emit)
         for i in range(0, len(values), batch):
             chunk = values[i : i + batch]
             await pipeline.submit(
                 Batch.of_values(chunk, FileOrigin("mem", lines=list(range(len(chunk)))))
             )
+        await pipeline.finish(FileOrigin("mem"))
         await pipeline.drain()
 
     asyncio.run(go())
@@ -119,6 +125,65 @@ def test_last_result_independent_of_batching_and_order(
     assert set(got) == set(expected)
     for symbol, result in expected.items():
         assert got[symbol] == result
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batch=st.sampled_from([5, 13, 700, 10**9]),
+    seed=st.integers(0, 2**16),
+    corrections=st.integers(0, 20),
+)
+def test_emit_final_is_the_last_result_of_every_symbol(
+    batch: int, seed: int, corrections: int
+) -> None:
+    """`--emit final`: one result per symbol, sorted, after the last batch, each the one
+    per-batch emission ends with; awkward input (arrays of many symbols, corrections,
+    bad records) included. Nothing is emitted per batch, and dead letters still are."""
+    rng = random.Random(seed)
+    base = _market(seed, symbols=3, years=(2015, 2020))
+    fixes = []
+    for value in rng.sample(base, corrections):
+        bar = orjson.loads(value)
+        bar["close"] *= rng.uniform(0.9, 1.1)
+        fixes.append(orjson.dumps(bar))
+    arrival = [*base, *fixes]
+    rng.shuffle(arrival)
+    # a snapshot-style array of several symbols' bars, and two bad records
+    arrival[5:8] = [b"[" + b",".join(arrival[5:8]) + b"]", b"{bad", b'{"symbol": "S0.SH"}']
+    per_batch, _ = _run(arrival, batch)
+    final, sink = _run(arrival, batch, emit="final")
+    assert all(not out.results for out in sink.outputs[:-1])
+    emitted = [symbol for symbol, _ in sink.outputs[-1].results]
+    assert emitted == sorted(per_batch)
+    assert final == per_batch
+    rejects = [r.reason for out in sink.outputs for r in out.rejects]
+    assert sorted(rejects) == ["invalid_json", "missing_field:date"]
+
+
+def test_emit_final_matches_the_per_row_baseline() -> None:
+    """The final results against the independent per-row implementation (bench.baseline),
+    on the bars that survive corrections (the last one per symbol and date wins)."""
+    values = _market(7, symbols=3, years=(2012, 2021))
+    fixes = [v.replace(b'"close":', b'"close":1') for v in values[::97]]  # later, higher
+    final, _ = _run([*values, *fixes], 500, emit="final")
+    bars: dict[tuple[str, str], float] = {}
+    for value in [*values, *fixes]:
+        bar = orjson.loads(value)
+        bars[(bar["symbol"], bar["date"])] = bar["close"]
+    params = load_settings({}).engine_params()
+    for symbol, result in final.items():
+        rows = sorted((d, c) for (s, d), c in bars.items() if s == symbol)
+        frame = pd.DataFrame(
+            {"date": [dt.date.fromisoformat(d) for d, _ in rows], "close": [c for _, c in rows]}
+        )
+        expected = baseline_analyze(symbol, frame, params)
+        assert result["status"] == expected.status
+        assert tuple(result["years_analyzed"]) == expected.years
+        assert expected.pattern is not None
+        for name, value in result["pattern"].items():
+            assert value == pytest.approx(getattr(expected.pattern, name), rel=1e-9, abs=1e-9)
+        assert [k for k, _, _ in result["curve"]] == expected.curve_k.tolist()
+        assert [m for _, m, _ in result["curve"]] == pytest.approx(expected.curve_mean.tolist())
 
 
 def test_decoding_in_a_helper_process_changes_nothing() -> None:
