@@ -158,6 +158,64 @@ class ResultEncoder:
         bars_in_state: int,
         input_ref: dict[str, Any] | None,
     ) -> bytes:
+        return self.splice(
+            symbol,
+            as_of_day,
+            status,
+            pattern_part,
+            self.position_part(position),
+            self.signal_part(signal),
+            bars_in_state,
+            input_ref,
+        )
+
+    def position_part(self, position: Position) -> bytes:
+        """`,"position":{...}`; cached, since a batch's symbols share a few as_of days."""
+        pos = self._positions.get(position)
+        if pos is None:
+            if len(self._positions) >= _FRAGMENT_LIMIT:
+                self._positions.clear()
+            pos = self._positions[position] = b',"position":' + _dumps(
+                {
+                    "spring_festival_date": _iso(position.spring_festival_day),
+                    "days_to_spring_festival": position.days_to_spring_festival,
+                    "relative_day": position.relative_day,
+                    "in_window": position.in_window,
+                    "phase": position.phase,
+                }
+            )
+        return pos
+
+    @staticmethod
+    def signal_part(signal: Signal | None) -> bytes:
+        """`,"signal":...,"bars_in_state":`: callers cache it per (pattern, phase)."""
+        if signal is None:
+            return b',"signal":null,"bars_in_state":'
+        return (
+            b',"signal":'
+            + _dumps(
+                {
+                    "signal": signal.signal,
+                    "strength": signal.strength,
+                    "action": signal.action,
+                    "volatility_warning": signal.volatility_warning,
+                }
+            )
+            + b',"bars_in_state":'
+        )
+
+    def splice(
+        self,
+        symbol: str,
+        as_of_day: int,
+        status: str,
+        pattern_part: bytes,
+        position_part: bytes,
+        signal_part: bytes,
+        bars_in_state: int,
+        input_ref: dict[str, Any] | None,
+    ) -> bytes:
+        """One result from its cached fragments: the per-result work is a join."""
         head = self._heads.get(symbol)
         if head is None:
             if len(self._heads) >= _FRAGMENT_LIMIT:
@@ -177,37 +235,19 @@ class ResultEncoder:
                 + _dumps(self._alignment)
                 + b","
             )
-        pos = self._positions.get(position)
-        if pos is None:
-            if len(self._positions) >= _FRAGMENT_LIMIT:
-                self._positions.clear()
-            pos = self._positions[position] = b',"position":' + _dumps(
-                {
-                    "spring_festival_date": _iso(position.spring_festival_day),
-                    "days_to_spring_festival": position.days_to_spring_festival,
-                    "relative_day": position.relative_day,
-                    "in_window": position.in_window,
-                    "phase": position.phase,
-                }
-            )
-        if signal is None:
-            sig = b',"signal":null,"bars_in_state":'
-        else:
-            sig = (
-                b',"signal":'
-                + _dumps(
-                    {
-                        "signal": signal.signal,
-                        "strength": signal.strength,
-                        "action": signal.action,
-                        "volatility_warning": signal.volatility_warning,
-                    }
-                )
-                + b',"bars_in_state":'
-            )
         ref = b"null}" if input_ref is None else _dumps(input_ref, option=_OPT) + b"}"
         return b"".join(
-            (head, day, mid, pattern_part, pos, sig, b"%d" % bars_in_state, self._version, ref)
+            (
+                head,
+                day,
+                mid,
+                pattern_part,
+                position_part,
+                signal_part,
+                b"%d" % bars_in_state,
+                self._version,
+                ref,
+            )
         )
 
 

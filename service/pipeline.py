@@ -59,6 +59,8 @@ from service.state import StateStore
 
 __all__ = ["Emit", "Pipeline"]
 
+_SIGNAL_CACHE_LIMIT = 100_000  # symbols; bounds what revoked partitions leave behind
+
 #: Per batch (every touched symbol's result after each batch) or once, at `finish`.
 Emit = Literal["batch", "final"]
 
@@ -67,12 +69,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class _Touched:
-    """Per symbol, what its result needs from the state as it was right after the batch."""
+    """What the batch's results need from the state as it was right after the batch:
+    per touched symbol (parallel lists, since a batch of a whole market touches
+    thousands), its latest day, bars held and last message (-1: none)."""
 
-    symbol: str
-    latest: int
-    bars: int
-    message_index: int
+    symbols: list[str]
+    latest: list[int]
+    bars: list[int]
+    message_index: list[int]
 
 
 @dataclass(slots=True)
@@ -80,7 +84,7 @@ class _Prepared:
     seq: int
     batch: Batch
     decoded: DecodedBatch
-    touched: list[_Touched]
+    touched: _Touched
     chunks: list[list[SymbolWindows]]
     state_records: list[tuple[bytes, bytes]]
     prepared_at: float
@@ -128,6 +132,7 @@ class Pipeline:
         self._with_changelog = with_changelog
         self._routing = routing
         self._decoder = decoder if decoder is not None else Decoder(settings.max_message_bytes)
+        self._signals: dict[str, tuple[PatternResult, str, bytes]] = {}
         self._emit_final = emit == "final"
         self._final: Batch | None = None  # the marker batch `finish` submits
         self._seq = 0
@@ -261,22 +266,21 @@ class Pipeline:
         outcome = state.apply_codes(
             decoded.codes, decoded.uniques, decoded.days, decoded.closes, partition, stamps
         )
-        last_msg: dict[str, int] = {}
-        if kafka is not None and len(decoded):
-            # message indexes grow along the batch, so the max per code is the last one
-            last = np.full(len(decoded.uniques), -1, dtype=np.int64)
-            np.maximum.at(last, decoded.codes, decoded.message_index)
-            last_msg = dict(zip(decoded.uniques, last.tolist(), strict=True))
         if not self._emit_final:
             touched_symbols, stale_symbols = outcome.touched, outcome.stale
         elif batch is self._final:
             touched_symbols = stale_symbols = sorted(state.symbols())
         else:
             touched_symbols = stale_symbols = []
-        touched = [
-            _Touched(s, state.latest(s), state.bars(s), last_msg.get(s, -1))
-            for s in touched_symbols
-        ]
+        latest, bars = state.heads(touched_symbols)
+        message_index = [-1] * len(touched_symbols)
+        if kafka is not None and len(decoded) and touched_symbols:
+            # message indexes grow along the batch, so the max per code is the last one
+            last = np.full(len(decoded.uniques), -1, dtype=np.int64)
+            np.maximum.at(last, decoded.codes, decoded.message_index)
+            last_msg = dict(zip(decoded.uniques, last.tolist(), strict=True))
+            message_index = [last_msg.get(s, -1) for s in touched_symbols]
+        touched = _Touched(touched_symbols, latest, bars, message_index)
         stale = [state.windows(s) for s in stale_symbols]
         size = self.settings.dask_chunk_size
         chunks = [stale[i : i + size] for i in range(0, len(stale), size)]
@@ -408,28 +412,51 @@ class Pipeline:
         origin = prepared.batch.origin
         kafka = origin if isinstance(origin, KafkaOrigin) else None
         window_days = self.params.window_days
-        encode = self._encoder.encode
+        encoder = self._encoder
+        splice = encoder.splice
+        pattern_of = state.pattern
+        signals = self._signals
+        if len(signals) > _SIGNAL_CACHE_LIMIT:
+            signals.clear()
+        # The symbols of a batch share a few as_of days: position once per day.
+        positions: dict[int, tuple[str, bytes]] = {}
         statuses: Counter[str] = Counter()
         results: list[tuple[str, bytes]] = []
-        for t in prepared.touched:
-            cached = state.pattern(t.symbol)
+        t = prepared.touched
+        for symbol, latest, bars, msg in zip(
+            t.symbols, t.latest, t.bars, t.message_index, strict=True
+        ):
+            cached = pattern_of(symbol)
             if cached is None:
-                raise RuntimeError(f"no pattern for {t.symbol}: the state lost it mid-batch")
+                raise RuntimeError(f"no pattern for {symbol}: the state lost it mid-batch")
             pattern, part = cached
-            position = position_of(t.latest, window_days)
+            at = positions.get(latest)
+            if at is None:
+                position = position_of(latest, window_days)
+                at = positions[latest] = (position.phase, encoder.position_part(position))
+            phase, position_part = at
+            # The signal depends only on (pattern, phase), and both change rarely: reuse
+            # its fragment while the symbol's pattern object and phase are the same.
+            sig = signals.get(symbol)
+            if sig is None or sig[0] is not pattern or sig[1] != phase:
+                sig = signals[symbol] = (
+                    pattern,
+                    phase,
+                    encoder.signal_part(signal_of(pattern, phase)),
+                )
             status = pattern.status
             statuses[status] += 1
-            payload = encode(
-                t.symbol,
-                t.latest,
+            payload = splice(
+                symbol,
+                latest,
                 status,
                 part,
-                position,
-                signal_of(pattern, position.phase),
-                t.bars,
-                kafka.input_ref(t.message_index) if kafka and t.message_index >= 0 else None,
+                position_part,
+                sig[2],
+                bars,
+                kafka.input_ref(msg) if kafka and msg >= 0 else None,
             )
-            results.append((t.symbol, payload))
+            results.append((symbol, payload))
         return BatchOutput(
             seq=prepared.seq,
             batch=prepared.batch,

@@ -27,7 +27,11 @@ class FileSink:
     async def write(self, out: BatchOutput) -> None:
         data = b""
         if self._results is not None and out.results:
-            data = b"\n".join([payload for _, payload in out.results]) + b"\n"
+            # One copy of what can be gigabytes per run: the empty last element gives the
+            # final newline (`+ b"\n"` would copy everything again).
+            payloads = [payload for _, payload in out.results]
+            payloads.append(b"")
+            data = b"\n".join(payloads)
         errors = b""
         if self._errors is not None and out.rejects:
             origin = out.batch.origin

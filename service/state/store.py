@@ -5,8 +5,9 @@ symbol: int32 day numbers, strictly increasing, float64 closes and int64 event s
 Three arrays and a few scalars per symbol keep a million held bars near 20 bytes each;
 per-year Python objects would cost more than the bars themselves.
 
-Arrays are never mutated once stored: every change builds new arrays, and stored ones
-are read-only. Snapshots handed to Dask workers therefore need no copy and stay valid
+Held bars are never mutated once stored: a correction builds new arrays, an append
+writes past the end of every existing view (`_append`), and stored columns are
+read-only. Snapshots handed to Dask workers therefore need no copy and stay valid
 while later batches are applied.
 
 Corrections and order independence (SPEC 1): of several bars for the same (symbol, day),
@@ -107,6 +108,7 @@ class StateStore:
         self._win = window_table(params.window_days)
         self._entries: dict[str, _Entry] = {}
         self._n_bars = 0
+        self._slack_bars = 0  # room for appends: allocated, not yet held (see `_append`)
         self._pattern_bytes = 0
 
     # --- reading ---
@@ -129,6 +131,11 @@ class StateStore:
     def stamps(self, symbol: str) -> np.ndarray:
         """The event stamp of each held bar (parallel to `windows(symbol).days`)."""
         return self._entries[symbol].stamps
+
+    def heads(self, symbols: Sequence[str]) -> tuple[list[int], list[int]]:
+        """latest(s) and bars held of each symbol: one pass for a batch's results."""
+        entries = list(map(self._entries.__getitem__, symbols))
+        return [e.latest for e in entries], [len(e.days) for e in entries]
 
     def latest(self, symbol: str) -> int:
         return self._entries[symbol].latest
@@ -173,7 +180,8 @@ class StateStore:
     def nbytes(self) -> int:
         """Array bytes plus an estimate of Python overhead per symbol and cached patterns."""
         per_bar = _NO_DAYS.itemsize + _NO_CLOSES.itemsize + _NO_STAMPS.itemsize
-        return self._n_bars * per_bar + len(self._entries) * _SYMBOL_OVERHEAD + self._pattern_bytes
+        allocated = (self._n_bars + self._slack_bars) * per_bar
+        return allocated + len(self._entries) * _SYMBOL_OVERHEAD + self._pattern_bytes
 
     # --- writing ---
 
@@ -220,7 +228,7 @@ class StateStore:
         merged_groups: list[int] = []  # general path: explicit changed years below
         merged_years: list[int] = []
         changed_meta: set[str] = set()
-        n_bars_delta = 0
+        n_bars_delta = slack_delta = 0
         for g in range(k):
             sym = names[g]
             e = entries.get(sym)
@@ -242,21 +250,18 @@ class StateStore:
             held = len(e.days)
             if gb.rising[g] and (held == 0 or gb.days[a] > e.days[-1]):
                 # Days past every held one: nothing to correct, so stamps need no compare.
-                new_days = np.concatenate((e.days, gb.days[a:b]))
-                new_closes = np.concatenate((e.closes, gb.closes[a:b]))
-                new_stamps = np.concatenate((e.stamps, gb.stamps[a:b]))
-                new_days.setflags(write=False)  # inline `frozen`: this is the hot path
-                new_closes.setflags(write=False)
-                new_stamps.setflags(write=False)
-                e.days, e.closes, e.stamps = new_days, new_closes, new_stamps
+                slack_delta += _append(e, gb.days[a:b], gb.closes[a:b], gb.stamps[a:b])
                 n_bars_delta += b - a
                 appended[g] = True
                 continue
+            slack_delta -= _slack(e)
             years = self._merge(e, gb.days[a:b], gb.closes[a:b], gb.stamps[a:b], gb.years[a:b])
+            slack_delta += _slack(e)
             n_bars_delta += len(e.days) - held
             merged_groups.extend([g] * len(years))
             merged_years.extend(years)
         self._n_bars += n_bars_delta
+        self._slack_bars += slack_delta
 
         # (group, year) pairs whose bars changed: all years of appended groups' bars.
         pair_key = gb.codes.astype(np.int64) * 256 + (gb.years - FIRST_YEAR)
@@ -330,6 +335,7 @@ class StateStore:
     def _forget(self, symbol: str) -> None:
         e = self._entries.pop(symbol)
         self._n_bars -= len(e.days)
+        self._slack_bars -= _slack(e)
         self._pattern_bytes -= _pattern_nbytes(e.pattern, e.encoded)
 
     # --- durable changelog ---
@@ -413,10 +419,47 @@ class StateStore:
             new_days, new_closes = record.days[keep], record.closes[keep]
             new_stamps = record.stamps[keep]
         before = len(e.days)
+        self._slack_bars -= _slack(e)  # the new columns are exact-size
         e.days = frozen(np.concatenate((e.days[:a], new_days.astype(np.int32), e.days[b:])))
         e.closes = frozen(np.concatenate((e.closes[:a], new_closes, e.closes[b:])))
         e.stamps = frozen(np.concatenate((e.stamps[:a], new_stamps.astype(np.int64), e.stamps[b:])))
         self._n_bars += len(e.days) - before
+
+
+def _slack(e: _Entry) -> int:
+    """Bars' worth of room allocated past `e`'s held bars (0 for exact-size columns)."""
+    base = e.days.base
+    return 0 if base is None else len(base) - len(e.days)
+
+
+def _append(e: _Entry, days: np.ndarray, closes: np.ndarray, stamps: np.ndarray) -> int:
+    """Append bars past every held day; returns the change in slack.
+
+    Why not `np.concatenate`: that copies the whole history on every batch, which in a
+    backfill (every batch appends a few bars to every symbol) is quadratic in the bars
+    held per symbol. The columns are views of buffers with room at the end: new bars go
+    into the room, and the longer view is the new column. Older snapshots are views of
+    the shorter prefix, which nothing ever writes again, so they stay valid unchanged.
+    Buffers grow by a quarter (at most ~25% slack, which `nbytes` counts).
+    """
+    n, m = len(e.days), len(days)
+    before = _slack(e)
+    base_days = e.days.base
+    if base_days is None or len(base_days) < n + m:
+        capacity = n + m + ((n + m) >> 2) + 8
+        grown = [np.empty(capacity, col.dtype) for col in (e.days, e.closes, e.stamps)]
+        for buffer, col in zip(grown, (e.days, e.closes, e.stamps), strict=True):
+            buffer[:n] = col
+        base_days, base_closes, base_stamps = grown
+    else:
+        base_closes, base_stamps = e.closes.base, e.stamps.base
+    base_days[n : n + m] = days
+    base_closes[n : n + m] = closes
+    base_stamps[n : n + m] = stamps
+    e.days = frozen(base_days[: n + m])
+    e.closes = frozen(base_closes[: n + m])
+    e.stamps = frozen(base_stamps[: n + m])
+    return _slack(e) - before
 
 
 def _pattern_nbytes(result: PatternResult | None, encoded: bytes | None) -> int:

@@ -227,6 +227,33 @@ def test_stored_arrays_are_read_only_and_snapshots_survive_later_batches() -> No
     assert snap.latest == day("2023-01-10")
 
 
+@settings(max_examples=40, deadline=None)
+# at most 72 days from 2023-01-02: all inside the 2023 window (to 2023-03-23), so all held
+@given(st.lists(st.tuples(st.integers(1, 6), st.booleans()), min_size=1, max_size=12))
+def test_appends_into_spare_room_never_change_an_earlier_snapshot(
+    steps: list[tuple[int, bool]],
+) -> None:
+    """Appends write past the end of the held columns (a growth buffer), corrections build
+    new ones: every snapshot keeps exactly the bars it was taken with, and `nbytes`
+    counts the spare room."""
+    store = StateStore(PARAMS)
+    first = day("2023-01-02")
+    held: dict[int, float] = {}
+    snaps = []
+    for n, (count, correct) in enumerate(steps):
+        top = max(held, default=first - 1)
+        days = [top - 1] if correct and held else []  # re-sent older day: the merge path
+        days += [top + 1 + i for i in range(count)]
+        closes = [float(n * 10 + i + 1) for i in range(len(days))]
+        store.apply(["A"] * len(days), np.array(days, np.int32), np.array(closes))
+        held.update(zip(days, closes, strict=True))
+        snaps.append((store.windows("A"), sorted(held.items())))
+    for snap, expected in snaps:
+        assert list(zip(snap.days.tolist(), snap.closes.tolist(), strict=True)) == expected
+    per_bar = 4 + 8 + 8
+    assert store.nbytes >= store.n_bars * per_bar
+
+
 def test_partition_is_taken_from_the_symbols_last_bar() -> None:
     store = StateStore(PARAMS)
     store.apply(
