@@ -3,10 +3,11 @@
 The dev broker (like many production ones) does not create topics on first use,
 and `sfa run` creates only its own output topics, shaped like an input that must
 already exist. This makes the input topic (and, with `--all`, the output,
-dead-letter and compacted state topics exactly as `sfa run` would), so a first run
-needs nothing but `sfa`. Idempotent: a topic that exists with the asked partition
-count is fine; another count is one line, exit 1 (the count decides which instance
-owns which symbols, so it is never changed here).
+dead-letter, compacted state and repartition topics exactly as `sfa run` would), so a
+first run needs nothing but `sfa`, and a service without CREATE finds them all.
+Idempotent: a topic that exists with the asked partition count is fine; another count
+is one line, exit 1 (the count decides which instance owns which symbols, so it is
+never changed here).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument(
         "--all",
         action="store_true",
-        help="also SFA_OUTPUT_TOPIC, SFA_DLQ_TOPIC and SFA_STATE_TOPIC (compacted)",
+        help="also SFA_OUTPUT_TOPIC, SFA_DLQ_TOPIC, SFA_STATE_TOPIC (compacted) and "
+        "SFA_REPARTITION_TOPIC",
     )
 
 

@@ -178,15 +178,21 @@ class TopicPlan:
 
 
 def topic_plans(settings: Settings, service_topics: bool) -> list[TopicPlan]:
-    """The input topic, and with `service_topics` the ones `sfa run` would create
-    (output, dead letters, the compacted state topic), shaped as `ensure_topics` does.
-    `sfa run` creates the repartition topic itself when missing."""
+    """The input topic, and with `service_topics` every one `sfa run` would create
+    (output, dead letters, the compacted state topic, the repartition topic), shaped as
+    `ensure_topics` does: an operator whose service may not create topics makes them
+    all here, with the input's partition count."""
     plans = [TopicPlan(settings.input_topic, "SFA_INPUT_TOPIC", {})]
     if service_topics:
         plans += [
             TopicPlan(settings.output_topic, "SFA_OUTPUT_TOPIC", {}),
             TopicPlan(settings.dlq_topic, "SFA_DLQ_TOPIC", {}),
             TopicPlan(settings.state_topic, "SFA_STATE_TOPIC", dict(_STATE_TOPIC_CONFIG)),
+            TopicPlan(
+                settings.effective_repartition_topic,
+                "SFA_REPARTITION_TOPIC",
+                dict(_REPARTITION_TOPIC_CONFIG),
+            ),
         ]
     return plans
 

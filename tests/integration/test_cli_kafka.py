@@ -98,6 +98,7 @@ def names(kafka_admin: AdminClient) -> Iterator[dict[str, str]]:
         "SFA_OUTPUT_TOPIC": f"{base}-out",
         "SFA_DLQ_TOPIC": f"{base}-dlq",
         "SFA_STATE_TOPIC": f"{base}-state",
+        "SFA_REPARTITION_TOPIC": f"{base}-repartition",
     }
     yield env
     for future in kafka_admin.delete_topics(list(env.values()), operation_timeout=10).values():
@@ -118,8 +119,12 @@ def test_topics_create_is_idempotent_and_checks_the_shape(
     state = ConfigResource(ResourceType.TOPIC, names["SFA_STATE_TOPIC"])
     config = kafka_admin.describe_configs([state])[state].result(timeout=10)
     assert config["cleanup.policy"].value == "compact"
+    # the repartition topic as `sfa run` makes it: deleting, a day's retention
+    twin = ConfigResource(ResourceType.TOPIC, names["SFA_REPARTITION_TOPIC"])
+    config = kafka_admin.describe_configs([twin])[twin].result(timeout=10)
+    assert (config["cleanup.policy"].value, config["retention.ms"].value) == ("delete", "86400000")
     again = _sfa(kafka_bootstrap, "topics", "create", "--partitions", "3", "--all", env=names)
-    assert again.returncode == 0 and again.stdout.count(": exists,") == 4
+    assert again.returncode == 0 and again.stdout.count(": exists,") == 5
     wrong = _sfa(kafka_bootstrap, "topics", "create", "--partitions", "2", env=names)
     assert wrong.returncode == 1
     assert wrong.stderr.strip().splitlines() == [
