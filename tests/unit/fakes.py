@@ -96,8 +96,13 @@ class FakeProducer:
         key: bytes | None = None,
         headers: list[tuple[str, str | bytes | None]] | None = None,
         partition: int | None = None,
+        *,
+        timestamp_ms: int | None = None,
     ) -> None:
-        self._call("produce", topic, value, key, tuple(headers or ()), partition)
+        """Logged as (produce, topic, value, key, headers, partition), plus the record
+        timestamp as a seventh element when one is given (forwarded bars keep theirs)."""
+        call = ("produce", topic, value, key, tuple(headers or ()), partition)
+        self._call(*call, *(() if timestamp_ms is None else (timestamp_ms,)))
 
     def commit(self, offsets: Mapping[tuple[str, int], int], group_metadata: object) -> None:
         self._call("commit", dict(offsets), group_metadata)

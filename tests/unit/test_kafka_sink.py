@@ -14,29 +14,7 @@ import pytest
 from service.batches import Batch, BatchOutput, FileOrigin, Forward, KafkaOrigin
 from service.decode.types import Reject
 from service.kafka.sink import KafkaSink, SinkTopics
-from tests.unit import fakes
-from tests.unit.fakes import CallLog, FakeConsumer
-
-
-class FakeProducer(fakes.FakeProducer):
-    """The shared fake, plus the record timestamp forwarded bars are produced with
-    (logged as a seventh element when given)."""
-
-    def produce(
-        self,
-        topic: str,
-        value: bytes | None,
-        key: bytes | None = None,
-        headers: list[tuple[str, str | bytes | None]] | None = None,
-        partition: int | None = None,
-        *,
-        timestamp_ms: int | None = None,
-    ) -> None:
-        if timestamp_ms is None:
-            super().produce(topic, value, key, headers, partition)
-        else:
-            self._call("produce", topic, value, key, tuple(headers or ()), partition, timestamp_ms)
-
+from tests.unit.fakes import CallLog, FakeConsumer, FakeProducer
 
 TOPICS = SinkTopics(output="out", dlq="dlq", state="state", repartition="rep")
 STATE_PARTITIONS = {b"s:A": 1, b"s:B": 0}
