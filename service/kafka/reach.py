@@ -18,6 +18,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from service.errors import SfaError
+from service.kafka.clientlog import LIBRDKAFKA_LOGGER
 from service.kafka.config import admin_config
 from service.settings import Settings
 
@@ -50,21 +51,42 @@ def check_reachable(
     conf = admin_config(settings)
     conf["error_cb"] = heard.append
     conf["client.id"] = f"sfa-check-{settings.instance_id}"
+    log = _Muted(stopped)
+    conf["logger"] = log
     admin = AdminClient(conf)
     deadline = time.monotonic() + limit
-    while True:
-        try:
-            admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
-            return
-        except KafkaException as exc:
-            if exc.args and isinstance(exc.args[0], KafkaError):
-                calls.append(exc.args[0])
-        admin.poll(0.1)  # serves error_cb (and hands queued log lines to the logger)
-        final = [e for e in heard + calls if _is_final(e)]
-        if stopped():
-            return  # the caller is shutting down; it does not need a verdict
-        if final or time.monotonic() >= deadline:
-            raise BrokerUnreachableError(_verdict(settings, final or heard or calls, limit))
+    try:
+        while True:
+            try:
+                admin.list_topics(timeout=max(0.1, min(1.0, deadline - time.monotonic())))
+                return
+            except KafkaException as exc:
+                if exc.args and isinstance(exc.args[0], KafkaError):
+                    calls.append(exc.args[0])
+            admin.poll(0.1)  # serves error_cb (and hands queued log lines to the logger)
+            final = [e for e in heard + calls if _is_final(e)]
+            if stopped():
+                return  # the caller is shutting down; it does not need a verdict
+            if final or time.monotonic() >= deadline:
+                raise BrokerUnreachableError(_verdict(settings, final or heard or calls, limit))
+    finally:
+        # The client is dropped, not closed (an AdminClient has no close): lines it still
+        # queued would surface whenever it is collected, after the verdict, even after a
+        # shutdown's last line. What they say, the verdict has said.
+        log.muted = True
+
+
+class _Muted:
+    """librdkafka's logger for the check client: the service's, until muted or until the
+    caller stops (its shutdown may finish while a metadata call is still waiting)."""
+
+    def __init__(self, stopped: Callable[[], bool]) -> None:
+        self.muted = False
+        self._stopped = stopped
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        if not (self.muted or self._stopped()):
+            LIBRDKAFKA_LOGGER.log(level, msg, *args)
 
 
 def _is_final(error: KafkaError) -> bool:

@@ -101,6 +101,40 @@ def new_topic(kafka_admin: AdminClient) -> Iterator[NewTopicFactory]:
                 future.result(timeout=15)
 
 
+#: `service_topics(partitions) -> names`: an input topic made now, plus the names of
+#: the output, dead-letter, state topics and group a service run will create and use.
+ServiceTopicsFactory = Callable[[int], dict[str, str]]
+
+
+@pytest.fixture()
+def service_topics(
+    new_topic: NewTopicFactory, kafka_admin: AdminClient
+) -> Iterator[ServiceTopicsFactory]:
+    """Everything the service creates for itself (output, dead letters, state and the
+    `<group>-repartition` topic) is deleted afterwards, best effort."""
+    made: list[str] = []
+
+    def make(partitions: int) -> dict[str, str]:
+        tag = uuid.uuid4().hex[:10]
+        names = {
+            "input": new_topic(partitions=partitions, prefix="bars"),
+            "output": f"out-{tag}",
+            "dlq": f"dlq-{tag}",
+            "state": f"state-{tag}",
+            "group": f"g-{tag}",
+        }
+        made.extend([names["output"], names["dlq"], names["state"], f"g-{tag}-repartition"])
+        return names
+
+    yield make
+    existing = set(kafka_admin.list_topics(timeout=10).topics)
+    doomed = [name for name in made if name in existing]
+    if doomed:
+        for future in kafka_admin.delete_topics(doomed, operation_timeout=10).values():
+            with contextlib.suppress(KafkaException, TimeoutError):
+                future.result(timeout=15)
+
+
 @pytest.fixture()
 def group_id() -> str:
     return f"g-{uuid.uuid4().hex[:12]}"

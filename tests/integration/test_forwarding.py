@@ -13,15 +13,12 @@ owner partition, by the one instance holding it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -29,7 +26,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from service.ownership import owner
-from tests.integration.conftest import NewTopicFactory
+from tests.integration.conftest import NewTopicFactory, ServiceTopicsFactory
 from tests.integration.kafka_io import read_committed
 from tests.integration.test_service import (
     _assert_once_and_as_replayed,
@@ -136,20 +133,8 @@ def expected(feed: Feed, kafka_bootstrap: str) -> dict[str, dict]:
 
 
 @pytest.fixture()
-def topics(new_topic: NewTopicFactory, kafka_admin: AdminClient) -> Iterator[dict[str, str]]:
-    tag = uuid.uuid4().hex[:8]
-    names = {
-        "input": new_topic(partitions=N),
-        "output": f"out-{tag}",
-        "dlq": f"dlq-{tag}",
-        "state": f"state-{tag}",
-        "group": f"g-{tag}",
-    }
-    yield names
-    made = [names[k] for k in ("output", "dlq", "state")] + [f"{names['group']}-repartition"]
-    for future in kafka_admin.delete_topics(made, operation_timeout=10).values():
-        with contextlib.suppress(Exception):  # best effort: uuid-named leftovers harm nobody
-            future.result(timeout=15)
+def topics(service_topics: ServiceTopicsFactory) -> dict[str, str]:
+    return service_topics(N)
 
 
 def _env(t: dict[str, str], instance: str) -> dict[str, str]:

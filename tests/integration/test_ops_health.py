@@ -10,15 +10,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
 
+from tests.integration.conftest import ServiceTopicsFactory
 from tests.integration.test_service_ops import Service, _cli, _env, _free_port, _get, _value
 from tests.integration.test_service_ops import _scrape as scrape_families
 
@@ -28,22 +26,8 @@ SCRAPES = 200
 
 
 @pytest.fixture()
-def topics(new_topic: Callable[..., str], kafka_admin: AdminClient) -> Iterator[dict[str, str]]:
-    tag = uuid.uuid4().hex[:10]
-    t = {
-        "input": new_topic(partitions=2, prefix="bars"),
-        "output": f"out-{tag}",
-        "dlq": f"dlq-{tag}",
-        "state": f"state-{tag}",
-        "group": f"g-{tag}",
-    }
-    yield t
-    owned = [t["output"], t["dlq"], t["state"]]
-    existing = set(kafka_admin.list_topics(timeout=10).topics)
-    doomed = [name for name in owned if name in existing]
-    if doomed:
-        for future in kafka_admin.delete_topics(doomed, operation_timeout=10).values():
-            future.exception(timeout=15)
+def topics(service_topics: ServiceTopicsFactory) -> dict[str, str]:
+    return service_topics(2)
 
 
 @pytest.fixture(scope="module")

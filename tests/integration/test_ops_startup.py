@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -20,6 +20,7 @@ import psutil
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from tests.integration.conftest import ServiceTopicsFactory
 from tests.integration.kafka_io import produce_keyed, read_committed
 from tests.integration.test_service_ops import Service, _cli, _env, _free_port, _get
 
@@ -54,21 +55,8 @@ def _assert_one_line_error(stderr: str, *fragments: str) -> str:
 
 
 @pytest.fixture()
-def topics(new_topic: Callable[..., str], kafka_admin: AdminClient) -> Iterator[dict[str, str]]:
-    tag = uuid.uuid4().hex[:10]
-    t = {
-        "input": new_topic(partitions=2, prefix="bars"),
-        "output": f"out-{tag}",
-        "dlq": f"dlq-{tag}",
-        "state": f"state-{tag}",
-        "group": f"g-{tag}",
-    }
-    yield t
-    existing = set(kafka_admin.list_topics(timeout=10).topics)
-    doomed = [n for n in (t["output"], t["dlq"], t["state"]) if n in existing]
-    if doomed:
-        for future in kafka_admin.delete_topics(doomed, operation_timeout=10).values():
-            future.exception(timeout=15)
+def topics(service_topics: ServiceTopicsFactory) -> dict[str, str]:
+    return service_topics(2)
 
 
 # --- unreachable brokers --------------------------------------------------------------

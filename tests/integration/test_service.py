@@ -8,14 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from tests.integration.conftest import ServiceTopicsFactory
 from tests.integration.kafka_io import comparable as _comparable
 from tests.integration.kafka_io import produce_keyed as _produce
 from tests.integration.kafka_io import read_committed as _read_all
@@ -175,15 +174,8 @@ def _assert_once_and_as_replayed(
 
 
 @pytest.fixture()
-def topics(kafka_bootstrap: str, new_topic) -> Iterator[dict[str, str]]:
-    names = {
-        "input": new_topic(partitions=3),
-        "output": f"out-{uuid.uuid4().hex[:8]}",
-        "dlq": f"dlq-{uuid.uuid4().hex[:8]}",
-        "state": f"state-{uuid.uuid4().hex[:8]}",
-        "group": f"g-{uuid.uuid4().hex[:8]}",
-    }
-    yield names
+def topics(service_topics: ServiceTopicsFactory) -> dict[str, str]:
+    return service_topics(3)
 
 
 def _env(t: dict[str, str], **extra: str) -> dict[str, str]:
