@@ -3,7 +3,9 @@
 The machines are noisy, so every speed is reported against a baseline measured in the
 same process moments before: (a) the vectorised engine against a straightforward
 per-row implementation of the same SPEC (the original system's shape), (b) `sfa replay`
-against bare `orjson.loads` of every line of the same file, (c) memory per held bar.
+against bare `orjson.loads` of every line of the same file, (c) memory per held bar,
+(d) the market-scale table of `bench.scale` (replay speed, peak RSS and state per held bar
+from 400 to 5,000 symbols, each replay in a fresh process; also var/bench/scale.md).
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import orjson
 import pandas as pd
 
 from bench.baseline import baseline_analyze
+from bench.scale import DEFAULT_SIZES, MARKDOWN, SIZES, bare_decode, parse_sizes, scale_table
 from service.calendar import date_to_day
 from service.engine import EngineParams, SymbolWindows, analyze_patterns, window_year_of
 
@@ -68,18 +70,6 @@ def bench_engine(repeats: int, baseline_symbols: int) -> dict[str, float]:
     return {"engine": engine_rate, "baseline": base_rate}
 
 
-def _bare_orjson(path: Path) -> float:
-    t0 = time.perf_counter()
-    loads = orjson.loads
-    n = 0
-    with open(path, "rb") as fh:
-        for line in fh:
-            if line.strip():
-                loads(line)
-                n += 1
-    return n / (time.perf_counter() - t0)
-
-
 def _replay(path: Path, out_dir: Path) -> tuple[float, int, float, int]:
     from service.files.replay import replay
     from service.settings import load_settings
@@ -103,6 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end-year", type=int, default=2023)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--baseline-symbols", type=int, default=20)
+    parser.add_argument(
+        "--scale-sizes",
+        type=lambda text: parse_sizes(text) if text.strip() else [],
+        default=list(DEFAULT_SIZES),
+        help=f"(d) market-scale sizes, comma-separated, of {', '.join(SIZES)}; '' skips (d)",
+    )
+    parser.add_argument(
+        "--scale-markdown", type=Path, default=MARKDOWN, help="(d) as Markdown, for the README"
+    )
     args = parser.parse_args(argv)
 
     print(
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{os.cpu_count()} cores"
         )
         gc.collect()
-        bare = _bare_orjson(market)
+        bare = bare_decode(market).rate
         rate, _bars, bytes_per_bar, held = _replay(market, out)
         print(f"    bare orjson.loads per line  : {bare:>12,.0f} lines/s")
         print(f"    sfa replay (start-up incl.) : {rate:>12,.0f} bars/s")
@@ -166,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         f"   goal <= {BYTES_PER_BAR_GOAL:.0f}: "
         f"{'MET' if bytes_per_bar <= BYTES_PER_BAR_GOAL else 'MISSED'}"
     )
+    rows = scale_table(args.scale_sizes, args.scale_markdown) if args.scale_sizes else []
     print(f"\nmeasured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC with `make bench`")
-    return 0
+    return 1 if any(r.failed for r in rows) else 0
 
 
 if __name__ == "__main__":
