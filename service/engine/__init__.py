@@ -13,6 +13,7 @@ from service.engine.position import phase_of, position_and_signal, position_of, 
 from service.engine.types import (
     ENGINE_VERSION,
     EngineParams,
+    PairCache,
     Pattern,
     PatternResult,
     Position,
@@ -24,6 +25,7 @@ from service.engine.windows import window_year_of
 __all__ = [
     "ENGINE_VERSION",
     "EngineParams",
+    "PairCache",
     "Pattern",
     "PatternResult",
     "Position",

@@ -26,7 +26,13 @@ import numpy as np
 from service.calendar import FIRST_YEAR
 from service.engine.groups import Batch, Groups, find_groups, flatten
 from service.engine.strength import pattern_strength
-from service.engine.types import EngineParams, Pattern, PatternResult, SymbolWindows
+from service.engine.types import (
+    EngineParams,
+    PairCache,
+    Pattern,
+    PatternResult,
+    SymbolWindows,
+)
 from service.engine.windows import sf_window_days
 
 __all__ = ["analyze_patterns"]
@@ -62,6 +68,9 @@ class _Stats:
     curve_k: np.ndarray
     curve_mean: np.ndarray
     curve_n: np.ndarray
+    fingerprints: np.ndarray  # per year row
+    pair_corr: np.ndarray  # per pair, symbol-major in triu order
+    pair_counts: np.ndarray
 
 
 def _repeat(a: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -158,12 +167,24 @@ def _pooled_volatility(
     return vol[0], vol[1]
 
 
-def _chunk_stats(batch: Batch, g: Groups, params: EngineParams) -> _Stats:
+@dataclass(frozen=True, slots=True)
+class _Input:
+    """What every chunk reads: the batch's bars and each symbol's prior pair cache.
+
+    One argument, so that `_chunk_stats` keeps its (input, groups, params) shape, which
+    the chunking tests wrap.
+    """
+
+    bars: Batch
+    priors: Sequence[PairCache | None]
+
+
+def _chunk_stats(src: _Input, g: Groups, params: EngineParams) -> _Stats:
     """All SPEC 4 figures for the symbols of `g` (each with >= 2 qualifying years)."""
     w = params.window_days
     trading = params.alignment == "trading"
     width = 2 * w + 2 if trading else 2 * w + 1  # k + W in [0, 2W+1] (trading) / [0, 2W]
-    closes = batch.closes
+    closes = src.bars.closes
     n_groups = g.start.shape[0]
     sym_start, n_years = runs(g.symbol)
     n_pre = g.pivot - g.start
@@ -196,7 +217,7 @@ def _chunk_stats(batch: Batch, g: Groups, params: EngineParams) -> _Stats:
         filled &= cols <= (w + n_post)[:, None]
         filled[:, w] = False
     else:
-        flat = batch.days[idx] + _repeat(
+        flat = src.bars.days[idx] + _repeat(
             np.arange(n_groups) * width + w - sf_window_days()[g.year_index],
             n_bars,
         )
@@ -231,8 +252,17 @@ def _chunk_stats(batch: Batch, g: Groups, params: EngineParams) -> _Stats:
     density = np.minimum(1.0, np.add.reduceat(n_bars, sym_start) / (n_years * (2 * w * 5 / 7)))
     confidence = 0.4 * np.minimum(1.0, n_years / 10) + 0.3 * density + 0.3 * significance
 
+    strength, fingerprints, pair_corr, pair_counts = pattern_strength(
+        cube,
+        mask,
+        n_bars,
+        sym_start,
+        n_years,
+        g.year_index + FIRST_YEAR,
+        [src.priors[s] for s in g.symbol[sym_start].tolist()],
+    )
     return _Stats(
-        strength=pattern_strength(cube, mask, n_bars, sym_start, n_years),
+        strength=strength,
         avg_before=avg_before,
         avg_after=avg_after,
         vol_before=vol_before,
@@ -246,6 +276,9 @@ def _chunk_stats(batch: Batch, g: Groups, params: EngineParams) -> _Stats:
         curve_k=(at % width - w).astype(np.int32),
         curve_mean=k_mean.ravel()[at],
         curve_n=k_n.ravel()[at].astype(np.int32),
+        fingerprints=fingerprints,
+        pair_corr=pair_corr,
+        pair_counts=pair_counts,
     )
 
 
@@ -253,7 +286,7 @@ def _select(g: Groups, keep: np.ndarray | slice) -> Groups:
     return Groups(g.symbol[keep], g.year_index[keep], g.start[keep], g.pivot[keep], g.end[keep])
 
 
-def _heavy_stats(batch: Batch, g: Groups, params: EngineParams) -> _Stats | None:
+def _heavy_stats(src: _Input, g: Groups, params: EngineParams) -> _Stats | None:
     """Chunk symbols so that no cube exceeds `_CUBE_CELLS` (one symbol is never split)."""
     n = g.start.shape[0]
     if n == 0:
@@ -261,21 +294,25 @@ def _heavy_stats(batch: Batch, g: Groups, params: EngineParams) -> _Stats | None
     width = 2 * params.window_days + 2
     rows = _CUBE_CELLS // width  # >= 5957 rows: W <= 175 (Settings)
     if n <= rows:
-        return _chunk_stats(batch, g, params)
+        return _chunk_stats(src, g, params)
     sym_start = [*runs(g.symbol)[0].tolist(), n]
     parts: list[_Stats] = []
     lo = 0
     for i in range(1, len(sym_start)):
         hi, nxt = sym_start[i - 1], sym_start[i]
         if nxt - lo > rows and hi > lo:
-            parts.append(_chunk_stats(batch, _select(g, slice(lo, hi)), params))
+            parts.append(_chunk_stats(src, _select(g, slice(lo, hi)), params))
             lo = hi
-    parts.append(_chunk_stats(batch, _select(g, slice(lo, n)), params))
+    parts.append(_chunk_stats(src, _select(g, slice(lo, n)), params))
     return _Stats(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(_Stats)))
 
 
 def analyze_patterns(items: Sequence[SymbolWindows], params: EngineParams) -> list[PatternResult]:
-    """SPEC 3-4 for every symbol of `items`, in order; what Dask workers run per chunk."""
+    """SPEC 3-4 for every symbol of `items`, in order; what Dask workers run per chunk.
+
+    A symbol's `prior` (its last result's `pairs`) lets unchanged year pairs be copied
+    instead of recomputed; the result is bit-identical either way (see `strength`).
+    """
     n_sym = len(items)
     if n_sym == 0:
         return []
@@ -283,9 +320,11 @@ def analyze_patterns(items: Sequence[SymbolWindows], params: EngineParams) -> li
     groups = find_groups(batch, params)
     n_years = np.bincount(groups.symbol, minlength=n_sym)
     heavy = n_years >= max(params.min_years, 2)  # V needs two years sharing a k
-    stats = _heavy_stats(batch, _select(groups, heavy[groups.symbol]), params)
+    src = _Input(batch, [it.prior for it in items])
+    stats = _heavy_stats(src, _select(groups, heavy[groups.symbol]), params)
 
-    years = (groups.year_index + FIRST_YEAR).tolist()
+    year_array = (groups.year_index + FIRST_YEAR).astype(np.int16)  # 1901..2099
+    years = year_array.tolist()
     year_end = np.cumsum(n_years).tolist()
     heavy_list = heavy.tolist()
     if stats is not None:
@@ -304,15 +343,25 @@ def analyze_patterns(items: Sequence[SymbolWindows], params: EngineParams) -> li
             strict=True,
         )
     out: list[PatternResult] = []
-    curve_lo = y_lo = 0
+    curve_lo = y_hi = row_lo = pair_lo = 0
     for s, item in enumerate(items):
-        y_hi = year_end[s]
+        y_lo, y_hi = y_hi, year_end[s]
         sym_years = tuple(years[y_lo:y_hi])
-        y_lo = y_hi
+        pairs = None
         if heavy_list[s]:
             assert stats is not None
             strength, ab, aa, vb, va, cons, conf, peak, trough, v_count, curve_hi = next(columns)
             lo, curve_lo = curve_lo, curve_hi
+            # Rows and pairs of `stats` are those of the heavy symbols, back to back.
+            n = y_hi - y_lo
+            row_hi, pair_hi = row_lo + n, pair_lo + (n * (n - 1) >> 1)
+            pairs = PairCache(
+                year_array[y_lo:y_hi].copy(),
+                stats.fingerprints[row_lo:row_hi].copy(),
+                stats.pair_corr[pair_lo:pair_hi].copy(),
+                stats.pair_counts[pair_lo:pair_hi].copy(),
+            )
+            row_lo, pair_lo = row_hi, pair_hi
             if v_count > 0:
                 ratio = va / vb if vb != 0.0 else (None if va > 0.0 else 1.0)
                 pattern = Pattern(strength, ab, aa, vb, va, ratio, cons, conf, peak, trough)
@@ -325,12 +374,13 @@ def analyze_patterns(items: Sequence[SymbolWindows], params: EngineParams) -> li
                         stats.curve_k[lo:curve_hi].copy(),
                         stats.curve_mean[lo:curve_hi].copy(),
                         stats.curve_n[lo:curve_hi].copy(),
+                        pairs,
                     )
                 )
                 continue
         out.append(
             PatternResult(
-                item.symbol, "insufficient_history", sym_years, None, _NO_K, _NO_MEAN, _NO_K
+                item.symbol, "insufficient_history", sym_years, None, _NO_K, _NO_MEAN, _NO_K, pairs
             )
         )
     return out

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -56,6 +57,7 @@ __all__ = ["ApplyOutcome", "StateStore"]
 # Checked against tracemalloc in tests/unit/test_state.py.
 _SYMBOL_OVERHEAD = 560
 _PATTERN_OVERHEAD = 600  # PatternResult + Pattern dataclasses and three ndarray headers
+_PAIRS_OVERHEAD = 580  # PairCache dataclass and four ndarray headers (tracemalloc: ~584)
 
 _NO_DAY = int(np.iinfo(np.int32).min)  # latest of a symbol not seen yet
 _NO_DAYS = frozen(np.empty(0, dtype=np.int32))
@@ -124,9 +126,16 @@ class StateStore:
         return list(self._entries)
 
     def windows(self, symbol: str) -> SymbolWindows:
-        """Snapshot for the engine; free, because stored arrays are never mutated."""
+        """Snapshot for the engine; free, because stored arrays are never mutated.
+
+        The cached pattern's pair cache goes along as `prior`, so the engine recomputes only
+        the year pairs whose rows changed. Whatever dropped or outdated the pattern
+        (a correction, a restore) costs at most a full recomputation: the engine checks
+        every cached row against its fingerprint, never trusts the store.
+        """
         e = self._entries[symbol]
-        return SymbolWindows(symbol, e.days, e.closes, e.latest)
+        prior = None if e.pattern is None else e.pattern.pairs
+        return SymbolWindows(symbol, e.days, e.closes, e.latest, prior)
 
     def stamps(self, symbol: str) -> np.ndarray:
         """The event stamp of each held bar (parallel to `windows(symbol).days`)."""
@@ -451,8 +460,8 @@ def _append(e: _Entry, days: np.ndarray, closes: np.ndarray, stamps: np.ndarray)
         for buffer, col in zip(grown, (e.days, e.closes, e.stamps), strict=True):
             buffer[:n] = col
         base_days, base_closes, base_stamps = grown
-    else:
-        base_closes, base_stamps = e.closes.base, e.stamps.base
+    else:  # the three columns always share one capacity (they grow together)
+        base_closes, base_stamps = cast(np.ndarray, e.closes.base), cast(np.ndarray, e.stamps.base)
     base_days[n : n + m] = days
     base_closes[n : n + m] = closes
     base_stamps[n : n + m] = stamps
@@ -466,4 +475,9 @@ def _pattern_nbytes(result: PatternResult | None, encoded: bytes | None) -> int:
     if result is None:
         return 0
     arrays = result.curve_k.nbytes + result.curve_mean.nbytes + result.curve_n.nbytes
+    pairs = result.pairs
+    if pairs is not None:  # ~9 bytes per pair of years, 10 per year
+        arrays += _PAIRS_OVERHEAD + sum(
+            a.nbytes for a in (pairs.years, pairs.fingerprints, pairs.corr, pairs.counts)
+        )
     return _PATTERN_OVERHEAD + arrays + (len(encoded) if encoded is not None else 0)
