@@ -39,7 +39,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = help_epilog()
 
 
+# multiprocessing's resource tracker outlives an instance that was SIGKILLed, removes the
+# semaphores the instance could not release, and says so with a plain-text UserWarning
+# on the stderr it shares with us: two lines that are not JSON in a JSON log. The
+# removal is the whole remedy, so the note is dropped; the tracker is a new interpreter
+# started later with our environment, which is how the filter reaches it.
+_TRACKER_FILTER = "ignore:resource_tracker:UserWarning"
+
+
+def _quiet_resource_tracker() -> None:
+    present = os.environ.get("PYTHONWARNINGS", "")
+    if _TRACKER_FILTER not in present.split(","):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (present, _TRACKER_FILTER)))
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    _quiet_resource_tracker()
     check_client_configs(settings)
     service = Service(settings)
     _take_signals(service)  # kept until exit: a late signal must not raise a traceback

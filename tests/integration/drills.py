@@ -352,7 +352,7 @@ class Instance:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service", "run"],
             env={**env, "SFA_INSTANCE_ID": instance_id, "SFA_METRICS_PORT": str(self.port)},
-            stdout=subprocess.DEVNULL,
+            stdout=self._log,  # SPEC: every line `sfa run` prints is JSON, stdout too
             stderr=self._log,
             cwd=REPO,
         )
@@ -360,6 +360,22 @@ class Instance:
     def tail(self, n: int = 25) -> str:
         lines = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(line for line in lines if "librdkafka" not in line)[-n * 300 :]
+
+    def non_json_lines(self) -> list[str]:
+        """Lines of its output that are not one JSON object (Dask's, multiprocessing's
+        or librdkafka's own prints would be). A SIGKILL may cut the last line short."""
+        text = self.log_path.read_text(errors="replace")
+        lines = text.splitlines()
+        if lines and not text.endswith("\n"):
+            lines.pop()
+        bad = []
+        for line in lines:
+            try:
+                if not isinstance(orjson.loads(line), dict):
+                    bad.append(line)
+            except orjson.JSONDecodeError:
+                bad.append(line)
+        return bad
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
@@ -609,6 +625,7 @@ class DrillReport:
     changes: list[ChangeReport]
     exit_codes: dict[str, int]
     seconds: float
+    non_json: list[str]
 
     @property
     def ok(self) -> bool:
@@ -618,6 +635,7 @@ class DrillReport:
             and self.duplicates == 0
             and not self.dead_letter_errors
             and all(code == 0 for code in self.exit_codes.values())
+            and not self.non_json
         )
 
     def render(self) -> str:
@@ -629,6 +647,8 @@ class DrillReport:
             f"  dead letters: {self.dead_letters} (expected {self.dead_letters_expected})"
             + (f" {self.dead_letter_errors[:4]}" if self.dead_letter_errors else ""),
             f"  exit codes on SIGTERM: {self.exit_codes}",
+            f"  lines printed that are not JSON: {len(self.non_json)}"
+            + (f" e.g. {self.non_json[:3]}" if self.non_json else ""),
         ]
         lines += [f"  {c.render()}" for c in self.changes]
         return "\n".join(lines)
@@ -882,6 +902,7 @@ def run_drill(
             changes,
             run.exit_codes,
             time.monotonic() - started,
+            [line for instance in run.every for line in instance.non_json_lines()],
         )
         print(report.render(), flush=True)
         return report
