@@ -57,3 +57,19 @@ def setup_logging(level: str = "INFO", json: bool = True) -> None:
     # distributed is chatty at INFO about cluster start/stop; keep its warnings.
     for noisy in ("distributed", "tornado", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    adopt_library_loggers()
+
+
+def adopt_library_loggers() -> None:
+    """Route distributed's loggers through ours: on import it gives them a plain-text
+    stderr handler of its own and stops propagation, so a line like "Failed to reconnect
+    to scheduler" would bypass the JSON log. Called by `setup_logging` and again when
+    the compute layer imports distributed (whichever comes second is the one that
+    counts)."""
+    root = logging.getLogger()
+    for name in list(logging.root.manager.loggerDict):
+        if name in ("distributed", "tornado") or name.startswith(("distributed.", "tornado.")):
+            logger = logging.getLogger(name)
+            logger.handlers.clear()
+            logger.propagate = True
+    logging.getLogger("distributed").setLevel(max(logging.WARNING, root.level))

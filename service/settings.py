@@ -370,7 +370,8 @@ class Settings(BaseModel):
     dask_fallback: Literal["local", "fail"] = _env(
         "SFA_DASK_FALLBACK",
         "local",
-        "Dask unreachable: compute in-process (local, with a WARNING) or exit (fail).",
+        "Dask unreachable, at start or later: compute in-process (local, with a WARNING) "
+        "or exit (fail: the batch in flight does not commit).",
     )
     dask_task_retries: int = _env(
         "SFA_DASK_TASK_RETRIES", 2, "Retries of a Dask task on a lost worker.", ge=0, le=20

@@ -16,6 +16,7 @@ from distributed.comm.core import CommClosedError
 from distributed.scheduler import KilledWorker
 
 from service.host import usable_cores
+from service.logs import adopt_library_loggers
 from service.settings import Settings
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+adopt_library_loggers()  # distributed was just imported, with handlers of its own
 
 #: What a lost worker or scheduler looks like from the client. A task's own exception
 #: (an engine bug) is deliberately absent: it must surface, not be recomputed elsewhere.

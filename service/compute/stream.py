@@ -43,7 +43,7 @@ from service.compute.config import (
 from service.compute.policy import ComputePolicy, EmptyClusterWatch, Step
 from service.compute.tasks import ChunkResult, analyze_chunk
 from service.engine import EngineParams, SymbolWindows
-from service.errors import SfaError
+from service.errors import FatalError, SfaError
 from service.settings import Settings
 
 __all__ = ["WORKERS_REFRESH_S", "ComputeHandle", "Mode", "open_async"]
@@ -137,11 +137,21 @@ class ComputeHandle:
                 was_active = policy.fallback_active
                 await self.refresh_workers()  # `is_reachable` below decides on this view
                 step = policy.after_loss(losses, self.client is not None, self.is_reachable, reason)
-                if policy.fallback_active and not was_active:
+                if (
+                    policy.fallback_active
+                    and not was_active
+                    and self.settings.dask_fallback != "fail"
+                ):
                     log.warning(
                         "Dask unavailable, computing in-process for now: %s",
                         policy.fallback_reason,
                     )
+        if policy.fallback_active and self.settings.dask_fallback == "fail":
+            # SFA_DASK_FALLBACK=fail holds after start too: the batch fails, so nothing of
+            # it commits, and the instance stops for its supervisor to decide.
+            raise FatalError(
+                f"Dask lost during the run: {policy.fallback_reason} (SFA_DASK_FALLBACK=fail)"
+            )
         if losses:
             log.warning(
                 "computing a chunk of %d symbols in-process after losing it %d time(s)",
