@@ -26,7 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import (
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import (
     AclBinding,
     AclBindingFilter,
@@ -220,9 +225,19 @@ class SecureBroker:
         request = ConsumerGroupTopicPartitions(
             group, [TopicPartition(topic, p) for p in partitions]
         )
-        future = self.admin.list_consumer_group_offsets([request], request_timeout=30)[group]
-        answer = future.result(timeout=30)
-        return {tp.partition: tp.offset for tp in answer.topic_partitions}
+        deadline = time.monotonic() + 30
+        while True:
+            future = self.admin.list_consumer_group_offsets([request], request_timeout=30)[group]
+            try:
+                answer = future.result(timeout=30)
+                return {tp.partition: tp.offset for tp in answer.topic_partitions}
+            except KafkaException as exc:
+                # A broker started moments ago may still be loading the group's
+                # coordinator (COORDINATOR_LOAD_IN_PROGRESS): that passes, so ask again.
+                code = exc.args[0].code() if exc.args else None
+                if code not in _COORDINATOR_MOVING or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def read_committed_config(self) -> dict[str, Any]:
         return {
@@ -232,6 +247,12 @@ class SecureBroker:
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
         }
+
+
+_COORDINATOR_MOVING = (
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+)
 
 
 @pytest.fixture(scope="session")
