@@ -313,7 +313,8 @@ def pattern_strength(
     corr = np.empty(int(n_pairs.sum()))
     ok = np.empty(corr.shape[0], dtype=bool)
     # Two cached rows make a cached pair; with fewer, the bucket kernels do all pairs.
-    reuses = np.add.reduceat(prior.row >= 0, row_start, dtype=np.int64) >= 2
+    # (`add` counts bools in NumPy's default integer, not as a logical or.)
+    reuses = np.add.reduceat(prior.row >= 0, row_start) >= 2
     todo = [(_NO_PAIRS,) * 3]  # pairs left for one gathered pass: (position, a, b)
     for u in np.unique(n_rows).tolist():
         in_u = n_rows == u

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import pickle
+import struct
 import tracemalloc
 from dataclasses import astuple, dataclass, field, fields, replace
 
@@ -344,6 +345,125 @@ def test_fingerprints_see_every_change_and_not_the_block_size(
         changed = fingerprints(y, m)
         assert changed[0] != fp[0]
         assert np.array_equal(changed[1:], fp[1:])
+
+
+_M64 = (1 << 64) - 1
+#: splitmix64's first outputs from state 0, as published with the generator.
+_SPLITMIX64_FROM_0 = (0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F)
+
+
+def _splitmix64_finaliser(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _fingerprint_by_hand(values: list[float], bars: list[float]) -> int:
+    """`fingerprints` of one row in Python integers, from its docstring."""
+    total = 0
+    for column, (value, bar) in enumerate(zip(values, bars, strict=True)):
+        salt = _splitmix64_finaliser(((column + 1) * 0x9E3779B97F4A7C15) & _M64)
+        pattern = struct.unpack("<Q", struct.pack("<d", value))[0]
+        total += _splitmix64_finaliser(((pattern + (bar > 0)) & _M64) ^ salt)
+    return total & _M64
+
+
+def test_the_hash_is_splitmix64() -> None:
+    """Pinned to the published sequence, so that the cell mix cannot drift unnoticed: a
+    weaker mix still tells most rows apart, which is all the other tests can see."""
+    by_hand = [_splitmix64_finaliser((i * 0x9E3779B97F4A7C15) & _M64) for i in (1, 2, 3)]
+    assert by_hand == list(_SPLITMIX64_FROM_0)
+    assert strength_module._salts(3).tolist() == list(_SPLITMIX64_FROM_0)
+
+
+def test_fingerprints_are_the_documented_hash_bit_for_bit() -> None:
+    rng = np.random.default_rng(4)
+    mask = (rng.random((6, 9)) < 0.7).astype(np.float64)
+    x = rng.normal(scale=5.0, size=(6, 9)) * mask
+    x[1, :3], mask[1, :3] = 0.0, 1.0  # bars whose r is 0.0
+    x[2], mask[2] = [1e300, -1e-300, 5e-324, -0.0, 2.5, -2.5, 1.0, 0.5, 3.0], 1.0
+    mask[3] = 0.0  # a row with no bar at all
+    x[3] = 0.0
+    got = fingerprints(x, mask)
+    assert got.tolist() == [
+        _fingerprint_by_hand(v, m) for v, m in zip(x.tolist(), mask.tolist(), strict=True)
+    ]
+
+
+def test_fingerprints_hash_every_row_once_in_blocks_of_at_most_hash_cells(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(6)
+    mask = (rng.random((40, 7)) < 0.6).astype(np.float64)  # more rows than columns
+    x = rng.normal(size=(40, 7)) * mask
+    want = fingerprints(x, mask)
+    blocks: list[int] = []
+    mix = strength_module._mix
+
+    def counted(z: np.ndarray) -> np.ndarray:
+        if z.ndim == 2:  # a block of rows (the salts are one row of constants)
+            blocks.append(z.shape[0])
+        return mix(z)
+
+    monkeypatch.setattr(strength_module, "_HASH_CELLS", 7 * 3)
+    monkeypatch.setattr(strength_module, "_mix", counted)
+    assert np.array_equal(fingerprints(x, mask), want)
+    assert blocks == [3] * 13 + [1]
+
+
+# --- matching a prior ---
+
+
+def _cache(years: list[int], fps: list[int], tag: int) -> PairCache:
+    """A prior whose pair (i, j) holds corr tag + 10 i + j, so a slot names its pair."""
+    a, b = np.triu_indices(len(years), 1)
+    return PairCache(
+        np.array(years, dtype=np.int16),
+        np.array(fps, dtype=np.uint64),
+        (tag + 10 * a + b).astype(np.float64),
+        (a + b) % 2 == 1,
+    )
+
+
+def test_match_finds_each_unchanged_row_and_the_slots_of_its_pairs() -> None:
+    priors = [_cache([2001, 2002, 2003], [10, 20, 30], 0), None, _cache([2005, 2007], [5, 7], 100)]
+    # Symbol 0: 2002 changed, 2004 is new. Symbol 1: no prior (symbol 0's fingerprints do
+    # not count). Symbol 2: 2006 is new and carries 2007's old fingerprint.
+    years = [2001, 2002, 2003, 2004, 2001, 2002, 2005, 2006, 2007]
+    fps = [10, 99, 30, 40, 10, 20, 5, 7, 7]
+    got = strength_module._match(
+        priors, np.array(fps, dtype=np.uint64), np.array(years), np.array([4, 2, 3])
+    )
+    assert got.row.tolist() == [0, -1, 2, -1, -1, -1, 0, -1, 1]
+    held = [p for p in priors if p is not None]
+    assert np.array_equal(got.corr, np.concatenate([p.corr for p in held]))
+    assert np.array_equal(got.counts, np.concatenate([p.counts for p in held]))
+    for i, j, want in ((0, 2, 0 + 10 * 0 + 2), (6, 8, 100 + 10 * 0 + 1)):
+        assert got.corr[got.base[i] + got.row[j]] == want
+
+
+def test_a_symbol_whose_years_share_no_day_still_keeps_its_cache(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Calendar alignment: the years' bars sit on different k, so there is no V and the
+    result is insufficient_history, yet its pairs were computed and must be reused."""
+    w = 10
+    params = EngineParams(window_days=w, min_years=2, min_bars_per_year=2, alignment="calendar")
+    s = _Symbol("D")
+    for y, ks in ((2001, (-3, 2)), (2002, (-2, 3)), (2003, (-4, 4))):
+        s.years[y] = (_window(y, w)[[w + ks[0], w + ks[1]]], np.array([10.0, 11.0]))
+    s.latest = int(_window(2003, w)[-1]) + 1
+    held = {2003: s.years.pop(2003)}
+    [prev] = analyze_patterns([s.windows()], params)
+    assert prev.status == "insufficient_history" and prev.years == (2001, 2002)
+    assert prev.pairs is not None
+    assert prev.pairs.years.tolist() == [2001, 2002] and prev.pairs.counts.tolist() == [False]
+    s.years.update(held)
+    counted = _count_pairs(monkeypatch)
+    [got] = analyze_patterns([s.windows(prev.pairs)], params)
+    assert counted.pairs() == 2  # 2003 with each old year
+    assert got.status == "insufficient_history" and got.years == (2001, 2002, 2003)
+    _assert_identical(got, analyze_patterns([s.windows()], params)[0])
 
 
 # --- the state hands the cache back and counts it ---
