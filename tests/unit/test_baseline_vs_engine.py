@@ -204,7 +204,8 @@ def test_position_rolls_to_next_festival_after_the_window() -> None:
     )
     assert pos.spring_festival_day == date_to_day(_SF21)
     assert (pos.days_to_spring_festival, pos.phase) == (43, "approaching")
-    insufficient = PatternResult("P.SH", "insufficient_history", (), None, *[np.zeros(0)] * 3)
+    empty = np.zeros(0)
+    insufficient = PatternResult("P.SH", "insufficient_history", (), None, empty, empty, empty)
     assert baseline_position_and_signal(0, insufficient, EngineParams())[1] is None
 
 
