@@ -34,5 +34,12 @@ STOPSIGNAL SIGTERM
 # The Dask containers override this with the scheduler's or worker's own /health.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, sys, urllib.request as u; p = os.environ.get('SFA_METRICS_PORT') or '8000'; sys.exit(0 if p == '0' else u.urlopen(f'http://127.0.0.1:{p}/healthz', timeout=4).status != 200)"]
-ENTRYPOINT ["sfa"]
+# sfa-supervise runs `sfa` as its child: a death by signal (a native crash has no Python
+# traceback) becomes one JSON line and the shell's exit code, with the core-file limit
+# raised. A core lands in the working directory, or in SFA_CORE_DIR when set; compose and
+# Kubernetes set it to a volume on /home/sfa/cores for `sfa run` (docs/operations.md). It is
+# not set here because it is also the child's working directory, and `sfa replay` takes
+# relative paths.
+RUN mkdir -p /home/sfa/cores
+ENTRYPOINT ["sfa-supervise", "sfa"]
 CMD ["run"]

@@ -45,6 +45,7 @@ from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
 from service.kafka.reach import check_reachable
 from service.kafka.restore import read_state_partitions
 from service.kafka.sink import KafkaSink, SinkTopics
+from service.kafka.versions import native_versions
 from service.lanes import Lane
 from service.metrics import Health, Metrics
 from service.ownership import Routing
@@ -243,7 +244,15 @@ class Service:
         self._loop = asyncio.get_running_loop()
         if self._stop_requested is not None:
             self._stop.set()
-        log.info("starting", extra={"settings": self.settings.redacted(), "version": __version__})
+        log.info(
+            "starting",
+            extra={
+                "settings": self.settings.redacted(),
+                "version": __version__,
+                # A native crash leaves only a core: its backtrace needs these exact builds.
+                "native": native_versions(),
+            },
+        )
         for name in self.settings.kafka_ignored:
             log.debug("ignoring %s: a Kubernetes service link, not a librdkafka property", name)
         progress: asyncio.Task[None] | None = None

@@ -20,14 +20,14 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import pytest
 from confluent_kafka import (
-    ConsumerGroupTopicPartitions,
+    Consumer,
     KafkaError,
     KafkaException,
     TopicPartition,
@@ -108,6 +108,8 @@ class SecureBroker:
     ca_location: str
     passwords: dict[str, str]  # SCRAM user -> password
     broker_principal: str
+    # group id -> a consumer that carries that id and never subscribes (committed_offsets)
+    _offset_readers: dict[str, Consumer] = field(default_factory=dict, compare=False, repr=False)
 
     # --- client settings -------------------------------------------------------------
 
@@ -218,26 +220,41 @@ class SecureBroker:
                 time.sleep(0.1)
 
     def committed_offsets(self, group: str, topic: str) -> dict[int, int]:
-        """The group's committed offset per partition (negative: none), read as admin
-        through the session's one admin connection (a consumer per call would pay a
-        SCRAM handshake every time, and waiting loops call this often)."""
-        partitions = self.admin.list_topics(topic=topic, timeout=10).topics[topic].partitions
-        request = ConsumerGroupTopicPartitions(
-            group, [TopicPartition(topic, p) for p in partitions]
-        )
+        """The group's committed offset per partition (negative: none), read as admin.
+
+        Read by a `Consumer` that carries the group's id and never subscribes, never by
+        `AdminClient.list_consumer_group_offsets`: on a fresh broker that answers
+        NOT_COORDINATOR / COORDINATOR_NOT_AVAILABLE, librdkafka dereferences a null group
+        pointer on its admin thread and the whole process dies with SIGSEGV and no trace
+        (librdkafka #5040). One reader per group is kept for the session, because waiting
+        loops call this often and each new client pays a SCRAM handshake.
+        """
+        reader = self._offset_readers.get(group)
+        if reader is None:
+            reader = Consumer(
+                {**self.sasl_config("admin"), "group.id": group, "enable.auto.commit": False}
+            )
+            self._offset_readers[group] = reader
+        partitions = reader.list_topics(topic=topic, timeout=10).topics[topic].partitions
+        wanted = [TopicPartition(topic, p) for p in partitions]
         deadline = time.monotonic() + 30
         while True:
-            future = self.admin.list_consumer_group_offsets([request], request_timeout=30)[group]
             try:
-                answer = future.result(timeout=30)
-                return {tp.partition: tp.offset for tp in answer.topic_partitions}
+                answer = reader.committed(wanted, timeout=30)
+                return {tp.partition: tp.offset for tp in answer}
             except KafkaException as exc:
                 # A broker started moments ago may still be loading the group's
-                # coordinator (COORDINATOR_LOAD_IN_PROGRESS): that passes, so ask again.
+                # coordinator: that passes, so ask again.
                 code = exc.args[0].code() if exc.args else None
                 if code not in _COORDINATOR_MOVING or time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+
+    def close(self) -> None:
+        """Close the offset readers (each holds a connection and a thread)."""
+        for reader in self._offset_readers.values():
+            reader.close()
+        self._offset_readers.clear()
 
     def read_committed_config(self) -> dict[str, Any]:
         return {
@@ -252,6 +269,8 @@ class SecureBroker:
 _COORDINATOR_MOVING = (
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
     KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR,
+    KafkaError._TIMED_OUT,
 )
 
 
@@ -264,12 +283,14 @@ def secure_broker() -> Iterator[SecureBroker]:
         pytest.fail(f"could not start the secure Kafka broker:\n{up.stderr[-3000:]}", pytrace=False)
     env = _read_env(_node_dir() / "secure.env")
     users = ("admin", "sfa", "producer")
-    yield SecureBroker(
+    broker = SecureBroker(
         sasl_bootstrap=env["SFA_SECURE_SASL_BOOTSTRAP"],
         ssl_bootstrap=env["SFA_SECURE_SSL_BOOTSTRAP"],
         ca_location=env["SFA_SECURE_CA_LOCATION"],
         passwords={u: env[f"SFA_SECURE_{u.upper()}_PASSWORD"] for u in users},
         broker_principal=env["SFA_SECURE_BROKER_PRINCIPAL"],
     )
+    yield broker
+    broker.close()
     if not was_running and os.environ.get("SFA_KAFKA_KEEP", "") not in ("1", "true", "yes"):
         _script("down-secure", 120)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -276,6 +277,11 @@ def test_service_links_are_ignored_dead_letters_keep_their_key_secrets_stay_mask
     starting = next(r for r in records if r["msg"] == "starting")
     shown = starting["settings"]["kafka_extra"]["sasl.oauthbearer.config"]
     assert shown == "clientId=sfa clientSecret=*** scope=bars"
+    # The first line names the native builds a core dump's backtrace needs.
+    assert records[0]["msg"] == "starting"
+    native = starting["native"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", native["librdkafka"]), native
+    assert re.fullmatch(r"\d+\.\d+\.\d+[a-z]?", native["librdkafka_openssl"]), native
 
 
 def _dlq_exists(bootstrap: str, topic: str) -> bool:
