@@ -28,6 +28,10 @@
 # Environment:
 #   KAFKA_PORT                 client listener port (default 9092)
 #   SFA_KAFKA_CONTROLLER_PORT  controller listener port (default KAFKA_PORT+1)
+#   SFA_KAFKA_PROXIED_PORT     a second plaintext listener, for the fault drills
+#                              (default KAFKA_PORT+2); it advertises SFA_KAFKA_PROXY_PORT
+#   SFA_KAFKA_PROXY_PORT       where a fault proxy forwards to it (default KAFKA_PORT+3;
+#                              scripts/toxiproxy.sh, tests/integration/faults.py)
 #   SFA_KAFKA_HOME             cache dir for jars, data, logs (default <repo>/.cache/kafka)
 #   SFA_KAFKA_HEAP             JVM heap flags (default "-Xms256m -Xmx768m")
 #   SFA_KAFKA_START_TIMEOUT    seconds to wait for readiness (default 90)
@@ -59,6 +63,8 @@ use_plain() {
     LABEL=kafka
     PORT="${KAFKA_PORT:-9092}"
     CONTROLLER_PORT="${SFA_KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
+    PROXIED_PORT="${SFA_KAFKA_PROXIED_PORT:-$((PORT + 2))}"
+    PROXY_PORT="${SFA_KAFKA_PROXY_PORT:-$((PORT + 3))}"
     HEAP="${SFA_KAFKA_HEAP:--Xms256m -Xmx768m}"
     NODE="$HOME_DIR/node-$PORT"
     TEMPLATE="$REPO/deploy/kafka/server.properties"
@@ -182,6 +188,7 @@ write_config() {
     mkdir -p "$NODE"
     if [[ "$MODE" == plain ]]; then
         sed -e "s|@PORT@|$PORT|g" -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" \
+            -e "s|@PROXIED_PORT@|$PROXIED_PORT|g" -e "s|@PROXY_PORT@|$PROXY_PORT|g" \
             -e "s|@DATA_DIR@|$NODE/data|g" "$TEMPLATE" >"$CONF"
         return 0
     fi

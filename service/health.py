@@ -123,6 +123,7 @@ class Health:
         self._dask_ready = False
         self._fallback = False
         self._lag: HealthLagProvider | None = None
+        self._contact: Callable[[], float | None] | None = None
         self._stage = RUNNING
 
     def batch_finished(self) -> None:
@@ -161,6 +162,27 @@ class Health:
         with self._lock:
             self._lag = provider
 
+    def set_contact_provider(self, provider: Callable[[], float | None] | None) -> None:
+        """Seconds since any Kafka broker last answered (None: unknown).
+
+        A frozen network or broker sends no fetch response, so the lag seen last (often
+        0) stays on display while the real lag grows: silence from every broker for
+        `stall_seconds` is a stall on its own (service/kafka/contact.py).
+        """
+        with self._lock:
+            self._contact = provider
+
+    def _contact_age(self) -> float | None:
+        with self._lock:
+            provider = self._contact
+        if provider is None:
+            return None
+        try:
+            return provider()
+        except Exception:
+            _log.warning("contact provider failed; treated as unknown", exc_info=True)
+            return None
+
     def total_lag(self) -> int | None:
         """Sum of known partition lags; None when unknown (no provider, or it raised)."""
         with self._lock:
@@ -181,11 +203,16 @@ class Health:
         now = self._clock()
         with self._lock:
             idle = max(0.0, now - self._last_batch)
+        contact = self._contact_age()
         body: dict[str, Any] = {
             "lag_messages": lag,
             "seconds_since_batch": round(idle, 3),
+            "seconds_since_broker_contact": None if contact is None else round(contact, 3),
             "stall_seconds": self.stall_seconds,
         }
+        if contact is not None and contact > self.stall_seconds:
+            reason = f"no answer from any Kafka broker for {contact:.0f} s"
+            return Probe(False, {"status": "stalled", **body, "reason": reason})
         if lag is not None and lag > 0 and idle > self.stall_seconds:
             reason = f"{lag} messages waiting and no batch finished for {idle:.0f} s"
             return Probe(False, {"status": "stalled", **body, "reason": reason})

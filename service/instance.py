@@ -310,6 +310,7 @@ class Service:
             inflight=lambda: self.pipeline.inflight if self.pipeline else 0,
         )
         self.health.set_lag_provider(self._lag)
+        self.health.set_contact_provider(self._contact_age)
         stage("starting the producer")
         if s.processing_guarantee == "exactly_once":
             self.producer = await self._unless_stopped(
@@ -329,6 +330,10 @@ class Service:
         """For scrapes: the consumer's snapshot, never a call into the client."""
         consumer = self.consumer
         return consumer.last_lag() if consumer is not None else {}
+
+    def _contact_age(self) -> float | None:
+        consumer = self.consumer
+        return consumer.contact.seconds_since() if consumer is not None else None
 
     async def _report_progress(self) -> None:
         every = self.settings.progress_seconds
@@ -445,6 +450,7 @@ class Service:
         self.health.set_stage("stopping")
         self.metrics.clear_providers()  # a scrape must not reach a closed consumer
         self.health.set_lag_provider(None)
+        self.health.set_contact_provider(None)
         if self.pipeline is not None:
             try:
                 await asyncio.wait_for(self.pipeline.drain(), SHUTDOWN_GRACE_S)

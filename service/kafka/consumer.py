@@ -25,6 +25,7 @@ from confluent_kafka import (
 
 from service.batches import Batch
 from service.kafka.config import consumer_config
+from service.kafka.contact import BrokerContact
 from service.kafka.errors import classify
 from service.kafka.message import KeyedKafkaOrigin, MessageLike, TopicPartitionKey
 from service.settings import Settings
@@ -91,6 +92,13 @@ class BatchConsumer:
     ) -> None:
         """`twins` = (input, repartition): see `_on_assign` (partitions held in pairs)."""
         conf = consumer_config(settings, group_id)
+        # Statistics every second (unless KAFKA_STATISTICS_INTERVAL_MS says otherwise; 0
+        # turns them and the check off): their per-connection receive times tell /healthz
+        # when no broker has answered for SFA_STALL_SECONDS (service/kafka/contact.py).
+        conf.setdefault("statistics.interval.ms", 1000)
+        self.contact = BrokerContact()
+        if int(conf["statistics.interval.ms"]) > 0:
+            conf["stats_cb"] = self.contact.on_stats
         strategy = str(conf.get("partition.assignment.strategy", ""))
         self._incremental = "cooperative" in strategy or conf.get("group.protocol") == "consumer"
         self._consumer = Consumer(conf)

@@ -580,6 +580,9 @@ class Drill:
     feed_seconds: float = 20.0
     env: dict[str, str] = field(default_factory=dict)  # every instance's extra environment
     done_timeout: float = 120.0
+    # Where the instances (only they) reach the broker: a fault proxy's address
+    # (tests/integration/faults.py); the feeder, the monitor and the check go direct.
+    service_bootstrap: str | None = None
 
 
 @dataclass
@@ -626,6 +629,7 @@ class DrillReport:
     exit_codes: dict[str, int]
     seconds: float
     non_json: list[str]
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -651,6 +655,7 @@ class DrillReport:
             + (f" e.g. {self.non_json[:3]}" if self.non_json else ""),
         ]
         lines += [f"  {c.render()}" for c in self.changes]
+        lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -674,7 +679,7 @@ class DrillRun:
         self.group_id = f"drill-g-{tag}"
         self.env = {
             **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "KAFKA_BOOTSTRAP_SERVERS": drill.service_bootstrap or bootstrap,
             "KAFKA_GROUP_ID": self.group_id,
             "SFA_INPUT_TOPIC": self.topics["input"],
             "SFA_OUTPUT_TOPIC": self.topics["output"],
@@ -698,6 +703,7 @@ class DrillRun:
         )
         self.monitor = Monitor(self.group, [self.instance_id(n) for n in self._names()])
         self.feed_started = 0.0
+        self.notes: list[str] = []  # what hooks saw (faults, probes), printed in the report
 
     def _names(self) -> list[str]:
         return list(dict.fromkeys(self.drill.instances + [s.name for s in self.drill.steps]))
@@ -903,6 +909,7 @@ def run_drill(
             run.exit_codes,
             time.monotonic() - started,
             [line for instance in run.every for line in instance.non_json_lines()],
+            run.notes,
         )
         print(report.render(), flush=True)
         return report
