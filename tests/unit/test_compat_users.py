@@ -18,6 +18,8 @@ from unittest.mock import patch
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from service.compat import (
     AlignedDataPoint,
@@ -347,6 +349,63 @@ def test_8_normalized_price_is_a_float_everywhere_and_np_mean_works() -> None:
     for point in rest:
         assert point.normalized_price == pytest.approx(100 * (point.price / first.price - 1))
     assert 2024 not in aligned.anchor_prices
+
+
+@st.composite
+def sparse_frames(draw: st.DrawFn) -> tuple[pd.DataFrame, int, str]:
+    """Random days of 2019-2022 with random closes and a random gap: some festival
+    seasons thin or one-sided, the cases where a year has no bar before its festival."""
+    days = pd.date_range("2019-01-01", "2022-12-31", freq="D")
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    keep = rng.random(len(days)) < draw(st.floats(0.0, 1.0))
+    gap_start = draw(st.integers(0, len(days)))
+    keep[gap_start : gap_start + draw(st.integers(0, 400))] = False
+    chosen = days[keep]
+    closes = rng.uniform(5.0, 50.0, len(chosen))
+    frame = pd.DataFrame({"stock_code": "P", "trade_date": chosen, "close_price": closes})
+    return frame, draw(st.integers(5, 60)), draw(st.sampled_from(["trading", "calendar"]))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sparse_frames())
+def test_8_every_normalized_price_is_relative_to_the_documented_reference(
+    case: tuple[pd.DataFrame, int, str],
+) -> None:
+    """Recomputed from the frame and the calendar alone: the year's last close before
+    its festival, else the window's first close; baseline_price the mean close."""
+    frame, window_days, alignment = case
+    engine = SpringFestivalAlignmentEngine(window_days, alignment=alignment, min_years=1)  # type: ignore[arg-type]
+    if frame.empty:
+        with pytest.raises(ValueError, match="Stock data is empty"):
+            engine.align_to_spring_festival(frame)
+        return
+    try:
+        aligned = engine.align_to_spring_festival(frame)
+    except ValueError as error:
+        assert "Insufficient years for analysis" in str(error)
+        return
+    assert aligned.baseline_price == pytest.approx(frame["close_price"].mean(), rel=1e-12)
+    dates = frame["trade_date"].dt.date
+    for year in aligned.years:
+        sf = ChineseCalendar.get_spring_festival(year)
+        assert sf is not None
+        span = pd.Timedelta(days=window_days).to_pytimedelta()
+        in_window = frame[(dates >= sf - span) & (dates <= sf + span)]
+        before = in_window[in_window["trade_date"].dt.date < sf]
+        reference = float(
+            before["close_price"].iloc[-1] if len(before) else in_window["close_price"].iloc[0]
+        )
+        points = aligned.get_year_data(year)
+        assert len(points) == len(in_window)
+        for point in points:
+            assert isinstance(point.normalized_price, float)
+            assert point.normalized_price == pytest.approx(
+                100 * (point.price / reference - 1), rel=1e-9, abs=1e-9
+            )
+            side = (point.is_before_spring_festival, point.is_after_spring_festival)
+            assert side == (point.relative_day < 0, point.relative_day > 0)
+            assert (point.relative_day < 0) == (point.original_date < sf)
+    assert np.isfinite(np.mean([p.normalized_price for p in aligned.data_points]))
 
 
 # ---------------------------------------------------------------- 9. empty batch
