@@ -83,12 +83,10 @@ class DaskResourceManager:
         compute = session.__enter__()
         self._session, self.compute, self.client = session, compute, compute.client
         self.mode, self.fallback_reason = compute.mode, compute.fallback_reason
-        if compute.fallback_reason:
-            log.warning(
-                "Dask session open: mode=%s (fell back: %s)", compute.mode, compute.fallback_reason
-            )
-        else:
-            log.info("Dask session open: mode=%s", compute.mode)
+        # Each step down was already a WARNING of its own (service.compute.sync).
+        log.info(
+            "Dask session open: mode=%s, fallback_reason=%s", compute.mode, compute.fallback_reason
+        )
         return self.client
 
     def shutdown_cluster(self) -> None:
