@@ -37,6 +37,7 @@ from service.engine import (
     window_year_of,
 )
 from service.engine.windows import sf_window_days
+from service.settings import load_settings
 
 __all__ = ["PHASES", "SpringFestivalAlignmentEngine"]
 
@@ -52,6 +53,8 @@ PHASES = (
     "recovery",
 )
 _BEFORE = frozenset({"approaching", "pre_festival"})
+#: The original's answer for a date the calendar cannot place (no festival to measure from).
+UNKNOWN = "unknown"
 
 
 def _dates(days: np.ndarray) -> list[dt.date]:
@@ -62,7 +65,20 @@ class SpringFestivalAlignmentEngine:
     """Align one stock's frame on the festivals, find its pattern, place a date in the
     cycle and turn a pattern into a signal (SPEC 3-5)."""
 
-    def __init__(self, window_days: int = 60, *, alignment: Alignment = "trading") -> None:
+    def __init__(
+        self,
+        window_days: int | None = 60,
+        *,
+        alignment: Alignment = "trading",
+        min_years: int | None = None,
+    ) -> None:
+        """`window_days` None reads SFA_WINDOW_DAYS and `min_years` None reads
+        SFA_MIN_YEARS (3 by default), as the original read both from its settings.
+        `min_years` stays an attribute: setting it later takes effect on the next call."""
+        settings = load_settings() if window_days is None or min_years is None else None
+        if window_days is None:
+            assert settings is not None
+            window_days = settings.window_days
         if not 1 <= int(window_days) <= 175:
             raise ValueError("window_days must lie in 1..175 (SPEC 3)")
         if alignment not in ("trading", "calendar"):
@@ -70,11 +86,27 @@ class SpringFestivalAlignmentEngine:
         self.window_days = int(window_days)
         self.alignment: Alignment = alignment
         self.chinese_calendar = ChineseCalendar()
-        self.min_years = EngineParams().min_years
+        if min_years is None:
+            assert settings is not None
+            min_years = settings.min_years
+        self.min_years: int = min_years
+        self._checked_min_years()
+
+    def _checked_min_years(self) -> int:
+        """`min_years` as set now (users assign it); ValueError unless an int >= 1."""
+        value: Any = self.min_years
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1:
+            return int(value)
+        raise ValueError(f"min_years must be an integer >= 1, got {value!r}")
 
     def _params(self, years: Iterable[int] | None = None) -> EngineParams:
         chosen = frozenset(int(y) for y in years) if years is not None else None
-        return EngineParams(window_days=self.window_days, alignment=self.alignment, years=chosen)
+        return EngineParams(
+            window_days=self.window_days,
+            min_years=self._checked_min_years(),
+            alignment=self.alignment,
+            years=chosen,
+        )
 
     def create_spring_festival_windows(self, years: Iterable[int]) -> list[SpringFestivalWindow]:
         """The window of each year, in the order given; years past 1901-2100 are skipped
@@ -105,15 +137,21 @@ class SpringFestivalAlignmentEngine:
         The frame is read as the service reads bars (SPEC 1 names or the original
         `stock_code`/`trade_date`/`close_price`/... names; invalid rows dropped, a later
         row for a date wins). The symbol is `symbol`, else the frame's one stock code.
-        Raises ValueError when the frame has no valid bar at all.
+        Raises ValueError, as the original did, with `Stock data is empty` for an empty
+        frame and `Insufficient years for analysis` when fewer than `min_years` windows
+        hold bars; also when the frame has no valid bar at all.
         """
+        if isinstance(stock_data, pd.DataFrame) and stock_data.empty:
+            raise ValueError("Stock data is empty")
         cleaned = clean_bars(stock_data)
         if isinstance(cleaned, str):
             raise ValueError(cleaned)
         name = symbol if symbol is not None else symbol_of(stock_data)
         if name is None:
             raise ValueError("no stock_code (or symbol) column: pass symbol=")
+        need = self._checked_min_years()
         latest = day_to_date(int(cleaned.days[-1]))
+        baseline = float(np.mean(cleaned.closes))  # the original's: every close of the frame
         w = self.window_days
         year_of = window_year_of(cleaned.days, w)
         keep = year_of != 0
@@ -128,13 +166,16 @@ class SpringFestivalAlignmentEngine:
             if vol_col is not None
             else np.full(days.shape[0], np.nan)
         )
-        if days.shape[0] == 0:
-            return AlignedTimeSeries(str(name), [], w, [], self.alignment, latest, {})
-
-        sf = sf_window_days()[year - FIRST_YEAR]
-        before = days < sf
         # Runs of one year: days ascend, so each year's bars are contiguous, pre first.
         run_years, first, count = np.unique(year, return_index=True, return_counts=True)
+        if run_years.shape[0] < need:
+            raise ValueError(
+                f"Insufficient years for analysis. Need at least {need}, got "
+                f"{run_years.shape[0]}: Spring Festival windows holding bars "
+                f"{run_years.tolist()}"
+            )
+        sf = sf_window_days()[year - FIRST_YEAR]
+        before = days < sf
         n_pre = np.add.reduceat(before.astype(np.int64), first)
         at = np.arange(days.shape[0]) - np.repeat(first, count)  # position within its year
         if self.alignment == "trading":  # SPEC 3: pre bars -n_pre..-1, post bars 1..n_post
@@ -150,7 +191,10 @@ class SpringFestivalAlignmentEngine:
             )
             if ok
         }
-        anchor = np.repeat(np.where(has_anchor, closes[np.maximum(anchor_at, 0)], np.nan), count)
+        # A window with no bar before the festival: relative to its first close instead.
+        anchor = np.repeat(
+            np.where(has_anchor, closes[np.maximum(anchor_at, 0)], closes[first]), count
+        )
         normalized = (closes / anchor - 1.0) * 100.0  # SPEC 4's r, as the engine computes it
 
         dates, sf_dates = _dates(days), _dates(sf)
@@ -162,7 +206,7 @@ class SpringFestivalAlignmentEngine:
                 year=yy,
                 price=cc,
                 volume=None if vv != vv else vv,
-                normalized_price=None if rr != rr else rr,
+                normalized_price=rr,
             )
             for i, (kk, yy, cc, vv, rr) in enumerate(
                 zip(
@@ -176,7 +220,14 @@ class SpringFestivalAlignmentEngine:
             )
         ]
         return AlignedTimeSeries(
-            str(name), points, w, run_years.tolist(), self.alignment, latest, anchors
+            symbol=str(name),
+            data_points=points,
+            window_days=w,
+            years=run_years.tolist(),
+            baseline_price=baseline,
+            alignment=self.alignment,
+            latest_date=latest,
+            anchor_prices=anchors,
         )
 
     def identify_seasonal_patterns(self, aligned_data: AlignedTimeSeries) -> SeasonalPattern:
@@ -214,12 +265,22 @@ class SpringFestivalAlignmentEngine:
 
         The festival is SPEC 5's S*: the first whose window has not ended by the date,
         so a December date already points at the coming festival (the original always
-        took the festival of the date's calendar year).
+        took the festival of the date's calendar year). A date the calendar cannot place
+        (outside 1901-01-01..2099-12-31) gets the original's answer: `position`
+        'unknown', not in the window, None for the festival and the distances.
         """
         day = to_date(current_date) if current_date is not None else dt.date.today()
         number = date_to_day(day)
         if not FIRST_BAR_DAY <= number <= LAST_BAR_DAY:
-            raise ValueError(f"current_date {day} outside 1901-01-01..2099-12-31")
+            return {
+                "symbol": symbol,
+                "current_date": day,
+                "spring_festival_date": None,
+                "days_to_spring_festival": None,
+                "position": UNKNOWN,
+                "in_analysis_window": False,
+                "relative_day": None,
+            }
         position = position_of(number, self.window_days)
         return {
             "symbol": symbol,
@@ -235,10 +296,14 @@ class SpringFestivalAlignmentEngine:
         self, pattern: SeasonalPattern, current_position: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """SPEC 5's signal for `pattern` in the phase of `current_position` (default:
-        today's position for the pattern's symbol), by the engine's `signal_of`."""
+        today's position for the pattern's symbol), by the engine's `signal_of`. The
+        'unknown' position of a date outside the calendar is outside every window:
+        neutral, as in the original."""
         if current_position is None:
             current_position = self.get_current_position(pattern.symbol)
         phase = current_position.get("position")
+        if phase == UNKNOWN:
+            phase = "normal_period"
         if phase not in PHASES:
             raise ValueError(f"unknown position {phase!r}; expected one of {', '.join(PHASES)}")
         signal = signal_of(pattern.to_result(), str(phase))
@@ -255,24 +320,25 @@ class SpringFestivalAlignmentEngine:
 
 
 def _reason(pattern: SeasonalPattern, phase: str, kind: str, warning: bool) -> str:
-    """The signal in words; the numbers themselves come from the engine."""
+    """The signal in words, in the original's wording where it had one (an empty reason
+    where the original had none is a sentence here); the numbers come from the engine."""
     if phase == "normal_period":
-        text = "Outside the Spring Festival analysis window"
+        text = "Outside Spring Festival analysis window"
     elif phase == "festival_day":
-        text = "Spring Festival day: markets are closed"
+        text = "Spring Festival day - markets typically closed"
     else:
         side = "before" if phase in _BEFORE else "after"
         avg = pattern.average_return_before if side == "before" else pattern.average_return_after
         if kind == "bullish":
-            text = f"Historical pattern shows {avg:+.1f}% average return {side} the festival"
+            text = f"Historical pattern shows {avg:.1f}% avg return {side} SF"
         elif kind == "bearish":
-            text = f"Historical pattern shows {avg:.1f}% average decline {side} the festival"
+            text = f"Historical pattern shows {avg:.1f}% avg decline {side} SF"
         else:
             text = (
-                f"No clear pattern {side} the festival (average {avg:+.1f}%, "
+                f"No clear pattern {side} SF (avg {avg:+.1f}%, "
                 f"strength {pattern.pattern_strength:.2f})"
             )
     if warning:
         ratio = pattern.volatility_ratio
-        text += f" (high volatility: {ratio:.1f}x)" if np.isfinite(ratio) else " (high volatility)"
+        text += f" (High volatility: {ratio:.1f}x)" if np.isfinite(ratio) else " (High volatility)"
     return text

@@ -3,7 +3,10 @@
 The manager opens the service's compute session (`service.compute.sync.open_sync`), so
 it follows the same logged fallback chain (remote -> local cluster -> threads ->
 sequential) as every batch analysis, instead of the original's silent switch to
-sequential work. Dask itself is only called in `service.compute`.
+sequential work. As in the original, a local cluster is `n_workers` worker processes
+whatever `enable_distributed` says (the original connected to a scheduler with it and
+started a LocalCluster otherwise); threads and then sequential work only follow when
+that cluster cannot start. Dask itself is only called in `service.compute`.
 """
 
 from __future__ import annotations
@@ -61,16 +64,29 @@ class DaskResourceManager:
         self._opened_by_block: list[bool] = []
 
     def start_cluster(self) -> Any:
-        """Open the session (once) and return its Client, or None when sequential."""
+        """Open the session (once) and return its Client, or None when sequential.
+
+        The chain: the scheduler at `scheduler_address` when one is set, then a
+        LocalCluster of `n_workers` processes x `threads_per_worker` threads with
+        `memory_limit` each (the original's cluster, `enable_distributed` or not), then
+        one in-process worker with threads, then sequential work. Every step down is a
+        WARNING in the log and lands in `mode` / `fallback_reason`.
+        """
         if self.compute is not None:
             return self.client
         execution = self.config.execution
         start: SyncMode | None = None if execution == "auto" else execution
-        session = open_sync(self.config.to_settings(), start)
+        # The service reads DASK_ENABLE_DISTRIBUTED=false as "no cluster"; the original
+        # started its LocalCluster then too, so this API always has it in the chain.
+        settings = self.config.to_settings().model_copy(update={"dask_enable_distributed": True})
+        session = open_sync(settings, start)
         compute = session.__enter__()
         self._session, self.compute, self.client = session, compute, compute.client
         self.mode, self.fallback_reason = compute.mode, compute.fallback_reason
-        log.info("Dask session open: mode=%s", compute.mode)
+        # Each step down was already a WARNING of its own (service.compute.sync).
+        log.info(
+            "Dask session open: mode=%s, fallback_reason=%s", compute.mode, compute.fallback_reason
+        )
         return self.client
 
     def shutdown_cluster(self) -> None:

@@ -91,6 +91,8 @@ def clean_bars(frame: Any) -> CleanBars | str:
     """The valid bars of `frame`, or a readable reason why it has none."""
     if not isinstance(frame, pd.DataFrame):
         return f"expected a pandas DataFrame, got {type(frame).__name__}"
+    if frame.empty:
+        return "Stock data is empty"  # the original's words
     dates, closes = column(frame, "date"), column(frame, "close")
     if dates is None or closes is None:
         missing = "date (or trade_date)" if dates is None else "close (or close_price)"

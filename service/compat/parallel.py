@@ -47,7 +47,11 @@ _MB = 1024 * 1024
 
 @dataclass
 class BatchProcessingResult:
-    """Outcome of a batch; `execution_mode`/`fallback_reason` say where it really ran."""
+    """Outcome of a batch; `execution_mode`/`fallback_reason` say where it really ran.
+
+    `memory_usage` holds the original's `rss_mb`, `vms_mb` and `percent` (this process,
+    at the end of the batch) next to `rss_start_mb`, `rss_end_mb` and `input_frames_mb`.
+    """
 
     successful_analyses: dict[str, SeasonalPattern]
     failed_analyses: dict[str, str]
@@ -65,12 +69,25 @@ class BatchProcessingResult:
 
     @property
     def failure_rate(self) -> float:
-        """Share of the input symbols without one (short history, bad frame)."""
-        return len(self.failed_analyses) / self.total_stocks if self.total_stocks else 0.0
+        """1 - success_rate, as in the original: the share of the input symbols without a
+        pattern (short history, bad frame), and 1.0 for an empty batch."""
+        return 1.0 - self.success_rate
 
 
 def _rss_mb() -> float:
     return float(psutil.Process().memory_info().rss) / _MB
+
+
+def _memory_now() -> dict[str, float]:
+    """The original's keys: this process's resident and virtual size (MB) and its share
+    of the machine's memory (percent)."""
+    process = psutil.Process()
+    info = process.memory_info()
+    return {
+        "rss_mb": float(info.rss) / _MB,
+        "vms_mb": float(info.vms) / _MB,
+        "percent": float(process.memory_percent()),
+    }
 
 
 def _pairs(source: Any) -> Iterator[tuple[str, Any]]:
@@ -94,13 +111,17 @@ class ParallelSpringFestivalEngine(SpringFestivalAlignmentEngine):
 
     def __init__(
         self,
-        window_days: int = 60,
+        window_days: int | None = 60,
         config: ParallelProcessingConfig | None = None,
         *,
         alignment: Alignment = "trading",
+        min_years: int | None = None,
     ) -> None:
-        super().__init__(window_days, alignment=alignment)
-        self.config = config if config is not None else ParallelProcessingConfig()
+        """Without `config`, the DASK_* environment (`ParallelProcessingConfig.
+        from_settings()`), as the original read it; `window_days` and `min_years` as for
+        `SpringFestivalAlignmentEngine`."""
+        super().__init__(window_days, alignment=alignment, min_years=min_years)
+        self.config = config if config is not None else ParallelProcessingConfig.from_settings()
         self.resource_manager = DaskResourceManager(self.config)
 
     def analyze_multiple_stocks_parallel(
@@ -173,6 +194,7 @@ class ParallelSpringFestivalEngine(SpringFestivalAlignmentEngine):
                 "rss_start_mb": rss_start,
                 "rss_end_mb": _rss_mb(),
                 "input_frames_mb": input_mb,
+                **_memory_now(),
             },
             execution_mode=mode,
             fallback_reason=reason,

@@ -60,6 +60,9 @@ def get_processing_recommendations(
 ) -> dict[str, Any]:
     """Chunk size, workers and expected speedup/memory for a batch of this size.
 
+    Times are given in seconds (`estimated_sequential_seconds`, ...) and, under the
+    original's keys, in minutes (`estimated_sequential_time_minutes`, ...).
+
     Workers grow with the work (never beyond the machine's cores) and only when the
     cluster start pays for itself, so every figure is monotone in `total_stocks`.
     """
@@ -103,6 +106,9 @@ def get_processing_recommendations(
         "use_distributed": use_distributed,
         "estimated_sequential_seconds": sequential,
         "estimated_parallel_seconds": best_time,
+        # The original's keys: the same measured model, in minutes.
+        "estimated_sequential_time_minutes": sequential / 60.0,
+        "estimated_parallel_time_minutes": best_time / 60.0,
         "speedup_factor": sequential / best_time if best_time > 0 else 1.0,
         "estimated_memory_gb": estimated_gb,
         "available_memory_gb": available_gb,

@@ -3,7 +3,8 @@
 Attribute names and meanings are the original's, so user code that reads them runs
 unchanged; what the numbers are is SPEC 3-4's (see docs/migrating.md): relative days
 count trading days by default and prices are normalised to each year's own anchor
-(the last close before the festival), not to one baseline over all years.
+(the last close before the festival). The original's single `baseline_price` is kept
+next to the anchors, as the original defined it.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class AlignedDataPoint:
     before the festival is -1 and the first bar on or after it is +1; with calendar
     alignment it is the calendar distance (the festival day is 0). `normalized_price` is
     SPEC 4's r = 100 (close / anchor - 1), the anchor being the year's last close before
-    the festival; None in a window with no bar before the festival (it has no anchor).
+    the festival; in a window with no bar before the festival (no anchor, and a year
+    that never counts in a pattern) it is relative to that window's first close.
     """
 
     original_date: dt.date
@@ -77,13 +79,15 @@ class AlignedDataPoint:
 
     @property
     def is_before_spring_festival(self) -> bool:
-        """Dated strictly before the festival: a pre bar of SPEC 3."""
-        return self.original_date < self.spring_festival_date
+        """`relative_day < 0`, as in the original: a pre bar of SPEC 3."""
+        return self.relative_day < 0
 
     @property
     def is_after_spring_festival(self) -> bool:
-        """On or after the festival: the side SPEC 3 puts a bar dated on the day itself."""
-        return not self.is_before_spring_festival
+        """`relative_day > 0`, as in the original. The festival day itself (k = 0, only
+        with calendar alignment) is neither before nor after; with trading alignment a
+        bar dated on the festival is k = +1, the post side where SPEC 3 puts it."""
+        return self.relative_day > 0
 
 
 @dataclass
@@ -92,15 +96,20 @@ class AlignedTimeSeries:
 
     `years` are the windows that hold bars; the pattern analyses those of them that
     qualify (closed, bars on both sides, enough bars: SPEC 3), listed in
-    `SeasonalPattern.years_analyzed`. `latest_date` is the symbol's latest valid bar,
-    in a window or not: it decides which windows have closed. `anchor_prices` holds
-    each year's anchor, replacing the original's single `baseline_price`.
+    `SeasonalPattern.years_analyzed`. `baseline_price` is the original's: the mean close
+    of every valid bar of the frame, in a window or not (None when a caller builds a
+    series without one). `latest_date` is the symbol's latest valid bar, in a window or
+    not: it decides which windows have closed. `anchor_prices` holds each year's anchor
+    (its last close before the festival), what `normalized_price` is relative to; a
+    window without a bar before the festival has none (its points are relative to the
+    window's first close, and the year never counts in a pattern).
     """
 
     symbol: str
     data_points: list[AlignedDataPoint]
     window_days: int
     years: list[int]
+    baseline_price: float | None = None
     alignment: Alignment = "trading"
     latest_date: dt.date | None = None
     anchor_prices: dict[int, float] = field(default_factory=dict)
@@ -140,15 +149,31 @@ class SeasonalPattern:
     confidence_level: float
     peak_day: int
     trough_day: int
-    #: SPEC 6's value: None where the ratio is infinite.
+    #: SPEC 6's value as the engine computed it (None: infinite, or not given).
     raw_volatility_ratio: float | None = None
     #: (k, mean_k, n_k) rows of SPEC 4's curve.
     curve: list[tuple[int, float, int]] = field(default_factory=list, repr=False)
 
     @property
     def volatility_ratio(self) -> float:
-        """After / before volatility; `inf` where the service's output writes `null`."""
-        return math.inf if self.raw_volatility_ratio is None else self.raw_volatility_ratio
+        """After / before volatility; `inf` where the service's output writes `null`.
+
+        The engine's value when it computed this pattern; for a pattern built by user
+        code (or read back) without one, SPEC 4's rule on the two volatilities, the
+        original's too: after / before when before is above 0, else `inf` if after is
+        above 0, else 1.0.
+        """
+        ratio = self._spec_ratio()
+        return math.inf if ratio is None else ratio
+
+    def _spec_ratio(self) -> float | None:
+        """The ratio as SPEC 6 writes it (None: infinite); see `volatility_ratio`."""
+        if self.raw_volatility_ratio is not None:
+            return self.raw_volatility_ratio
+        before, after = self.volatility_before, self.volatility_after
+        if before > 0:
+            return after / before
+        return None if after > 0 else 1.0
 
     @property
     def is_bullish_before(self) -> bool:
@@ -178,7 +203,7 @@ class SeasonalPattern:
     def to_result(self) -> PatternResult:
         """Back to the engine's type, so SPEC 5's signal is the engine's own function."""
         pattern = Pattern(
-            volatility_ratio=self.raw_volatility_ratio,
+            volatility_ratio=self._spec_ratio(),
             **{name: getattr(self, name) for name in _PATTERN_FIELDS},
         )
         rows = self.curve

@@ -136,7 +136,7 @@ def test_local_cluster_when_distributed_is_enabled(sequential: BatchProcessingRe
     _same_analyses(result, sequential)
 
 
-def test_unreachable_scheduler_falls_back_to_threads_and_says_so(
+def test_unreachable_scheduler_falls_back_to_a_local_cluster_and_says_so(
     sequential: BatchProcessingResult, caplog: pytest.LogCaptureFixture
 ) -> None:
     nowhere = f"tcp://127.0.0.1:{_free_port()}"
@@ -155,9 +155,38 @@ def test_unreachable_scheduler_falls_back_to_threads_and_says_so(
             FRAMES
         )
     assert time.monotonic() - started < 30
-    assert result.execution_mode == "threads"
+    assert result.execution_mode == "local_cluster"  # DASK_ENABLE_DISTRIBUTED=false: processes
     assert result.fallback_reason is not None and "remote unavailable" in result.fallback_reason
     assert "remote unavailable" in caplog.text
+    assert result.executed_by and all(a.startswith("tcp://") for a in result.executed_by)
+    _same_analyses(result, sequential)
+
+
+def test_threads_when_worker_processes_cannot_start(
+    sequential: BatchProcessingResult,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 20: processes first (the original's LocalCluster), threads only when they fail."""
+    real = cluster_module.LocalCluster
+
+    def threads_only(**kwargs: Any) -> Any:
+        if kwargs.get("processes"):
+            raise OSError("cannot spawn worker processes here")
+        return real(**kwargs)
+
+    monkeypatch.setattr(cluster_module, "LocalCluster", threads_only)
+    config = ParallelProcessingConfig(n_workers=2, threads_per_worker=1, chunk_size=3)
+    with caplog.at_level(logging.WARNING, logger="service.compute"):
+        result = ParallelSpringFestivalEngine(config=config).analyze_multiple_stocks_parallel(
+            FRAMES
+        )
+    assert result.execution_mode == "threads"
+    assert (
+        result.fallback_reason
+        == "local_cluster unavailable: OSError: cannot spawn worker processes here"
+    )
+    assert "local_cluster unavailable" in caplog.text and caplog.text.count("falling back") == 1
     assert result.executed_by and all(a.startswith("inproc://") for a in result.executed_by)
     _same_analyses(result, sequential)
 

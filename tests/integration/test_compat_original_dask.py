@@ -130,8 +130,9 @@ def test_sequential_parallel_and_sfa_replay_agree(tmp_path: Path, alignment: Any
     config = ParallelProcessingConfig(n_workers=2, threads_per_worker=1, chunk_size=2)
     parallel = ParallelSpringFestivalEngine(config=config, alignment=alignment)
     batch = parallel.analyze_multiple_stocks_parallel(frames)
-    assert batch.execution_mode == "threads" and batch.fallback_reason is None
-    assert batch.executed_by and all(w.startswith("inproc://") for w in batch.executed_by)
+    # enable_distributed=False: the original's LocalCluster of worker processes (issue 20).
+    assert batch.execution_mode == "local_cluster" and batch.fallback_reason is None
+    assert batch.executed_by and all(w.startswith("tcp://") for w in batch.executed_by)
     assert set(published) == set(frames) == set(batch.successful_analyses)
 
     for symbol, frame in frames.items():
@@ -202,7 +203,8 @@ def test_dask_resource_manager_reports_its_fallback(caplog: pytest.LogCaptureFix
         DaskResourceManager(config) as rm,
     ):
         info = rm.get_cluster_info()
-    assert rm.mode == "threads" and "remote unavailable" in (rm.fallback_reason or "")
-    assert info["status"] == "connected" and info["workers"] == 1
+    # The next step of the chain is the original's LocalCluster of DASK_N_WORKERS processes.
+    assert rm.mode == "local_cluster" and "remote unavailable" in (rm.fallback_reason or "")
+    assert info["status"] == "connected" and info["workers"] == 2
     assert info["fallback_reason"] == rm.fallback_reason
     assert "remote unavailable" in caplog.text

@@ -188,7 +188,8 @@ def test_volatility_ratio_is_inf_where_the_spec_writes_null() -> None:
     base: dict[str, Any] = {
         f.name: 0.0 for f in fields(SeasonalPattern) if f.name not in ("symbol", "curve")
     }
-    base.update(years_analyzed=[2019, 2020, 2021], peak_day=1, trough_day=-1)
+    # SPEC 6 writes null (infinite) when the volatility before is 0 and the one after is not.
+    base.update(years_analyzed=[2019, 2020, 2021], peak_day=1, trough_day=-1, volatility_after=0.5)
     assert (
         SeasonalPattern(symbol="X", **{**base, "raw_volatility_ratio": None}).volatility_ratio
         == math.inf

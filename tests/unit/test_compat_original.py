@@ -245,13 +245,16 @@ def test_spring_festival_windows_hand_computed(caplog: pytest.LogCaptureFixture)
     [("trading", [-4, -3, -2, -1, 1, 2, 3, 1]), ("calendar", [-60, -3, -2, -1, 9, 10, 60, 5])],
 )
 def test_align_hand_built_frame(alignment: Any, relative_days: list[int]) -> None:
-    engine = SpringFestivalAlignmentEngine(alignment=alignment)
+    engine = SpringFestivalAlignmentEngine(alignment=alignment, min_years=2)
     aligned = engine.align_to_spring_festival(hand_frame())
     assert isinstance(aligned, AlignedTimeSeries)
     assert (aligned.symbol, aligned.window_days, aligned.alignment) == ("HAND", 60, alignment)
     assert aligned.years == [2024, 2025]
     assert aligned.latest_date == D(2025, 2, 3)
     assert aligned.anchor_prices == {2024: 8.0}  # 2025 has no bar before its festival
+    # The original's baseline: the mean of every valid close (corrections applied, the
+    # bars outside windows included): 9, 10, 11, 12, 8, 12, 6, 10, 20, 5.
+    assert aligned.baseline_price == pytest.approx(10.3, rel=1e-12)
     points = aligned.data_points
     assert all(isinstance(p, AlignedDataPoint) for p in points)
     assert [p.original_date for p in points] == [
@@ -260,8 +263,8 @@ def test_align_hand_built_frame(alignment: Any, relative_days: list[int]) -> Non
     ]
     assert [p.relative_day for p in points] == relative_days
     assert [p.price for p in points] == [10.0, 11.0, 12.0, 8.0, 12.0, 6.0, 10.0, 5.0]
-    # r = 100 (close / 8 - 1) in 2024; no anchor in 2025.
-    assert [p.normalized_price for p in points] == [25.0, 37.5, 50.0, 0.0, 50.0, -25.0, 25.0, None]
+    # r = 100 (close / 8 - 1) in 2024; no anchor in 2025: relative to its first close.
+    assert [p.normalized_price for p in points] == [25.0, 37.5, 50.0, 0.0, 50.0, -25.0, 25.0, 0.0]
     assert [p.volume for p in points] == [110.0, None, 130.0, 140.0, 160.0, 170.0, 180.0, 200.0]
     assert [p.year for p in points] == [2024] * 7 + [2025]
     assert {p.spring_festival_date for p in points} == {D(2024, 2, 10), D(2025, 1, 29)}
@@ -269,7 +272,8 @@ def test_align_hand_built_frame(alignment: Any, relative_days: list[int]) -> Non
 
 
 def test_aligned_series_accessors() -> None:
-    aligned = SpringFestivalAlignmentEngine().align_to_spring_festival(hand_frame())
+    engine = SpringFestivalAlignmentEngine(min_years=1)
+    aligned = engine.align_to_spring_festival(hand_frame())
     assert [p.original_date for p in aligned.get_year_data(2025)] == [D(2025, 2, 3)]
     assert [p.original_date for p in aligned.get_relative_day_data(1)] == [
         D(2024, 2, 19),
@@ -278,13 +282,13 @@ def test_aligned_series_accessors() -> None:
     assert len(aligned.get_before_spring_festival()) == 4
     assert [p.price for p in aligned.get_after_spring_festival()] == [12.0, 6.0, 10.0, 5.0]
     assert all(p.is_after_spring_festival for p in aligned.get_after_spring_festival())
-    only = SpringFestivalAlignmentEngine().align_to_spring_festival(hand_frame(), years=[2025])
+    only = engine.align_to_spring_festival(hand_frame(), years=[2025])
     assert only.years == [2025] and len(only.data_points) == 1
     assert only.latest_date == D(2025, 2, 3)
 
 
 def test_align_reads_the_symbol_and_refuses_what_it_cannot_align() -> None:
-    engine = SpringFestivalAlignmentEngine()
+    engine = SpringFestivalAlignmentEngine(min_years=2)
     frame = hand_frame()
     assert engine.align_to_spring_festival(frame, symbol="X").symbol == "X"
     spec_names = frame.rename(columns={"stock_code": "symbol", "trade_date": "date"})
@@ -295,8 +299,10 @@ def test_align_reads_the_symbol_and_refuses_what_it_cannot_align() -> None:
         engine.align_to_spring_festival(frame.assign(stock_code=["A", "B"] * 6))
     with pytest.raises(ValueError, match="no valid bars"):
         engine.align_to_spring_festival(frame.assign(close_price=0.0))
-    outside = engine.align_to_spring_festival(frame.iloc[[0]])  # valid, but in no window
-    assert outside.data_points == [] and outside.years == []
+    with pytest.raises(
+        ValueError, match=r"Insufficient years for analysis\. Need at least 2, got 0"
+    ):
+        engine.align_to_spring_festival(frame.iloc[[0]])  # valid, but in no window
 
 
 def parallel_patterns(
@@ -441,9 +447,11 @@ def test_get_current_position_defaults_to_today_and_checks_the_range() -> None:
     assert engine.get_current_position("X", "2024-02-05")["position"] == "pre_festival"
     stamp = dt.datetime(2024, 2, 5, 15, 30)
     assert engine.get_current_position("X", stamp)["current_date"] == D(2024, 2, 5)
-    for bad in (D(1900, 12, 31), D(2100, 1, 1)):
-        with pytest.raises(ValueError, match="outside"):
-            engine.get_current_position("X", bad)
+    for bad in (D(1900, 12, 31), D(2100, 1, 1)):  # the calendar cannot place these
+        unknown = engine.get_current_position("X", bad)
+        assert unknown["position"] == "unknown" and unknown["in_analysis_window"] is False
+    with pytest.raises(ValueError, match="not a date"):
+        engine.get_current_position("X", "not a date")
 
 
 @pytest.mark.parametrize(
@@ -461,7 +469,9 @@ def test_get_current_position_defaults_to_today_and_checks_the_range() -> None:
          "bullish", 0.48, "watch", True),
         ("recovery", {"pattern_strength": 0.9}, "neutral", 0.0, "hold", False),
         ("festival_day", {}, "neutral", 0.0, "hold", False),
-        ("normal_period", {"raw_volatility_ratio": None}, "neutral", 0.0, "hold", True),
+        # Before 0 and after above 0: the ratio is infinite (SPEC 6's null), a warning.
+        ("normal_period", {"raw_volatility_ratio": None, "volatility_before": 0.0},
+         "neutral", 0.0, "hold", True),
     ],
 )  # fmt: skip
 def test_generate_trading_signals_spec5(
@@ -500,7 +510,7 @@ def test_generate_trading_signals_is_the_engines_signal_in_every_phase() -> None
         in engine.generate_trading_signals(pattern(), {"position": "normal_period"})["reason"]
     )
     with pytest.raises(ValueError, match="unknown position"):
-        engine.generate_trading_signals(found, {"position": "unknown"})
+        engine.generate_trading_signals(found, {"position": "lunar_new_year"})
 
 
 # ---------------------------------------------------------------- config and Dask helpers
