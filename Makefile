@@ -9,10 +9,12 @@ DEMO_SYMBOLS ?= 300
 DEMO_START ?= 2005
 DEMO_END ?= 2024
 KAFKA_PORT ?= 9092
+FLAKY_RUNS ?= 5
+FLAKY_ARGS ?=
 export KAFKA_PORT
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-secure-fresh test-unit test-integration lint fmt typecheck kafka-up kafka-down kafka-status kafka-secure-up kafka-secure-down kafka-secure-status docs bench bench-kafka drills soak mutation clean image image-test compose-test deploy-test
+.PHONY: help install demo test test-secure-fresh flaky test-unit test-integration lint fmt typecheck kafka-up kafka-down kafka-status kafka-secure-up kafka-secure-down kafka-secure-status docs bench bench-kafka drills soak mutation clean image image-test compose-test deploy-test
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
@@ -39,6 +41,9 @@ test-secure-fresh: $(STAMP) ## The secure-broker tests against a newly formatted
 	SFA_KAFKA_SECURE_NODE=$$node SFA_KAFKA_SECURE_SASL_PORT=19492 SFA_KAFKA_SECURE_SSL_PORT=19493 \
 	SFA_KAFKA_SECURE_CONTROLLER_PORT=19494 $(BIN)/python -m pytest tests/integration/test_security.py; \
 	rc=$$?; rm -rf $$node; exit $$rc
+
+flaky: $(STAMP) kafka-up ## Run the integration suite FLAKY_RUNS (5) times; per-test failure counts (FLAKY_ARGS to pick tests)
+	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) $(BIN)/python -m tests.flaky --runs $(FLAKY_RUNS) $(FLAKY_ARGS)
 
 test-unit: $(STAMP) ## Run the fast, pure unit tests only
 	$(BIN)/python -m pytest tests/unit

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from service.feed import keyed_records, snapshot_records
@@ -430,6 +430,13 @@ class Sample:
         return {m for m, (ident, _) in (self.owners or {}).items() if ident == instance_id}
 
 
+_COORDINATOR_MOVING = (
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+)
+
+
 class Group:
     """Reads the group's committed offsets and members (never joins it)."""
 
@@ -468,8 +475,17 @@ class Group:
             return list(self._parts)
 
     def committed(self) -> dict[tuple[str, int], int]:
-        found = self._consumer.committed(self.partitions(), timeout=10)
-        return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in found}
+        """Waits out a coordinator that is moving or loading (a broker just thawed or
+        restarted answers NOT_COORDINATOR for a while): that passes by itself."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                found = self._consumer.committed(self.partitions(), timeout=10)
+                return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in found}
+            except KafkaException as exc:
+                if exc.args[0].code() not in _COORDINATOR_MOVING or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def ends(self) -> dict[tuple[str, int], int]:
         return {
@@ -735,8 +751,9 @@ class DrillRun:
             self.check_alive()
             if time.monotonic() > deadline:
                 tails = "\n".join(f"--- {n}:\n{i.tail(12)}" for n, i in self.live.items())
+                notes = "\n".join(self.notes)
                 raise AssertionError(
-                    f"{self.drill.name}: no {what} in {timeout:.0f} s {detail()}\n{tails}"
+                    f"{self.drill.name}: no {what} in {timeout:.0f} s {detail()}\n{notes}\n{tails}"
                 )
             time.sleep(0.2)
 

@@ -45,6 +45,7 @@ __all__ = [
     "healthz",
     "kafka_proxy",
     "proxied_ports",
+    "readyz",
     "resets",
     "term_while_frozen",
     "toxiproxy",
@@ -289,7 +290,9 @@ def term_while_frozen(name: str, pid: int, bound: float) -> Callable[[DrillRun],
     """A hook: SIGTERM instance `name` while the broker is frozen, then start it again.
 
     It must exit by itself (code 0, never by a signal) within `bound` seconds; the
-    broker thaws once it has exited (or the bound has passed).
+    broker thaws once it has exited (or the bound has passed). The new instance is
+    waited for until /readyz says it is running, so the next stop stops a running
+    service, not one still importing Python.
     """
 
     def hook(run: DrillRun) -> None:
@@ -298,18 +301,32 @@ def term_while_frozen(name: str, pid: int, bound: float) -> Callable[[DrillRun],
             started = time.monotonic()
             instance.proc.send_signal(signal.SIGTERM)
             try:
-                code = instance.proc.wait(bound)
+                code: int | None = instance.proc.wait(bound)
             except subprocess.TimeoutExpired:
                 code = None
             took = time.monotonic() - started
         if code is None:
             instance.close()
-        run.notes.append(f"SIGTERM {name} with the broker frozen: exit {code} after {took:.1f} s")
+        run.notes.append(
+            f"SIGTERM {name} with the broker frozen: exit {code} after {took:.1f} s"
+            + ("" if code == 0 else f" (log: {instance.log_path})")
+        )
         n = sum(1 for key in run.exit_codes if key.startswith(f"{name} (frozen"))
         run.exit_codes[f"{name} (frozen stop {n + 1})"] = -999 if code is None else code
-        run.start(name)
+        again = run.start(name)
+        run.wait(f"{name} ready again", lambda: readyz(again.port) == 200, 120)
 
     return hook
+
+
+def readyz(port: int) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return None
 
 
 @pytest.fixture()

@@ -36,6 +36,16 @@ from tests.integration.drills import (
     reference,
     run_drill,
 )
+from tests.integration.faults import (
+    Proxy,
+    broker_pid,
+    during,
+    frozen,
+    kafka_proxy,
+    resets,
+    term_while_frozen,
+    toxiproxy,
+)
 from tests.integration.kafka_io import read_committed
 
 pytestmark = [
@@ -53,6 +63,7 @@ MEMBERSHIP = [
     Step(0.70, "leave", "b"),
 ]
 VENV_BIN = Path(sys.executable).parent
+__all__ = ["kafka_proxy", "toxiproxy"]  # fixtures, re-exported for pytest
 
 
 @pytest.fixture(scope="module")
@@ -302,3 +313,107 @@ def test_a_stall_turns_healthz_503_within_stall_seconds_and_200_after_sigcont(
     print(f"  stall: {figures} (SFA_STALL_SECONDS={stall})")
     _ok(report)
     assert figures["503 after"] <= stall + 3, figures  # the stall is counted from the last batch
+
+
+# --- network faults (issue 18 item 5) and SIGTERM under a frozen broker (item 6) -------
+# A real Toxiproxy between the instances and the broker (tests/integration/faults.py); the
+# feeder, monitor and check go direct. Each fault hits a mixed feed mid-stream; the
+# instance must never exit on its own, /healthz must say "stalled" within
+# FAULT_STALL_SECONDS (+ the statistics interval) when the broker goes silent, and be 200
+# again after; each drill ends with THE CHECK.
+
+FAULT_STALL_SECONDS = 5
+FAULT_ENV = {"SFA_STALL_SECONDS": str(FAULT_STALL_SECONDS)}
+# SIGTERM must end `sfa run` within this whatever the broker does: the image's grace
+# (Kubernetes terminationGracePeriodSeconds, compose stop_grace_period) is 45 s.
+SHUTDOWN_BOUND_S = 40.0
+
+
+def _fault_drill(
+    name: str,
+    steps: list[Step],
+    kafka_bootstrap: str,
+    market: Market,
+    expected: dict,
+    tmp_path: Path,
+    proxy: Proxy | None,
+    feed_seconds: float = 60,
+    partitions: int = 8,
+) -> DrillReport:
+    drill = Drill(
+        name,
+        "mixed",
+        partitions,
+        ["a"],
+        steps,
+        feed_seconds=feed_seconds,
+        env=FAULT_ENV,
+        service_bootstrap=proxy.bootstrap if proxy else None,
+        done_timeout=300,
+    )
+    report = run_drill(drill, market, expected, kafka_bootstrap, tmp_path)
+    _ok(report)
+    return report
+
+
+def test_300_ms_of_latency(
+    kafka_bootstrap: str, kafka_proxy: Proxy, market: Market, expected: dict, tmp_path: Path
+) -> None:
+    fault = during("300 ms latency", lambda: kafka_proxy.latency(300), 30)
+    steps = [Step(0.2, "call", hook=fault)]
+    _fault_drill("fault-latency", steps, kafka_bootstrap, market, expected, tmp_path, kafka_proxy)
+
+
+def test_bandwidth_capped_to_a_tenth_of_the_feed(
+    kafka_bootstrap: str, kafka_proxy: Proxy, market: Market, expected: dict, tmp_path: Path
+) -> None:
+    feed_seconds = 60
+    kb_per_s = max(1, market.path.stat().st_size // feed_seconds // 10 // 1024)
+    fault = during(f"bandwidth {kb_per_s} KB/s", lambda: kafka_proxy.bandwidth(kb_per_s), 30)
+    steps = [Step(0.2, "call", hook=fault)]
+    _fault_drill(
+        "fault-bandwidth", steps, kafka_bootstrap, market, expected, tmp_path, kafka_proxy,
+        feed_seconds,
+    )  # fmt: skip
+
+
+def test_every_connection_reset_every_5_s_for_a_minute(
+    kafka_bootstrap: str, kafka_proxy: Proxy, market: Market, expected: dict, tmp_path: Path
+) -> None:
+    steps = [Step(0.1, "call", hook=resets(kafka_proxy, every=5, seconds=60))]
+    _fault_drill(
+        "fault-resets", steps, kafka_bootstrap, market, expected, tmp_path, kafka_proxy, 90
+    )
+
+
+def test_a_20_s_blackhole(
+    kafka_bootstrap: str, kafka_proxy: Proxy, market: Market, expected: dict, tmp_path: Path
+) -> None:
+    fault = during("blackhole", kafka_proxy.blackhole, 20, stall_within=FAULT_STALL_SECONDS + 4)
+    steps = [Step(0.3, "call", hook=fault)]
+    _fault_drill("fault-blackhole", steps, kafka_bootstrap, market, expected, tmp_path, kafka_proxy)
+
+
+def test_the_broker_sigstopped_for_20_s(
+    kafka_bootstrap: str, market: Market, expected: dict, tmp_path: Path
+) -> None:
+    pid = broker_pid(kafka_bootstrap)
+    fault = during("broker SIGSTOP", lambda: frozen(pid), 20, stall_within=FAULT_STALL_SECONDS + 4)
+    steps = [Step(0.3, "call", hook=fault)]
+    _fault_drill("fault-sigstop", steps, kafka_bootstrap, market, expected, tmp_path, None)
+
+
+def test_sigterm_while_the_broker_is_frozen_20_times(
+    kafka_bootstrap: str, market: Market, expected: dict, tmp_path: Path
+) -> None:
+    """Every stop ends by itself within the bound with exit 0, and nothing is committed
+    twice (THE CHECK counts duplicates) across the 20 restarts."""
+    pid = broker_pid(kafka_bootstrap)
+    stop = term_while_frozen("a", pid, SHUTDOWN_BOUND_S)
+    steps = [Step(i / 22, "call", hook=stop) for i in range(1, 21)]
+    report = _fault_drill(
+        "fault-term-frozen", steps, kafka_bootstrap, market, expected, tmp_path, None,
+        feed_seconds=120, partitions=4,
+    )  # fmt: skip
+    frozen_stops = {k: v for k, v in report.exit_codes.items() if "frozen stop" in k}
+    assert len(frozen_stops) == 20 and set(frozen_stops.values()) == {0}, report.render()
