@@ -1,0 +1,107 @@
+"""Where the input is cut: blocks a worker can read on its own, and how many owners.
+
+A JSONL file is cut into byte ranges of about `block_bytes`. A range does not need to
+know where lines start: it owns every line whose first byte lies inside it (it begins
+after the first newline at or past its start, and reads on past its end to the next
+newline), so the planner reads nothing and two neighbours never share or miss a line.
+Lines are numbered per block; the driver adds the lines of the blocks before it.
+
+One block per file where a byte offset cannot start a record: gzip (no random access),
+CSV (a quoted field may hold a newline), Parquet (left whole for now: its row groups
+would be the blocks). Empty files are blocks too, so every file is accounted for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "DEFAULT_BLOCK_BYTES",
+    "MIN_BLOCK_BYTES",
+    "PARTITIONED_MIN_BYTES",
+    "Block",
+    "check_inputs",
+    "default_partitions",
+    "pick_block_bytes",
+    "plan_blocks",
+]
+
+#: Inputs smaller than this replay in one process unless `--partitions` says otherwise:
+#: below it the cluster's start-up (~2 s for two worker processes) costs more than the
+#: second core gives back (docs/performance.md, "Partitioned replay").
+PARTITIONED_MIN_BYTES = 200_000_000
+
+DEFAULT_BLOCK_BYTES = 64 << 20
+MIN_BLOCK_BYTES = 4 << 20
+
+#: Owner partitions per worker by default: more than one so a worker that finishes early
+#: takes another partition instead of idling, few so per-partition overhead stays small.
+PARTITIONS_PER_WORKER = 2
+
+Kind = Literal["range", "file"]
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Part of the input one task reads: file `path` (the `file_index`-th input), bytes
+    [start, end) for a range (end None: the whole file). `index` is the block's place in
+    file order, which is the order its bars are applied in."""
+
+    index: int
+    file_index: int
+    path: str
+    kind: Kind
+    start: int = 0
+    end: int | None = None
+
+
+def _whole_file(path: str) -> bool:
+    lower = path.lower()
+    return lower.endswith((".gz", ".csv", ".parquet"))
+
+
+def default_partitions(workers: int) -> int:
+    return max(1, workers) * PARTITIONS_PER_WORKER
+
+
+def pick_block_bytes(total_bytes: int, workers: int) -> int:
+    """About four blocks per worker (so reading balances), at most 64 MiB (a block's
+    bytes and decoded columns sit in one worker's memory at once), at least 4 MiB."""
+    per = total_bytes // max(1, 4 * workers)
+    return max(MIN_BLOCK_BYTES, min(DEFAULT_BLOCK_BYTES, per))
+
+
+def plan_blocks(paths: Sequence[str], sizes: Sequence[int], block_bytes: int) -> list[Block]:
+    """Blocks in file order; `sizes[i]` is the byte size of `paths[i]`."""
+    if block_bytes < 1:
+        raise ValueError("block_bytes must be >= 1")
+    blocks: list[Block] = []
+    for file_index, (path, size) in enumerate(zip(paths, sizes, strict=True)):
+        if _whole_file(path) or size <= block_bytes:
+            blocks.append(Block(len(blocks), file_index, path, "file"))
+            continue
+        n = -(-size // block_bytes)
+        step = -(-size // n)  # n nearly equal ranges
+        for start in range(0, size, step):
+            end = min(size, start + step)
+            blocks.append(Block(len(blocks), file_index, path, "range", start, end))
+    return blocks
+
+
+def check_inputs(paths: Sequence[str]) -> tuple[list[int], list[str]]:
+    """Sizes of the inputs, and one line per input this process cannot read. Run on
+    every worker before any work: a remote worker may not see the driver's files."""
+    sizes: list[int] = []
+    problems: list[str] = []
+    for path in paths:
+        try:
+            with open(path, "rb") as fh:
+                fh.read(1)
+            sizes.append(os.path.getsize(path))
+        except OSError as exc:
+            problems.append(f"cannot read input file {path}: {exc.strerror or exc}")
+            sizes.append(0)
+    return sizes, problems

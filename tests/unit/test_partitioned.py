@@ -1,0 +1,265 @@
+"""Partitioned replay, in-process (`run_inline`), against the single-process replay.
+
+The single-process replay (`service.files.replay.replay`, Dask off, no decode helper) is
+the oracle: `--emit final` must give the same bytes, results and dead letters, for
+markets with the awkward cases (arrays of many symbols, corrections across files and
+across blocks, bad records, blank lines, gzip, CSV, Parquet, empty files), cut into
+blocks small enough that every file is split many times. `--emit batch`: each
+symbol's last result equals its final one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import gzip
+import io
+import random
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.files.replay import replay
+from service.partitioned import plan_blocks, run_inline
+from service.partitioned.blocks import BlockStatus, read_block, split_by_owner
+from service.partitioned.owners import counted_blocks
+from service.settings import load_settings
+
+SETTINGS = load_settings(
+    {
+        "DASK_ENABLE_DISTRIBUTED": "false",
+        "SFA_DECODE_PROCESSES": "0",
+        "SFA_BATCH_MAX_MESSAGES": "37",  # many batches per block, too
+        "DASK_CHUNK_SIZE": "3",
+    }
+)
+
+
+def _single(paths: list[str], emit: str = "final") -> tuple[bytes, bytes, int]:
+    results, errors = io.BytesIO(), io.BytesIO()
+    stats, _ = asyncio.run(replay(paths, SETTINGS, results, errors, False, emit))  # type: ignore[arg-type]
+    return results.getvalue(), errors.getvalue(), stats.bars
+
+
+def _partitioned(
+    paths: list[str], partitions: int, block_bytes: int, emit: str = "final"
+) -> tuple[bytes, bytes, int]:
+    results, errors = io.BytesIO(), io.BytesIO()
+    totals = run_inline(
+        paths,
+        SETTINGS,
+        results,
+        errors,
+        emit=emit,
+        partitions=partitions,
+        block_bytes=block_bytes,
+    )
+    return results.getvalue(), errors.getvalue(), totals.bars
+
+
+def _bar(symbol: str, day: dt.date, close: float) -> dict[str, object]:
+    return {"symbol": symbol, "date": day.isoformat(), "close": close}
+
+
+def _market(rng: random.Random, symbols: int, years: int) -> list[bytes]:
+    """Weekday bars of `symbols` symbols from 2016, some days as one array line of
+    every symbol (a snapshot), some as one line per bar."""
+    names = [f"S{i}.SH" for i in range(symbols)]
+    prices = {s: 10.0 + i for i, s in enumerate(names)}
+    lines: list[bytes] = []
+    day = dt.date(2016, 1, 1)
+    while day.year < 2016 + years:
+        if day.weekday() < 5:
+            bars = []
+            for s in names:
+                prices[s] *= 1 + rng.gauss(0.0003, 0.02)
+                bars.append(_bar(s, day, round(prices[s], 4)))
+            if rng.random() < 0.3:
+                lines.append(orjson.dumps(bars))
+            else:
+                lines.extend(orjson.dumps(b) for b in bars)
+        day += dt.timedelta(days=1)
+    return lines
+
+
+BAD = [
+    b'{"symbol":"X","date":"2019-02-30","close":1}',
+    b'{"symbol":"X","date":"2019-02-03"}',
+    b"not json",
+    b'[{"symbol":"Y","date":"2019-02-04","close":2},{"symbol":"Y","close":3}, 7]',
+    b"   ",
+    b"",
+    b'{"symbol":"bad symbol!","date":"2019-02-04","close":2}',
+]
+
+
+def _awkward(rng: random.Random, lines: list[bytes]) -> list[bytes]:
+    """Bad records and blank lines sprinkled in; corrections of earlier bars later on."""
+    out = list(lines)
+    for _ in range(max(1, len(out) // 40)):
+        out.insert(rng.randrange(len(out) + 1), rng.choice(BAD))
+    for _ in range(max(1, len(out) // 30)):  # a correction: an earlier bar, new close
+        src = orjson.loads(rng.choice(lines))
+        bar = rng.choice(src) if isinstance(src, list) else src
+        bar["close"] = round(float(bar["close"]) * rng.uniform(0.5, 1.5), 4)
+        out.insert(rng.randrange(len(out) + 1), orjson.dumps(bar))
+    return out
+
+
+def _write(tmp: Path, name: str, lines: list[bytes]) -> str:
+    path = tmp / name
+    data = b"\n".join(lines) + (b"\n" if lines else b"")
+    if name.endswith(".gz"):
+        path.write_bytes(gzip.compress(data))
+    elif name.endswith(".csv"):
+        rows = ["symbol,date,close"]
+        for line in lines:
+            try:
+                bar = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                rows.append("oops,,")
+                continue
+            for b in bar if isinstance(bar, list) else [bar]:
+                if isinstance(b, dict):
+                    rows.append(f"{b.get('symbol', '')},{b.get('date', '')},{b.get('close', '')}")
+        path.write_text("\n".join(rows) + "\n")
+    elif name.endswith(".parquet"):
+        bars = []
+        for line in lines:
+            try:
+                bar = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            bars += [b for b in (bar if isinstance(bar, list) else [bar]) if isinstance(b, dict)]
+        table = pa.table(
+            {
+                "symbol": [b.get("symbol") for b in bars],
+                "date": [b.get("date") for b in bars],
+                "close": [b.get("close") for b in bars],
+            }
+        )
+        pq.write_table(table, path, row_group_size=50)
+    else:
+        path.write_bytes(data)
+    return str(path)
+
+
+def _files(tmp: Path, rng: random.Random, lines: list[bytes], kinds: list[str]) -> list[str]:
+    """The lines spread over consecutive files of the given kinds (order kept)."""
+    cuts = sorted(rng.randrange(len(lines) + 1) for _ in range(len(kinds) - 1))
+    bounds = [0, *cuts, len(lines)]
+    return [
+        _write(tmp, f"part{i}{kind}", lines[bounds[i] : bounds[i + 1]])
+        for i, kind in enumerate(kinds)
+    ]
+
+
+KINDS = st.lists(
+    st.sampled_from([".jsonl", ".jsonl", ".jsonl.gz", ".csv", ".parquet"]), min_size=1, max_size=4
+)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    seed=st.integers(0, 10_000),
+    symbols=st.integers(1, 7),
+    years=st.integers(1, 5),
+    kinds=KINDS,
+    partitions=st.integers(1, 5),
+    block_bytes=st.integers(200, 5000),
+)
+def test_final_output_is_the_single_process_output(
+    tmp_path_factory, seed, symbols, years, kinds, partitions, block_bytes
+) -> None:
+    tmp = tmp_path_factory.mktemp("m")
+    rng = random.Random(seed)
+    lines = _awkward(rng, _market(rng, symbols, years))
+    paths = _files(tmp, rng, lines, kinds)
+    expected = _single(paths)
+    got = _partitioned(paths, partitions, block_bytes)
+    assert got[2] == expected[2]
+    assert got[0] == expected[0]
+    assert got[1] == expected[1]
+
+
+def test_a_larger_market_with_ok_patterns_and_an_empty_file(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    lines = _awkward(rng, _market(rng, 12, 8))
+    paths = _files(tmp_path, rng, lines, [".jsonl", ".jsonl.gz", ".jsonl"])
+    paths.insert(1, _write(tmp_path, "empty.jsonl", []))
+    expected = _single(paths)
+    assert b'"status":"ok"' in expected[0] and expected[1]
+    for partitions, block_bytes in ((1, 10_000), (3, 4096), (8, 777)):
+        assert _partitioned(paths, partitions, block_bytes) == expected
+
+
+def test_batch_mode_ends_each_symbol_on_its_final_result(tmp_path: Path) -> None:
+    rng = random.Random(9)
+    lines = _awkward(rng, _market(rng, 6, 6))
+    paths = _files(tmp_path, rng, lines, [".jsonl", ".jsonl"])
+    final = {orjson.loads(r)["symbol"]: r for r in _single(paths)[0].splitlines()}
+    batch, errors, _ = _partitioned(paths, 3, 3000, emit="batch")
+    last = {orjson.loads(r)["symbol"]: r for r in batch.splitlines()}
+    assert last == final
+    assert len(batch.splitlines()) > len(final)  # one result per block that touched it
+    assert errors == _single(paths)[1]
+
+
+def test_a_gzip_that_breaks_keeps_what_was_read(tmp_path: Path) -> None:
+    rng = random.Random(3)
+    lines = _market(rng, 4, 4)
+    good = _write(tmp_path, "a.jsonl", lines[: len(lines) // 2])
+    whole = gzip.compress(b"\n".join(lines[len(lines) // 2 :]) + b"\n")
+    broken = tmp_path / "b.jsonl.gz"
+    broken.write_bytes(whole[: len(whole) * 2 // 3])
+    results, errors = io.BytesIO(), io.BytesIO()
+    totals = run_inline([good, str(broken)], SETTINGS, results, errors, partitions=3)
+    expected_results, _, expected_bars = _single([good, str(broken)])
+    assert results.getvalue() == expected_results and totals.bars == expected_bars
+    [failure] = totals.failures
+    assert failure.file == str(broken) and failure.line > 1
+
+
+def test_ranges_own_every_line_once(tmp_path: Path) -> None:
+    """Whatever the cut points, the blocks of a file hold its lines once, in order."""
+    lines = [
+        orjson.dumps(_bar(f"S{i % 5}", dt.date(2020, 1, 1 + i % 28), 1.0 + i)) for i in range(300)
+    ]
+    lines[17] = b"x" * 900  # a line longer than a block
+    path = _write(tmp_path, "a.jsonl", lines)
+    size = Path(path).stat().st_size
+    for block_bytes in (50, 333, 1000, size):
+        blocks = plan_blocks([path], [size], block_bytes)
+        outs = [read_block(b, 1, 7, 1 << 20) for b in blocks]
+        assert sum(o["meta"].n_lines for o in outs) == (300 if len(blocks) > 1 else 0)
+        assert sum(o["meta"].n_messages for o in outs) == 300
+        assert sum(len(o[0]) for o in outs) == 299  # the long line is a dead letter
+
+
+def test_split_by_owner_keeps_order_and_uses_every_unique() -> None:
+    import numpy as np
+
+    uniques = [f"S{i}" for i in range(20)]
+    codes = np.array([i % 20 for i in range(200)][::-1], dtype=np.int32)
+    days = np.arange(200, dtype=np.int32)
+    pieces = split_by_owner(codes, uniques, days, days.astype(float), 4)
+    assert sum(len(p) for p in pieces) == 200
+    for p in pieces:
+        assert list(p.days) == sorted(p.days)  # file order kept
+        assert sorted(set(p.codes.tolist())) == list(range(len(p.uniques)))
+
+
+def test_no_block_of_a_file_counts_after_its_break() -> None:
+    statuses = [
+        BlockStatus(0, False),
+        BlockStatus(0, True),
+        BlockStatus(1, False),
+        BlockStatus(0, False),
+    ]
+    assert counted_blocks(statuses) == [True, True, True, False]
