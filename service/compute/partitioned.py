@@ -1,0 +1,245 @@
+"""Partitioned replay on a Dask cluster: the driver plans, submits, tracks and merges.
+
+The graph (`service.partitioned` has the functions and why they give the single-process
+output):
+
+    read_block(b) ─ getitem "meta"   ──────────────────────────────> driver (dead letters)
+                  ├ getitem "status" ─┐
+                  └ getitem p ────────┴─> run_owner(p, pieces, statuses) -> driver (results)
+
+Every owner takes futures of its pieces, so Dask moves each piece from the worker that
+read the block to the worker that owns the partition; nothing here moves data by hand.
+Tasks are plain functions of a file range, so a worker lost mid-run costs only a rerun of
+its tasks (the scheduler recomputes lost pieces from their blocks; `retries` allows a
+task to see its worker die twice). A lost scheduler is the end of the run: `ClusterLost`,
+which the CLI turns into exit 3 with nothing written.
+
+Local: a LocalCluster of DASK_N_WORKERS worker processes (processes always: the work is
+GIL-bound Python and numpy). Remote: DASK_SCHEDULER_ADDRESS; every worker must read every
+input, checked before any work (`InputsUnreadable`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import operator
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import dask.config
+from distributed import Client, Future, LocalCluster, as_completed
+
+from service.compute.config import LOST_WORK_ERRORS, dask_config, local_cluster_kwargs, reason_of
+from service.errors import SfaError
+from service.partitioned.blocks import BlockOutput, read_block
+from service.partitioned.merge import ReplayTotals, merge_outputs
+from service.partitioned.owners import OwnerOutput, run_owner
+from service.partitioned.plan import check_inputs, default_partitions, pick_block_bytes, plan_blocks
+from service.settings import Settings
+
+__all__ = ["ClusterLost", "InputsUnreadable", "PartitionedRun", "run_partitioned"]
+
+log = logging.getLogger(__name__)
+
+
+#: What a lost scheduler looks like from a synchronous client: its futures cancelled, its
+#: comms closed, or (once it gave up reconnecting) a closed client's RuntimeError.
+_LOST: tuple[type[BaseException], ...] = (
+    *LOST_WORK_ERRORS,
+    concurrent.futures.CancelledError,
+    RuntimeError,
+)
+
+
+class InputsUnreadable(SfaError):
+    """A worker cannot read an input: nothing ran (the CLI exits 2)."""
+
+
+class ClusterLost(SfaError):
+    """The scheduler went away mid-run: nothing was written (the CLI exits 3)."""
+
+
+@dataclass(slots=True)
+class PartitionedRun:
+    """The totals, plus where the work ran and what it cost (the summary and `make bench`)."""
+
+    totals: ReplayTotals
+    mode: str
+    workers: int
+    partitions: int
+    blocks: int
+    seconds: float = 0.0
+    owners: list[OwnerOutput] = field(default_factory=list)
+    worker_pids: list[int] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _client(settings: Settings, workers: int | None) -> Iterator[tuple[Client, str]]:
+    with dask.config.set(dask_config(settings)):
+        address = settings.dask_scheduler_address
+        if address:
+            try:
+                client = Client(address, timeout=settings.dask_connect_timeout)
+            except Exception as exc:  # OSError, TimeoutError, ...
+                raise SfaError(f"cannot reach scheduler {address}: {reason_of(exc)}") from None
+            try:
+                client.wait_for_workers(1, timeout=settings.dask_connect_timeout)
+                yield client, "remote"
+            finally:
+                with contextlib.suppress(Exception):
+                    client.close()
+            return
+        kwargs = local_cluster_kwargs(settings, processes=True)
+        if workers is not None:
+            kwargs["n_workers"] = workers
+        with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+            yield client, "local_cluster"
+
+
+def _check_inputs(client: Client, paths: Sequence[str]) -> list[int]:
+    """Every worker opens every input; sizes as the first worker sees them."""
+    seen: dict[str, tuple[list[int], list[str]]] = client.run(check_inputs, list(paths))
+    for address, (_, problems) in sorted(seen.items()):
+        if problems:
+            raise InputsUnreadable(f"worker {address}: {problems[0]}")
+    return next(iter(seen.values()))[0]
+
+
+def run_partitioned(
+    paths: Sequence[str],
+    settings: Settings,
+    results: IO[bytes] | None,
+    errors: IO[bytes] | None,
+    *,
+    emit: str = "final",
+    partitions: int | None = None,
+    block_bytes: int | None = None,
+    workers: int | None = None,
+    on_progress: Callable[[int, int, int, int], None] | None = None,
+) -> PartitionedRun:
+    """Replay `paths` on the cluster; results and dead letters are written only once every
+    task is done. `on_progress(bars, blocks done, partitions done, total tasks)`."""
+    started = time.perf_counter()
+    with _client(settings, workers) as (client, mode):
+        try:
+            return _run(
+                client,
+                mode,
+                paths,
+                settings,
+                results,
+                errors,
+                emit,
+                partitions,
+                block_bytes,
+                on_progress,
+                started,
+            )
+        except _LOST as exc:
+            if isinstance(exc, RuntimeError) and client.status == "running":
+                raise
+            where = "scheduler" if mode == "remote" else "local cluster"
+            raise ClusterLost(f"Dask {where} lost during the replay: {reason_of(exc)}") from None
+
+
+def _run(
+    client: Client,
+    mode: str,
+    paths: Sequence[str],
+    settings: Settings,
+    results: IO[bytes] | None,
+    errors: IO[bytes] | None,
+    emit: str,
+    partitions: int | None,
+    block_bytes: int | None,
+    on_progress: Callable[[int, int, int, int], None] | None,
+    started: float,
+) -> PartitionedRun:
+    n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    sizes = _check_inputs(client, paths)
+    p = partitions or default_partitions(n_workers)
+    blocks = plan_blocks(paths, sizes, block_bytes or pick_block_bytes(sum(sizes), n_workers))
+    run = uuid.uuid4().hex[:8]
+    retries = settings.dask_task_retries
+    params = settings.engine_params()
+    read: list[Future] = [
+        client.submit(
+            read_block,
+            b,
+            p,
+            settings.batch_max_messages,
+            settings.max_message_bytes,
+            key=f"sfa-block-{run}-{b.index}",
+            retries=retries,
+        )
+        for b in blocks
+    ]
+
+    def part(name: Any, i: int) -> Future:
+        return client.submit(
+            operator.getitem, read[i], name, key=f"sfa-{name}-{run}-{i}", retries=retries
+        )
+
+    metas = [part("meta", i) for i in range(len(blocks))]
+    statuses = [part("status", i) for i in range(len(blocks))]
+    owners = [
+        client.submit(
+            run_owner,
+            q,
+            [part(q, i) for i in range(len(blocks))],
+            statuses,
+            params,
+            emit,
+            settings.dask_chunk_size,
+            key=f"sfa-owner-{run}-{q}",
+            retries=retries,
+        )
+        for q in range(p)
+    ]
+    read.clear()  # the scheduler keeps each block until its pieces are taken
+    total = len(metas) + len(owners)
+    bars = blocks_done = owners_done = 0
+    meta_of: dict[Any, BlockOutput] = {}
+    owner_of: dict[Any, OwnerOutput] = {}
+    for future in as_completed([*metas, *owners]):
+        value = future.result()
+        if isinstance(value, BlockOutput):
+            meta_of[future.key] = value
+            blocks_done += 1
+            bars += value.n_bars
+        else:
+            owner_of[future.key] = value
+            owners_done += 1
+        if on_progress is not None:
+            on_progress(bars, blocks_done, owners_done, total)
+    pids = _worker_pids(client)
+    block_outputs = [meta_of[m.key] for m in metas]
+    owner_outputs = [owner_of[o.key] for o in owners]
+    totals = merge_outputs(block_outputs, owner_outputs, emit, results, errors)
+    return PartitionedRun(
+        totals,
+        mode,
+        n_workers,
+        p,
+        len(blocks),
+        time.perf_counter() - started,
+        owner_outputs,
+        pids,
+    )
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def _worker_pids(client: Client) -> list[int]:
+    with contextlib.suppress(Exception):
+        return sorted(int(v) for v in client.run(_pid).values())
+    return []
