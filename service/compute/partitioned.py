@@ -25,6 +25,7 @@ import concurrent.futures
 import contextlib
 import logging
 import operator
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -75,7 +76,9 @@ class PartitionedRun:
     blocks: int
     seconds: float = 0.0
     owners: list[OwnerOutput] = field(default_factory=list)
-    worker_pids: list[int] = field(default_factory=list)
+    driver_cpu: float = 0.0  # seconds of this process while the tasks ran
+    worker_cpu: float = 0.0  # seconds of all workers over the same stretch
+    worker_peak_rss: list[int] = field(default_factory=list)  # bytes, one per worker
 
 
 @contextlib.contextmanager
@@ -161,6 +164,8 @@ def _run(
     started: float,
 ) -> PartitionedRun:
     n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    before = _usage_of(client)
+    driver_before = _cpu_seconds()
     sizes = _check_inputs(client, paths)
     p = partitions or default_partitions(n_workers)
     blocks = plan_blocks(paths, sizes, block_bytes or pick_block_bytes(sum(sizes), n_workers))
@@ -217,10 +222,10 @@ def _run(
             owners_done += 1
         if on_progress is not None:
             on_progress(bars, blocks_done, owners_done, total)
-    pids = _worker_pids(client)
     block_outputs = [meta_of[m.key] for m in metas]
     owner_outputs = [owner_of[o.key] for o in owners]
     totals = merge_outputs(block_outputs, owner_outputs, emit, results, errors)
+    after = _usage_of(client)
     return PartitionedRun(
         totals,
         mode,
@@ -229,17 +234,29 @@ def _run(
         len(blocks),
         time.perf_counter() - started,
         owner_outputs,
-        pids,
+        driver_cpu=_cpu_seconds() - driver_before,
+        worker_cpu=sum(cpu - before.get(w, (0.0, 0))[0] for w, (cpu, _) in after.items()),
+        worker_peak_rss=[rss for _, rss in after.values()],
     )
 
 
-def _pid() -> int:
-    import os
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
 
-    return os.getpid()
+
+def worker_usage() -> tuple[float, int]:
+    """On a worker: its CPU seconds so far and its peak resident bytes (VmHWM)."""
+    peak = 0
+    with contextlib.suppress(OSError), open("/proc/self/status", "rb") as fh:
+        for line in fh:
+            if line.startswith(b"VmHWM:"):
+                peak = int(line.split()[1]) * 1024
+    return _cpu_seconds(), peak
 
 
-def _worker_pids(client: Client) -> list[int]:
+def _usage_of(client: Client) -> dict[str, tuple[float, int]]:
+    """Per worker (CPU seconds, peak RSS); empty when the workers cannot say."""
     with contextlib.suppress(Exception):
-        return sorted(int(v) for v in client.run(_pid).values())
-    return []
+        return {str(k): (float(v[0]), int(v[1])) for k, v in client.run(worker_usage).items()}
+    return {}
