@@ -47,6 +47,7 @@ def _one(path: str, workers: int) -> dict[str, Any]:
     from service.compute.partitioned import run_partitioned
     from service.settings import load_settings
 
+    t_import = time.perf_counter() - t0
     settings = load_settings()
     with open(os.devnull, "wb") as results, open(os.devnull, "wb") as errors:
         run = run_partitioned([path], settings, results, errors, emit="final", workers=workers)
@@ -63,6 +64,8 @@ def _one(path: str, workers: int) -> dict[str, Any]:
         "worker_peak_rss": run.worker_peak_rss,
         "owner_cpu": sum(owner_seconds),
         "state_bytes": sum(o.state_bytes for o in run.owners),
+        "timings": run.timings,
+        "import_s": t_import,
     }
 
 

@@ -40,7 +40,11 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", metavar="FILE", help="JSONL, CSV or Parquet bars")
     parser.add_argument(
-        "--output", "-o", default="-", help="results as JSONL (default: stdout; '-' for stdout)"
+        "--output",
+        "-o",
+        default="-",
+        help="results as JSONL (default: stdout; '-' for stdout); partitioned replay: DIR/ "
+        "(a trailing slash) leaves one part-NNNNN.jsonl per owner partition in DIR",
     )
     parser.add_argument(
         "--errors", default=None, help="dead letters as JSONL (default: counted, not kept)"
@@ -105,6 +109,8 @@ def _partitioned(args: argparse.Namespace, settings: Settings) -> bool:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     if _partitioned(args, settings):
         return _run_partitioned(args, settings)
+    if args.output.endswith("/"):
+        raise ConfigError(f"--output {args.output}: a directory of parts needs --partitions > 1")
     refuse_overlaps({"--output": args.output, "--errors": args.errors or ""}, args.files)
     outputs: list[AtomicFile] = []
 
@@ -177,9 +183,10 @@ def _progress(enabled: bool) -> tuple[Callable[[int, int, int, int], None] | Non
 
 def _run_partitioned(args: argparse.Namespace, settings: Settings) -> int:
     from service.compute.partitioned import ClusterLost, InputsUnreadable, run_partitioned
+    from service.partitioned.merge import PartDirectory
 
     refuse_overlaps({"--output": args.output, "--errors": args.errors or ""}, args.files)
-    outputs: list[AtomicFile] = []
+    outputs: list[AtomicFile | PartDirectory] = []
 
     def open_out(path: str) -> IO[bytes]:
         out = AtomicFile(path)
@@ -188,7 +195,14 @@ def _run_partitioned(args: argparse.Namespace, settings: Settings) -> int:
 
     update, holder = _progress(sys.stderr.isatty() and not args.no_progress)
     try:
-        results = sys.stdout.buffer if args.output == "-" else open_out(args.output)
+        results: IO[bytes] | PartDirectory
+        if args.output == "-":
+            results = sys.stdout.buffer
+        elif args.output.endswith("/"):
+            results = PartDirectory(args.output)
+            outputs.append(results)
+        else:
+            results = open_out(args.output)
         errors = open_out(args.errors) if args.errors else None
         done = run_partitioned(
             args.files,

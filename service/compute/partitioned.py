@@ -38,7 +38,7 @@ from distributed import Client, Future, LocalCluster, as_completed
 from service.compute.config import LOST_WORK_ERRORS, dask_config, local_cluster_kwargs, reason_of
 from service.errors import SfaError
 from service.partitioned.blocks import BlockOutput, read_block
-from service.partitioned.merge import ReplayTotals, merge_outputs
+from service.partitioned.merge import PartDirectory, ReplayTotals, merge_outputs
 from service.partitioned.owners import OwnerOutput, run_owner
 from service.partitioned.plan import check_inputs, default_partitions, pick_block_bytes, plan_blocks
 from service.settings import Settings
@@ -79,6 +79,8 @@ class PartitionedRun:
     driver_cpu: float = 0.0  # seconds of this process while the tasks ran
     worker_cpu: float = 0.0  # seconds of all workers over the same stretch
     worker_peak_rss: list[int] = field(default_factory=list)  # bytes, one per worker
+    #: seconds from the start: "cluster" up, "blocks" all read, "owners" all done, "merged"
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -116,7 +118,7 @@ def _check_inputs(client: Client, paths: Sequence[str]) -> list[int]:
 def run_partitioned(
     paths: Sequence[str],
     settings: Settings,
-    results: IO[bytes] | None,
+    results: IO[bytes] | PartDirectory | None,
     errors: IO[bytes] | None,
     *,
     emit: str = "final",
@@ -155,7 +157,7 @@ def _run(
     mode: str,
     paths: Sequence[str],
     settings: Settings,
-    results: IO[bytes] | None,
+    results: IO[bytes] | PartDirectory | None,
     errors: IO[bytes] | None,
     emit: str,
     partitions: int | None,
@@ -163,6 +165,7 @@ def _run(
     on_progress: Callable[[int, int, int, int], None] | None,
     started: float,
 ) -> PartitionedRun:
+    timings = {"cluster": time.perf_counter() - started}
     n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
     before = _usage_of(client)
     driver_before = _cpu_seconds()
@@ -217,6 +220,8 @@ def _run(
             meta_of[future.key] = value
             blocks_done += 1
             bars += value.n_bars
+            if blocks_done == len(metas):
+                timings["blocks"] = time.perf_counter() - started
         else:
             owner_of[future.key] = value
             owners_done += 1
@@ -224,7 +229,9 @@ def _run(
             on_progress(bars, blocks_done, owners_done, total)
     block_outputs = [meta_of[m.key] for m in metas]
     owner_outputs = [owner_of[o.key] for o in owners]
+    timings["owners"] = time.perf_counter() - started
     totals = merge_outputs(block_outputs, owner_outputs, emit, results, errors)
+    timings["merged"] = time.perf_counter() - started
     after = _usage_of(client)
     return PartitionedRun(
         totals,
@@ -237,6 +244,7 @@ def _run(
         driver_cpu=_cpu_seconds() - driver_before,
         worker_cpu=sum(cpu - before.get(w, (0.0, 0))[0] for w, (cpu, _) in after.items()),
         worker_peak_rss=[rss for _, rss in after.values()],
+        timings=timings,
     )
 
 

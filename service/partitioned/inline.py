@@ -13,7 +13,7 @@ from typing import IO
 
 from service.errors import InputError
 from service.partitioned.blocks import read_block
-from service.partitioned.merge import ReplayTotals, merge_outputs
+from service.partitioned.merge import PartDirectory, ReplayTotals, merge_outputs
 from service.partitioned.owners import run_owner
 from service.partitioned.plan import check_inputs, plan_blocks
 from service.settings import Settings
@@ -24,7 +24,7 @@ __all__ = ["run_inline"]
 def run_inline(
     paths: Sequence[str],
     settings: Settings,
-    results: IO[bytes] | None,
+    results: IO[bytes] | PartDirectory | None,
     errors: IO[bytes] | None,
     *,
     emit: str = "final",

@@ -14,6 +14,9 @@ partition, each block by block.
 from __future__ import annotations
 
 import heapq
+import os
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,11 +25,57 @@ from typing import IO
 
 from service.decode.types import Reject
 from service.encode import errors_file_record
+from service.errors import SfaError
 from service.files.breaks import FileFailure
 from service.partitioned.blocks import BlockOutput
 from service.partitioned.owners import OwnerOutput
 
-__all__ = ["ReplayTotals", "merge_outputs", "ordered_results"]
+__all__ = ["PartDirectory", "ReplayTotals", "merge_outputs", "ordered_results"]
+
+
+class PartDirectory:
+    """`--output DIR/`: one `part-NNNNN.jsonl` per owner partition (final: each sorted by
+    symbol; batch: block by block), written into a hidden directory beside `DIR` and
+    renamed onto it when the run ends, so `DIR` appears whole or not at all. `DIR` must
+    not exist, or be empty (a directory of parts from another run is not mixed in)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.realpath(path.rstrip("/") or "/")
+        if os.path.lexists(self.path) and (not os.path.isdir(self.path) or os.listdir(self.path)):
+            raise SfaError(f"--output {path}: exists and is not an empty directory")
+        parent, name = os.path.split(self.path)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            self._temp: str | None = tempfile.mkdtemp(
+                prefix=f".{name}.", suffix=".part", dir=parent
+            )
+        except OSError as exc:
+            raise SfaError(f"cannot write {path}: {exc.strerror}") from None
+
+    def write(self, owners: Sequence[OwnerOutput]) -> None:
+        assert self._temp is not None
+        for o in owners:
+            with open(os.path.join(self._temp, f"part-{o.partition:05d}.jsonl"), "wb") as fh:
+                if o.payloads:
+                    fh.write(b"\n".join([*o.payloads, b""]))
+
+    def commit(self) -> None:
+        if self._temp is None:
+            return
+        os.chmod(self._temp, 0o777 & ~_umask())
+        os.replace(self._temp, self.path)
+        self._temp = None
+
+    def discard(self) -> None:
+        if self._temp is not None:
+            shutil.rmtree(self._temp, ignore_errors=True)
+            self._temp = None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @dataclass(slots=True)
@@ -57,7 +106,7 @@ def merge_outputs(
     blocks: Sequence[BlockOutput],
     owners: Sequence[OwnerOutput],
     emit: str,
-    results: IO[bytes] | None,
+    results: IO[bytes] | PartDirectory | None,
     errors: IO[bytes] | None,
 ) -> ReplayTotals:
     """Write the results and dead letters of a finished run; `blocks` in block order."""
@@ -86,7 +135,9 @@ def merge_outputs(
     if errors is not None and error_lines:
         error_lines.append(b"")
         errors.write(b"\n".join(error_lines))
-    if results is not None:
+    if isinstance(results, PartDirectory):
+        results.write(owners)
+    elif results is not None:
         chunk: list[bytes] = []
         for payload in ordered_results(owners, emit):
             chunk.append(payload)

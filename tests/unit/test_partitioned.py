@@ -20,12 +20,15 @@ from pathlib import Path
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.errors import SfaError
 from service.files.replay import replay
 from service.partitioned import plan_blocks, run_inline
 from service.partitioned.blocks import BlockStatus, read_block, split_by_owner
+from service.partitioned.merge import PartDirectory
 from service.partitioned.owners import counted_blocks
 from service.settings import load_settings
 
@@ -263,3 +266,27 @@ def test_no_block_of_a_file_counts_after_its_break() -> None:
         BlockStatus(0, False),
     ]
     assert counted_blocks(statuses) == [True, True, True, False]
+
+
+def test_an_output_directory_holds_one_part_per_partition(tmp_path: Path) -> None:
+    rng = random.Random(11)
+    paths = _files(tmp_path, rng, _awkward(rng, _market(rng, 9, 4)), [".jsonl"])
+    expected = _single(paths)[0].splitlines()
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_bytes(b"")
+    with pytest.raises(SfaError, match="not an empty directory"):
+        PartDirectory(str(tmp_path / "taken") + "/")
+    parts = PartDirectory(str(tmp_path / "out") + "/")
+    run_inline(paths, SETTINGS, parts, None, partitions=3, block_bytes=2000)
+    assert not (tmp_path / "out").exists()  # nothing visible before the commit
+    parts.commit()
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["part-00000.jsonl", "part-00001.jsonl", "part-00002.jsonl"]
+    got = [line for n in names for line in (tmp_path / "out" / n).read_bytes().splitlines()]
+    assert sorted(got) == sorted(expected)
+    for n in names:  # each part sorted by symbol, and no symbol in two parts
+        symbols = [
+            orjson.loads(r)["symbol"] for r in (tmp_path / "out" / n).read_bytes().splitlines()
+        ]
+        assert symbols == sorted(symbols)
+    assert len({orjson.loads(r)["symbol"] for r in got}) == len(got)
