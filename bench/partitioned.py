@@ -32,8 +32,9 @@ from typing import Any
 import orjson
 
 from bench.scale import REPO, SIZES, bare_decode, generate, run_one
+from service.partitioned.plan import default_partitions, pick_block_bytes
 
-__all__ = ["Model", "main", "model_from"]
+__all__ = ["Model", "driver_cost_per_task", "main", "model_from"]
 
 DRIVER_SHARE_GOAL = 0.10
 TWO_VS_ONE_GOAL = 1.7
@@ -82,30 +83,75 @@ def _run_one(path: Path, workers: int) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Model:
-    """Seconds per million bars (driver, workers' read+decode+split, owners' apply+analyse
-    +encode) and the fixed start-up, from one measured run."""
+    """A partitioned replay of `bars` bars over W workers, from measured costs:
 
-    driver_s_per_m: float
+    * workers: `worker_s_per_m` CPU seconds per million bars (read, decode, split, apply,
+      analyse, encode, Dask's own work on the workers), spread over W;
+    * driver: `driver_s_per_task` CPU seconds per task (submitting it, the in-process
+      scheduler's bookkeeping of a LocalCluster, its result), serial: the graph has
+      B blocks x (3 + P) tasks plus P owners (a getitem per block and owner partition);
+    * `startup_s`: interpreter, imports, cluster start and stop, the last owners' tail.
+    """
+
     worker_s_per_m: float
-    owner_s_per_m: float
+    driver_s_per_task: float
     startup_s: float
 
-    def seconds(self, bars: int, workers: int) -> float:
-        """Work spreads over the workers; the driver's share does not (it is serial)."""
-        m = bars / 1e6
-        parallel = (self.worker_s_per_m * m) / workers
-        return self.startup_s + max(parallel, self.driver_s_per_m * m)
+    @staticmethod
+    def tasks(file_bytes: int, workers: int) -> int:
+        blocks = -(-file_bytes // pick_block_bytes(file_bytes, workers))
+        p = default_partitions(workers)
+        return blocks * (3 + p) + p
 
-    def speedup(self, bars: int, workers: int) -> float:
-        return self.seconds(bars, 1) / self.seconds(bars, workers)
+    def seconds(self, bars: int, file_bytes: int, workers: int) -> float:
+        work = self.worker_s_per_m * bars / 1e6 / workers
+        driver = self.driver_s_per_task * self.tasks(file_bytes, workers)
+        return self.startup_s + max(work, driver)
+
+    def speedup(self, bars: int, file_bytes: int, workers: int) -> float:
+        return self.seconds(bars, file_bytes, 1) / self.seconds(bars, file_bytes, workers)
 
 
-def model_from(run: dict[str, Any], one_worker_seconds: float) -> Model:
-    m = run["bars"] / 1e6
-    work = run["worker_cpu"] / m
-    # start-up: what the one-worker run took beyond its work and the driver's share
-    startup = max(0.0, one_worker_seconds - work * m)
-    return Model(run["driver_cpu"] / m, work, run["owner_cpu"] / m, startup)
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _make(i: int) -> dict[Any, int]:
+    return {"meta": i, "status": i, 0: i, 1: i}
+
+
+def driver_cost_per_task(n_blocks: int = 500) -> float:
+    """Driver CPU per task of the partitioned graph's shape (a block, then a getitem per
+    part), on a LocalCluster of two workers, beyond what the idle cluster costs."""
+    import operator
+
+    from distributed import Client, LocalCluster, wait
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        c0, t0 = _cpu(), time.perf_counter()
+        time.sleep(3)
+        idle = (_cpu() - c0) / (time.perf_counter() - t0)
+        c0, t0 = _cpu(), time.perf_counter()
+        blocks = [client.submit(_make, i, pure=False) for i in range(n_blocks)]
+        parts = [
+            client.submit(operator.getitem, b, k, pure=False)
+            for b in blocks
+            for k in ("meta", "status", 0, 1)
+        ]
+        wait(parts)
+        used = _cpu() - c0 - idle * (time.perf_counter() - t0)
+    return max(used, 0.0) / (len(blocks) + len(parts))
+
+
+def model_from(run: dict[str, Any], per_task: float) -> Model:
+    """Start-up as measured: imports, the cluster coming up, and after the merge its stop."""
+    t = run["timings"]
+    startup = run["import_s"] + t["cluster"] + max(0.0, run["seconds"] - t["merged"])
+    return Model(run["worker_cpu"] / (run["bars"] / 1e6), per_task, startup)
 
 
 def _verdict(ok: bool, goal: str) -> str:
@@ -155,18 +201,22 @@ def scaling(path: Path, max_workers: int) -> int:
         print(
             f"    2 workers vs bare: {vs_bare:.2f}  {_verdict(vs_bare >= VS_BARE_GOAL, '>= 1.0')}"
         )
-    model = model_from(top, runs[0]["seconds"])
-    bars = top["bars"]
+    per_task = driver_cost_per_task()
+    model = model_from(top, per_task)
+    bars, size = top["bars"], path.stat().st_size
+    owners = top["owner_cpu"] / (bars / 1e6)
     print(
-        f"    model: driver {model.driver_s_per_m:.2f} s, workers {model.worker_s_per_m:.2f} s "
-        f"(owners {model.owner_s_per_m:.2f} s of it) per million bars; start-up "
+        f"    model: workers {model.worker_s_per_m:.2f} CPU s per million bars (owners "
+        f"{owners:.2f} of it), driver {per_task * 1e3:.2f} ms per task, start-up "
         f"{model.startup_s:.1f} s; pieces move 16 bytes a bar"
     )
+    print(f"    stages of the top run (s from start): {top['timings']}")
     predicted = ", ".join(
-        f"{n} workers x{model.speedup(bars, n):.1f} ({model.seconds(bars, n):.1f} s)"
+        f"{n}: {model.tasks(size, n):,} tasks, x{model.speedup(bars, size, n):.1f} "
+        f"({model.seconds(bars, size, n):.1f} s)"
         for n in PREDICT
     )
-    print(f"    predicted for this file: {predicted}")
+    print(f"    predicted for this file (workers: graph, speed-up over 1 worker): {predicted}")
     return 0
 
 
