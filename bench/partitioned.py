@@ -124,10 +124,12 @@ def _make(i: int) -> dict[Any, int]:
 def driver_cost_per_task(n_blocks: int = 500) -> float:
     """Driver CPU per task of the partitioned graph's shape (a block, then a getitem per
     part), on a LocalCluster of two workers, beyond what the idle cluster costs."""
+    import logging
     import operator
 
     from distributed import Client, LocalCluster, wait
 
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)  # teardown chatter
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
         Client(cluster) as client,
@@ -217,6 +219,12 @@ def scaling(path: Path, max_workers: int) -> int:
         for n in PREDICT
     )
     print(f"    predicted for this file (workers: graph, speed-up over 1 worker): {predicted}")
+    big = ", ".join(
+        f"{n}: x{model.speedup(bars * 10, size * 10, n):.1f} "
+        f"({model.seconds(bars * 10, size * 10, n):.0f} s)"
+        for n in PREDICT
+    )
+    print(f"    predicted for a file 10x larger: {big}")
     return 0
 
 

@@ -106,13 +106,14 @@ def _client(settings: Settings, workers: int | None) -> Iterator[tuple[Client, s
             yield client, "local_cluster"
 
 
-def _check_inputs(client: Client, paths: Sequence[str]) -> list[int]:
-    """Every worker opens every input; sizes as the first worker sees them."""
-    seen: dict[str, tuple[list[int], list[str]]] = client.run(check_inputs, list(paths))
-    for address, (_, problems) in sorted(seen.items()):
+def _check_inputs(client: Client, paths: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Every worker opens every input; sizes and Parquet row groups as the first sees them."""
+    seen: dict[str, tuple[list[int], list[str], list[int]]] = client.run(check_inputs, list(paths))
+    for address, (_, problems, _) in sorted(seen.items()):
         if problems:
             raise InputsUnreadable(f"worker {address}: {problems[0]}")
-    return next(iter(seen.values()))[0]
+    sizes, _, groups = next(iter(seen.values()))
+    return sizes, groups
 
 
 def run_partitioned(
@@ -169,9 +170,10 @@ def _run(
     n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
     before = _usage_of(client)
     driver_before = _cpu_seconds()
-    sizes = _check_inputs(client, paths)
+    sizes, groups = _check_inputs(client, paths)
     p = partitions or default_partitions(n_workers)
-    blocks = plan_blocks(paths, sizes, block_bytes or pick_block_bytes(sum(sizes), n_workers))
+    size = block_bytes or pick_block_bytes(sum(sizes), n_workers)
+    blocks = plan_blocks(paths, sizes, size, groups)
     run = uuid.uuid4().hex[:8]
     retries = settings.dask_task_retries
     params = settings.engine_params()

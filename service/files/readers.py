@@ -45,6 +45,7 @@ __all__ = [
     "iter_keyed_bars",
     "jsonl_batches",
     "keyed_messages",
+    "parquet_rows",
     "read_batches",
     "total_size_hint",
 ]
@@ -163,6 +164,14 @@ def _as_text(value: Any) -> str:
 
 
 def _parquet(path: str) -> Iterator[tuple[list[bytes], list[int]]]:
+    return parquet_rows(path)
+
+
+def parquet_rows(
+    path: str, row_groups: list[int] | None = None
+) -> Iterator[tuple[list[bytes], list[int]]]:
+    """Rows as messages with their row numbers (from 1); `row_groups` reads only those
+    (partitioned replay: a block per row group, rows counted within it)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -173,7 +182,7 @@ def _parquet(path: str) -> Iterator[tuple[list[bytes], list[int]]]:
     wanted = [n for n in pf.schema_arrow.names if n in KNOWN_COLUMNS]
     row = 0
     dumps = orjson.dumps
-    batches = pf.iter_batches(batch_size=_ROWS_PER_CHUNK, columns=wanted)
+    batches = pf.iter_batches(batch_size=_ROWS_PER_CHUNK, row_groups=row_groups, columns=wanted)
     while True:
         try:
             batch = next(batches, None)

@@ -19,7 +19,7 @@ import numpy as np
 from service.batches import Batch, FileOrigin
 from service.decode.batch import decode_batch, decode_lines
 from service.files.breaks import BrokenAt, FileFailure, reason
-from service.files.readers import jsonl_batches, read_batches
+from service.files.readers import jsonl_batches, parquet_rows, read_batches
 from service.ownership import owner
 from service.partitioned.plan import Block
 
@@ -117,6 +117,17 @@ def _range_batches(block: Block, batch_lines: int, counter: list[int]) -> Any:
         counter.append(region.newlines + tail)
 
 
+def _row_group_batches(block: Block, batch_lines: int, counter: list[int]) -> Any:
+    """A row group's rows as batches of messages, rows numbered within the group."""
+    rows = 0
+    for values, lines in parquet_rows(block.path, [block.start]):
+        rows += len(values)
+        for i in range(0, len(values), batch_lines):
+            origin = FileOrigin(block.path, lines=lines[i : i + batch_lines])
+            yield Batch.of_values(values[i : i + batch_lines], origin)
+    counter.append(rows)
+
+
 def _decode(batch: Batch, max_message_bytes: int) -> Any:
     payload = batch.payload
     if isinstance(payload, bytes):
@@ -132,6 +143,8 @@ def read_block(
     counter: list[int] = []
     if block.kind == "range":
         batches = _range_batches(block, batch_lines, counter)
+    elif block.kind == "rowgroup":
+        batches = _row_group_batches(block, batch_lines, counter)
     else:
         batches = read_batches([block.path], batch_lines, failures)
     index: dict[str, int] = {}
@@ -158,7 +171,7 @@ def read_block(
                 codes.append(to_block[decoded.codes])
                 days.append(decoded.days)
                 closes.append(decoded.closes)
-    except BrokenAt as exc:  # a range read: the file broke inside this block
+    except BrokenAt as exc:  # a range or row group: the file broke inside this block
         failures.append(FileFailure(block.path, exc.line, reason(exc.cause)))
     failure = failures[0] if failures else None
     all_codes = np.concatenate(codes) if codes else np.empty(0, np.int32)

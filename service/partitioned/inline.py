@@ -31,10 +31,10 @@ def run_inline(
     partitions: int = 4,
     block_bytes: int = 1 << 20,
 ) -> ReplayTotals:
-    sizes, problems = check_inputs(paths)
+    sizes, problems, groups = check_inputs(paths)
     if problems:
         raise InputError(problems[0])
-    blocks = plan_blocks(paths, sizes, block_bytes)
+    blocks = plan_blocks(paths, sizes, block_bytes, groups)
     outs = [
         read_block(b, partitions, settings.batch_max_messages, settings.max_message_bytes)
         for b in blocks

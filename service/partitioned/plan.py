@@ -6,9 +6,10 @@ after the first newline at or past its start, and reads on past its end to the n
 newline), so the planner reads nothing and two neighbours never share or miss a line.
 Lines are numbered per block; the driver adds the lines of the blocks before it.
 
-One block per file where a byte offset cannot start a record: gzip (no random access),
-CSV (a quoted field may hold a newline), Parquet (left whole for now: its row groups
-would be the blocks). Empty files are blocks too, so every file is accounted for.
+A Parquet file is cut by row group (rows are numbered within the group, and the driver
+adds the rows of the groups before it, as for lines). One block per file where a byte
+offset cannot start a record: gzip (no random access) and CSV (a quoted field may hold
+a newline). Empty files are blocks too, so every file is accounted for.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ MIN_BLOCK_BYTES = 4 << 20
 #: takes another partition instead of idling, few so per-partition overhead stays small.
 PARTITIONS_PER_WORKER = 2
 
-Kind = Literal["range", "file"]
+Kind = Literal["range", "rowgroup", "file"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,7 @@ class Block:
 
 def _whole_file(path: str) -> bool:
     lower = path.lower()
-    return lower.endswith((".gz", ".csv", ".parquet"))
+    return lower.endswith((".gz", ".csv"))
 
 
 def default_partitions(workers: int) -> int:
@@ -74,13 +75,24 @@ def pick_block_bytes(total_bytes: int, workers: int) -> int:
     return max(MIN_BLOCK_BYTES, min(DEFAULT_BLOCK_BYTES, per))
 
 
-def plan_blocks(paths: Sequence[str], sizes: Sequence[int], block_bytes: int) -> list[Block]:
-    """Blocks in file order; `sizes[i]` is the byte size of `paths[i]`."""
+def plan_blocks(
+    paths: Sequence[str],
+    sizes: Sequence[int],
+    block_bytes: int,
+    row_groups: Sequence[int] | None = None,
+) -> list[Block]:
+    """Blocks in file order; `sizes[i]` is the byte size of `paths[i]`, `row_groups[i]`
+    its row groups when it is a Parquet file that opens (else 0: read whole)."""
     if block_bytes < 1:
         raise ValueError("block_bytes must be >= 1")
+    groups = list(row_groups) if row_groups is not None else [0] * len(paths)
     blocks: list[Block] = []
     for file_index, (path, size) in enumerate(zip(paths, sizes, strict=True)):
-        if _whole_file(path) or size <= block_bytes:
+        if groups[file_index] > 1:
+            for g in range(groups[file_index]):
+                blocks.append(Block(len(blocks), file_index, path, "rowgroup", g))
+            continue
+        if _whole_file(path) or path.lower().endswith(".parquet") or size <= block_bytes:
             blocks.append(Block(len(blocks), file_index, path, "file"))
             continue
         n = -(-size // block_bytes)
@@ -91,11 +103,14 @@ def plan_blocks(paths: Sequence[str], sizes: Sequence[int], block_bytes: int) ->
     return blocks
 
 
-def check_inputs(paths: Sequence[str]) -> tuple[list[int], list[str]]:
-    """Sizes of the inputs, and one line per input this process cannot read. Run on
-    every worker before any work: a remote worker may not see the driver's files."""
+def check_inputs(paths: Sequence[str]) -> tuple[list[int], list[str], list[int]]:
+    """Sizes of the inputs, one line per input this process cannot read, and each
+    Parquet file's row groups (0: not Parquet, or a footer that does not read, which
+    the whole-file reader then reports as today). Run on every worker before any work:
+    a remote worker may not see the driver's files."""
     sizes: list[int] = []
     problems: list[str] = []
+    groups: list[int] = []
     for path in paths:
         try:
             with open(path, "rb") as fh:
@@ -104,4 +119,14 @@ def check_inputs(paths: Sequence[str]) -> tuple[list[int], list[str]]:
         except OSError as exc:
             problems.append(f"cannot read input file {path}: {exc.strerror or exc}")
             sizes.append(0)
-    return sizes, problems
+        groups.append(_row_groups(path) if path.lower().endswith(".parquet") else 0)
+    return sizes, problems, groups
+
+
+def _row_groups(path: str) -> int:
+    try:
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).num_row_groups)
+    except Exception:  # pyarrow raises OSError, ArrowInvalid, ...: read whole instead
+        return 0

@@ -30,6 +30,7 @@ from service.partitioned import plan_blocks, run_inline
 from service.partitioned.blocks import BlockStatus, read_block, split_by_owner
 from service.partitioned.merge import PartDirectory
 from service.partitioned.owners import counted_blocks
+from service.partitioned.plan import check_inputs
 from service.settings import load_settings
 
 SETTINGS = load_settings(
@@ -290,3 +291,20 @@ def test_an_output_directory_holds_one_part_per_partition(tmp_path: Path) -> Non
         ]
         assert symbols == sorted(symbols)
     assert len({orjson.loads(r)["symbol"] for r in got}) == len(got)
+
+
+def test_parquet_is_read_by_row_group(tmp_path: Path) -> None:
+    rng = random.Random(21)
+    paths = _files(tmp_path, rng, _awkward(rng, _market(rng, 5, 4)), [".parquet", ".jsonl"])
+    sizes, problems, groups = check_inputs(paths)
+    assert not problems and groups[0] > 3 and groups[1] == 0
+    blocks = plan_blocks(paths, sizes, 1 << 20, groups)
+    assert [b.kind for b in blocks].count("rowgroup") == groups[0]
+    bad = b'{"symbol":"X","date":"2019-02-30","close":1}'
+    table = pq.read_table(paths[0])
+    rows = table.to_pylist()
+    rows.insert(120, orjson.loads(bad))  # a dead letter in a later row group: row 121
+    pq.write_table(pa.Table.from_pylist(rows), paths[0], row_group_size=50)
+    expected = _single(paths)
+    assert b'"line":121' in expected[1]
+    assert _partitioned(paths, 3, 1 << 20) == expected
