@@ -135,6 +135,17 @@ def _decode(batch: Batch, max_message_bytes: int) -> Any:
     return decode_batch(batch.messages(), max_message_bytes)
 
 
+def _to_block(index: dict[str, int], uniques: list[str]) -> np.ndarray:
+    """Block codes of a batch's uniques, new symbols numbered in order of appearance.
+    After the first batches every symbol is known: then one C-level pass."""
+    try:
+        return np.fromiter(map(index.__getitem__, uniques), np.int32, len(uniques))
+    except KeyError:
+        for s in uniques:
+            index.setdefault(s, len(index))
+        return np.fromiter(map(index.__getitem__, uniques), np.int32, len(uniques))
+
+
 def read_block(
     block: Block, partitions: int, batch_lines: int, max_message_bytes: int
 ) -> dict[Any, Any]:
@@ -163,12 +174,7 @@ def read_block(
             for r in decoded.rejects:
                 rejects.append((origin.line_of(r.index), r.array_index, r.reason, r.raw))
             if len(decoded):
-                to_block = np.fromiter(
-                    (index.setdefault(s, len(index)) for s in decoded.uniques),
-                    np.int32,
-                    len(decoded.uniques),
-                )
-                codes.append(to_block[decoded.codes])
+                codes.append(_to_block(index, decoded.uniques)[decoded.codes])
                 days.append(decoded.days)
                 closes.append(decoded.closes)
     except BrokenAt as exc:  # a range or row group: the file broke inside this block
