@@ -194,6 +194,12 @@ def scaling(path: Path, max_workers: int) -> int:
             f"{r['worker_cpu']:>12.1f} {rss}"
         )
     top = runs[-1]
+    state_mb = top["state_bytes"] / 1e6
+    print(
+        f"    state: single process {single.state_bytes / 1e6:,.0f} MB; partitioned "
+        f"{state_mb:,.0f} MB in all, {state_mb / top['partitions']:,.0f} MB per partition; "
+        f"peak RSS single process {single.rss / 2**20:,.0f} MiB"
+    )
     share = top["driver_cpu"] / max(top["driver_cpu"] + top["worker_cpu"], 1e-9)
     print(f"    driver CPU share at {top['workers']} workers: {_verdict(share <= 0.10, '<= 10%')}")
     if len(runs) >= 2:
