@@ -93,7 +93,13 @@ def _client(settings: Settings, workers: int | None) -> Iterator[tuple[Client, s
             except Exception as exc:  # OSError, TimeoutError, ...
                 raise SfaError(f"cannot reach scheduler {address}: {reason_of(exc)}") from None
             try:
-                client.wait_for_workers(1, timeout=settings.dask_connect_timeout)
+                try:
+                    client.wait_for_workers(1, timeout=settings.dask_connect_timeout)
+                except TimeoutError:
+                    raise SfaError(
+                        f"no Dask worker joined scheduler {address} within "
+                        f"DASK_CONNECT_TIMEOUT ({settings.dask_connect_timeout:g} s)"
+                    ) from None
                 yield client, "remote"
             finally:
                 with contextlib.suppress(Exception):
@@ -149,24 +155,19 @@ def run_partitioned(
     started = time.perf_counter()
     with _client(settings, workers) as (client, mode):
         try:
-            return _run(
-                client,
-                mode,
-                paths,
-                settings,
-                results,
-                errors,
-                emit,
-                partitions,
-                block_bytes,
-                on_progress,
-                started,
+            run, blocks, owners = _run(
+                client, mode, paths, settings, emit, partitions, block_bytes, on_progress, started
             )
         except _LOST as exc:
             if isinstance(exc, RuntimeError) and client.status == "running":
                 raise
             where = "scheduler" if mode == "remote" else "local cluster"
             raise ClusterLost(f"Dask {where} lost during the replay: {reason_of(exc)}") from None
+    # Outside the try: a write that fails here (a full disk) is not a lost cluster.
+    run.totals = merge_outputs(blocks, owners, emit, results, errors)
+    run.timings["merged"] = time.perf_counter() - started
+    run.seconds = time.perf_counter() - started
+    return run
 
 
 def _run(
@@ -174,14 +175,12 @@ def _run(
     mode: str,
     paths: Sequence[str],
     settings: Settings,
-    results: IO[bytes] | PartDirectory | None,
-    errors: IO[bytes] | None,
     emit: str,
     partitions: int | None,
     block_bytes: int | None,
     on_progress: Callable[[int, int, int, int], None] | None,
     started: float,
-) -> PartitionedRun:
+) -> tuple[PartitionedRun, list[BlockOutput], list[OwnerOutput]]:
     timings = {"cluster": time.perf_counter() - started}
     n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
     before = _usage_of(client)
@@ -190,7 +189,7 @@ def _run(
     p = partitions or default_partitions(n_workers)
     size = block_bytes or pick_block_bytes(sum(sizes), n_workers)
     blocks = plan_blocks(paths, sizes, size, groups)
-    run = uuid.uuid4().hex[:8]
+    token = uuid.uuid4().hex[:8]
     retries = settings.dask_task_retries
     params = settings.engine_params()
     read: list[Future] = [
@@ -200,7 +199,7 @@ def _run(
             p,
             settings.batch_max_messages,
             settings.max_message_bytes,
-            key=f"sfa-block-{run}-{b.index}",
+            key=f"sfa-block-{token}-{b.index}",
             retries=retries,
         )
         for b in blocks
@@ -208,7 +207,7 @@ def _run(
 
     def part(name: Any, i: int) -> Future:
         return client.submit(
-            operator.getitem, read[i], name, key=f"sfa-{name}-{run}-{i}", retries=retries
+            operator.getitem, read[i], name, key=f"sfa-{name}-{token}-{i}", retries=retries
         )
 
     metas = [part("meta", i) for i in range(len(blocks))]
@@ -222,7 +221,7 @@ def _run(
             params,
             emit,
             settings.dask_chunk_size,
-            key=f"sfa-owner-{run}-{q}",
+            key=f"sfa-owner-{token}-{q}",
             retries=retries,
         )
         for q in range(p)
@@ -248,22 +247,20 @@ def _run(
     block_outputs = [meta_of[m.key] for m in metas]
     owner_outputs = [owner_of[o.key] for o in owners]
     timings["owners"] = time.perf_counter() - started
-    totals = merge_outputs(block_outputs, owner_outputs, emit, results, errors)
-    timings["merged"] = time.perf_counter() - started
     after = _usage_of(client)
-    return PartitionedRun(
-        totals,
+    run = PartitionedRun(
+        ReplayTotals(),
         mode,
         n_workers,
         p,
         len(blocks),
-        time.perf_counter() - started,
-        owner_outputs,
+        owners=owner_outputs,
         driver_cpu=_cpu_seconds() - driver_before,
         worker_cpu=sum(cpu - before.get(w, (0.0, 0))[0] for w, (cpu, _) in after.items()),
         worker_peak_rss=[rss for _, rss in after.values()],
         timings=timings,
     )
+    return run, block_outputs, owner_outputs
 
 
 def _cpu_seconds() -> float:
