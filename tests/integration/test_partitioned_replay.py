@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from distributed import Client
 
@@ -116,6 +117,14 @@ def test_a_local_cluster_gives_the_single_process_output(
     assert "mode=partitioned, workers=2, partitions=3" in done.stderr
     assert (out.read_bytes(), out.with_suffix(".errors").read_bytes()) == reference
     assert reference[1].count(b"\n") == 3 and reference[0].count(b'"status":"ok"') == 60
+    # --emit batch: a batch is a block; each symbol's last result is its final one
+    batch = tmp_path / "batch.jsonl"
+    flags = ("--partitions", "3", "--block-bytes", "500000")
+    done = _replay(market, batch, *flags, "--emit", "batch", DASK_N_WORKERS="2")
+    assert done.returncode == 0, done.stderr
+    last = {orjson.loads(line)["symbol"]: line for line in batch.read_bytes().splitlines()}
+    final = {orjson.loads(line)["symbol"]: line for line in reference[0].splitlines()}
+    assert last == final and batch.read_bytes().count(b"\n") > 3 * len(final)
 
 
 # --- a real scheduler and workers ---
