@@ -68,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="P",
         help="partitioned replay: the Dask workers read, decode, apply, analyse and encode, "
-        "symbols split into P owner partitions (default: 2 per worker, for inputs of "
+        "symbols split into P owner partitions (default: 2 per worker, at most 32, for inputs of "
         f"{PARTITIONED_MIN_BYTES // 1_000_000} MB or more; smaller inputs replay in one "
         "process); 1 forces the single-process replay. Local: DASK_N_WORKERS worker "
         "processes; remote: DASK_SCHEDULER_ADDRESS, whose workers must read the FILEs. "

@@ -42,6 +42,11 @@ MIN_BLOCK_BYTES = 4 << 20
 #: takes another partition instead of idling, few so per-partition overhead stays small.
 PARTITIONS_PER_WORKER = 2
 
+#: ...but at most this many: the graph holds a task per block and partition, so the
+#: driver's share grows with blocks x partitions, while the owners are about a tenth of
+#: the work and need no more than a few dozen workers (docs/performance.md, the model).
+MAX_DEFAULT_PARTITIONS = 32
+
 Kind = Literal["range", "rowgroup", "file"]
 
 
@@ -65,7 +70,7 @@ def _whole_file(path: str) -> bool:
 
 
 def default_partitions(workers: int) -> int:
-    return max(1, workers) * PARTITIONS_PER_WORKER
+    return min(MAX_DEFAULT_PARTITIONS, max(1, workers) * PARTITIONS_PER_WORKER)
 
 
 def pick_block_bytes(total_bytes: int, workers: int) -> int:
