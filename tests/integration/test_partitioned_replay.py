@@ -297,3 +297,20 @@ def test_a_worker_that_cannot_read_an_input_is_exit_2_before_any_work(
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("sfa: worker tcp://") and "cannot read input file a.jsonl" in line
     assert not out.exists()
+
+
+def test_a_file_that_breaks_part_way_is_exit_3_with_the_rest_written(
+    market: list[Path], tmp_path: Path
+) -> None:
+    whole = market[1].read_bytes()
+    broken = tmp_path / "broken.jsonl.gz"
+    broken.write_bytes(whole[: len(whole) // 2])
+    files = [market[0], broken]
+    single = tmp_path / "single.jsonl"
+    expected = _replay(files, single, "--partitions", "1", DASK_ENABLE_DISTRIBUTED="false")
+    out = tmp_path / "part.jsonl"
+    done = _replay(files, out, "--partitions", "2", "--block-bytes", "500000", DASK_N_WORKERS="2")
+    assert expected.returncode == done.returncode == 3, done.stderr
+    [line] = [x for x in done.stderr.splitlines() if x.startswith("sfa:")]
+    assert line in expected.stderr and f"input file {broken} broken at line" in line
+    assert out.read_bytes() == single.read_bytes()
