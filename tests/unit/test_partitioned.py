@@ -114,9 +114,12 @@ def _awkward(rng: random.Random, lines: list[bytes]) -> list[bytes]:
     return out
 
 
-def _write(tmp: Path, name: str, lines: list[bytes]) -> str:
+def _write(
+    tmp: Path, name: str, lines: list[bytes], crlf: bool = False, last_nl: bool = True
+) -> str:
     path = tmp / name
-    data = b"\n".join(lines) + (b"\n" if lines else b"")
+    end = b"\r\n" if crlf else b"\n"
+    data = end.join(lines) + (end if lines and last_nl else b"")
     if name.endswith(".gz"):
         path.write_bytes(gzip.compress(data))
     elif name.endswith(".csv"):
@@ -153,11 +156,18 @@ def _write(tmp: Path, name: str, lines: list[bytes]) -> str:
 
 
 def _files(tmp: Path, rng: random.Random, lines: list[bytes], kinds: list[str]) -> list[str]:
-    """The lines spread over consecutive files of the given kinds (order kept)."""
+    """The lines spread over consecutive files of the given kinds (order kept); JSONL
+    sometimes with CRLF endings, sometimes without a newline after the last line."""
     cuts = sorted(rng.randrange(len(lines) + 1) for _ in range(len(kinds) - 1))
     bounds = [0, *cuts, len(lines)]
     return [
-        _write(tmp, f"part{i}{kind}", lines[bounds[i] : bounds[i + 1]])
+        _write(
+            tmp,
+            f"part{i}{kind}",
+            lines[bounds[i] : bounds[i + 1]],
+            crlf=rng.random() < 0.25,
+            last_nl=rng.random() < 0.75,
+        )
         for i, kind in enumerate(kinds)
     ]
 
