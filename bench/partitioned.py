@@ -131,7 +131,12 @@ def driver_cost_per_task(n_blocks: int = 500) -> float:
 
     logging.getLogger("distributed").setLevel(logging.CRITICAL)  # teardown chatter
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,  # the workers' own teardown chatter
+        ) as cluster,
         Client(cluster) as client,
     ):
         c0, t0 = _cpu(), time.perf_counter()
