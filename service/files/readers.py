@@ -36,7 +36,16 @@ import orjson
 
 from service.batches import Batch, FileOrigin
 from service.errors import InputError
-from service.files.breaks import READ_ERRORS, BrokenAt, FileFailure, open_binary, read_chunk, reason
+from service.files.breaks import (
+    READ_ERRORS,
+    BrokenAt,
+    FileFailure,
+    is_url,
+    open_binary,
+    open_raw,
+    read_chunk,
+    reason,
+)
 from service.files.csvrows import KNOWN_COLUMNS, STRING_COLUMNS, csv_rows
 
 __all__ = [
@@ -176,7 +185,7 @@ def parquet_rows(
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(open_raw(path) if is_url(path) else path)
     except (OSError, pa.ArrowException) as exc:
         raise BrokenAt(0, exc) from exc
     wanted = [n for n in pf.schema_arrow.names if n in KNOWN_COLUMNS]
@@ -222,10 +231,21 @@ def read_batches(
     if batch_lines < 1:
         raise ValueError("batch_lines must be >= 1")
     for path in paths:
-        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        if is_url(path):
+            _check_url(path)
+        elif not os.path.isfile(path) or not os.access(path, os.R_OK):
             reason = "no such file" if not os.path.exists(path) else "not a readable file"
             raise InputError(f"cannot read input file {path}: {reason}")
     return _batches(list(paths), batch_lines, failures)
+
+
+def _check_url(path: str) -> None:
+    """An fsspec URL names a file this process can open (fsspec's own reason if not)."""
+    try:
+        with open_raw(path) as fh:
+            fh.read(1)
+    except Exception as exc:  # fsspec backends raise OSError, ValueError, ImportError...
+        raise InputError(f"cannot read input file {path}: {reason(exc)}") from None
 
 
 def _batches(

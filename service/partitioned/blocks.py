@@ -18,7 +18,7 @@ import numpy as np
 
 from service.batches import Batch, FileOrigin
 from service.decode.batch import decode_batch, decode_lines
-from service.files.breaks import BrokenAt, FileFailure, reason
+from service.files.breaks import BrokenAt, FileFailure, open_raw, reason
 from service.files.readers import jsonl_batches, parquet_rows, read_batches
 from service.ownership import owner
 from service.partitioned.plan import Block
@@ -107,7 +107,7 @@ def _snap(f: IO[bytes], pos: int, size: int) -> int:
 
 def _range_batches(block: Block, batch_lines: int, counter: list[int]) -> Any:
     assert block.end is not None
-    with open(block.path, "rb") as f:
+    with open_raw(block.path) as f:
         size = f.seek(0, io.SEEK_END)
         start = _snap(f, block.start, size)
         end = _snap(f, block.end, size)

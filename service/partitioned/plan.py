@@ -1,5 +1,8 @@
 """Where the input is cut: blocks a worker can read on its own, and how many owners.
 
+Inputs are paths or fsspec URLs (`s3://...`, `file:///...`): every worker opens them
+itself, so on a remote cluster they must name something the workers can read.
+
 A JSONL file is cut into byte ranges of about `block_bytes`. A range does not need to
 know where lines start: it owns every line whose first byte lies inside it (it begins
 after the first newline at or past its start, and reads on past its end to the next
@@ -18,6 +21,8 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from service.files.breaks import open_raw, reason
 
 __all__ = [
     "DEFAULT_BLOCK_BYTES",
@@ -118,11 +123,11 @@ def check_inputs(paths: Sequence[str]) -> tuple[list[int], list[str], list[int]]
     groups: list[int] = []
     for path in paths:
         try:
-            with open(path, "rb") as fh:
+            with open_raw(path) as fh:
                 fh.read(1)
-            sizes.append(os.path.getsize(path))
-        except OSError as exc:
-            problems.append(f"cannot read input file {path}: {exc.strerror or exc}")
+                sizes.append(fh.seek(0, os.SEEK_END))
+        except Exception as exc:  # OSError; an fsspec backend may raise anything
+            problems.append(f"cannot read input file {path}: {reason(exc)}")
             sizes.append(0)
         groups.append(_row_groups(path) if path.lower().endswith(".parquet") else 0)
     return sizes, problems, groups
@@ -132,6 +137,7 @@ def _row_groups(path: str) -> int:
     try:
         import pyarrow.parquet as pq
 
-        return int(pq.ParquetFile(path).num_row_groups)
+        with open_raw(path) as fh:
+            return int(pq.ParquetFile(fh).num_row_groups)
     except Exception:  # pyarrow raises OSError, ArrowInvalid, ...: read whole instead
         return 0

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.errors import SfaError
+from service.errors import InputError, SfaError
 from service.files.replay import replay
 from service.partitioned import plan_blocks, run_inline
 from service.partitioned.blocks import BlockStatus, read_block, split_by_owner
@@ -318,3 +318,20 @@ def test_parquet_is_read_by_row_group(tmp_path: Path) -> None:
     expected = _single(paths)
     assert b'"line":121' in expected[1]
     assert _partitioned(paths, 3, 1 << 20) == expected
+
+
+def test_fsspec_urls_read_as_their_paths(tmp_path: Path) -> None:
+    """`file://` URLs (what a worker reads through fsspec, like `s3://`): the same output,
+    dead letters naming the URL; a URL that names nothing is one line."""
+    rng = random.Random(8)
+    kinds = [".jsonl", ".jsonl.gz", ".csv", ".parquet"]
+    paths = _files(tmp_path, rng, _awkward(rng, _market(rng, 5, 3)), kinds)
+    urls = [Path(p).as_uri() for p in paths]
+    expected, expected_errors, _ = _single(paths)
+    got, errors, _ = _partitioned(urls, 3, 3000)
+    assert got == expected and _single(urls)[0] == expected
+    for path, url in zip(paths, urls, strict=True):
+        expected_errors = expected_errors.replace(orjson.dumps(path), orjson.dumps(url))
+    assert errors == expected_errors and errors
+    with pytest.raises(InputError, match="cannot read input file file:///nowhere"):
+        run_inline(["file:///nowhere/bars.jsonl"], SETTINGS, io.BytesIO(), None)
