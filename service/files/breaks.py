@@ -10,6 +10,7 @@ library's internal text.
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from dataclasses import dataclass
 from typing import IO
@@ -89,7 +90,9 @@ def open_raw(path: str) -> IO[bytes]:
         from fsspec.core import url_to_fs
 
         fs, inner = url_to_fs(path)
-        return fs.open(inner, "rb")
+        # fsspec's remote files (s3fs, gcsfs: AbstractBufferedFile) have no `read1`,
+        # which `read_chunk` needs; a BufferedReader over their `readinto` adds it.
+        return io.BufferedReader(fs.open(inner, "rb"))
     return open(path, "rb")
 
 

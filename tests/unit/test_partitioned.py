@@ -16,11 +16,14 @@ import gzip
 import io
 import random
 from pathlib import Path
+from typing import ClassVar
 
+import fsspec
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -335,3 +338,35 @@ def test_fsspec_urls_read_as_their_paths(tmp_path: Path) -> None:
     assert errors == expected_errors and errors
     with pytest.raises(InputError, match="cannot read input file file:///nowhere"):
         run_inline(["file:///nowhere/bars.jsonl"], SETTINGS, io.BytesIO(), None)
+
+
+class _RemoteFile(AbstractBufferedFile):
+    """What s3fs or gcsfs hand out: ranged fetches, no `read1`."""
+
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        return bytes(self.fs.blobs[self.path][start:end])
+
+
+class _RemoteFS(AbstractFileSystem):
+    protocol = "sfatestremote"
+    blobs: ClassVar[dict[str, bytes]] = {}
+
+    def _open(self, path: str, mode: str = "rb", **kwargs: object) -> _RemoteFile:
+        return _RemoteFile(self, path, mode, size=len(self.blobs[path]), cache_type="none")
+
+    def info(self, path: str, **kwargs: object) -> dict[str, object]:
+        return {"name": path, "size": len(self.blobs[path]), "type": "file"}
+
+
+def test_a_remote_file_without_read1_reads_like_a_local_one(tmp_path: Path) -> None:
+    fsspec.register_implementation(_RemoteFS.protocol, _RemoteFS, clobber=True)
+    rng = random.Random(13)
+    [path] = _files(tmp_path, rng, _awkward(rng, _market(rng, 4, 3)), [".jsonl"])
+    _RemoteFS.blobs[_RemoteFS._strip_protocol("sfatestremote://bars.jsonl")] = Path(
+        path
+    ).read_bytes()
+    url = "sfatestremote://bars.jsonl"
+    assert not hasattr(_RemoteFile, "read1")
+    expected = _single([path])[0]
+    assert _single([url])[0] == expected
+    assert _partitioned([url], 2, 2000)[0] == expected
