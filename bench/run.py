@@ -5,7 +5,8 @@ same process moments before: (a) the vectorised engine against a straightforward
 per-row implementation of the same SPEC (the original system's shape), (b) `sfa replay`
 against bare `orjson.loads` of every line of the same file, (c) memory per held bar,
 (d) the market-scale table of `bench.scale` (replay speed, peak RSS and state per held bar
-from 400 to 5,000 symbols, each replay in a fresh process; also var/bench/scale.md).
+from 400 to 5,000 symbols, each replay in a fresh process; also var/bench/scale.md),
+(e) the partitioned replay's scaling over 1..cores workers (`bench.partitioned`).
 """
 
 from __future__ import annotations
@@ -102,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scale-markdown", type=Path, default=MARKDOWN, help="(d) as Markdown, for the README"
     )
+    parser.add_argument(
+        "--scaling-size",
+        default="1600x25",
+        help="(e) partitioned replay scaling on this size of bench.scale; '' skips (e)",
+    )
     args = parser.parse_args(argv)
 
     print(
@@ -166,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{'MET' if bytes_per_bar <= BYTES_PER_BAR_GOAL else 'MISSED'}"
     )
     rows = scale_table(args.scale_sizes, args.scale_markdown) if args.scale_sizes else []
+    if args.scaling_size:
+        from bench.partitioned import main as scaling
+
+        scaling(["--size", args.scaling_size])
     print(f"\nmeasured {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC with `make bench`")
     return 1 if any(r.failed for r in rows) else 0
 

@@ -10,13 +10,23 @@ library's internal text.
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from dataclasses import dataclass
 from typing import IO
 
 from service.errors import InputError
 
-__all__ = ["READ_ERRORS", "BrokenAt", "FileFailure", "open_binary", "read_chunk", "reason"]
+__all__ = [
+    "READ_ERRORS",
+    "BrokenAt",
+    "FileFailure",
+    "is_url",
+    "open_binary",
+    "open_raw",
+    "read_chunk",
+    "reason",
+]
 
 # What reading a file on can raise (gzip.BadGzipFile is an OSError).
 READ_ERRORS = (OSError, EOFError, zlib.error)
@@ -69,10 +79,46 @@ def reason(exc: BaseException) -> str:
     return (text[0][:200] if text else "") or type(exc).__name__
 
 
-def open_binary(path: str) -> IO[bytes]:
-    if path.lower().endswith(".gz"):
-        return gzip.open(path, "rb")  # type: ignore[return-value]
+def is_url(path: str) -> bool:
+    """An fsspec URL (`s3://bucket/key`, `file:///data/bars.jsonl`) rather than a path."""
+    return "://" in path
+
+
+def open_raw(path: str) -> IO[bytes]:
+    """The bytes as stored (no decompression), seekable; a path or an fsspec URL."""
+    if is_url(path):
+        from fsspec.core import url_to_fs
+
+        fs, inner = url_to_fs(path)
+        # fsspec's remote files (s3fs, gcsfs: AbstractBufferedFile) have no `read1`,
+        # which `read_chunk` needs; a BufferedReader over their `readinto` adds it.
+        return io.BufferedReader(fs.open(inner, "rb"))
     return open(path, "rb")
+
+
+class _GzipOf(gzip.GzipFile):
+    """A gzip stream over a file it owns: closing it closes that file too (GzipFile
+    leaves a `fileobj` it was given open)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        super().__init__(fileobj=raw, mode="rb")
+        self._raw = raw
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._raw.close()
+
+
+def open_binary(path: str) -> IO[bytes]:
+    """The content (gzip decompressed); a path or an fsspec URL, which the partitioned
+    replay's workers read where the driver may see no file at all."""
+    if path.lower().endswith(".gz"):
+        if is_url(path):
+            return _GzipOf(open_raw(path))  # type: ignore[return-value]
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open_raw(path)
 
 
 def read_chunk(f: IO[bytes], size: int) -> tuple[bytes, BaseException | None]:

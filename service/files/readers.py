@@ -29,21 +29,32 @@ import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import orjson
 
 from service.batches import Batch, FileOrigin
 from service.errors import InputError
-from service.files.breaks import READ_ERRORS, BrokenAt, FileFailure, open_binary, read_chunk, reason
+from service.files.breaks import (
+    READ_ERRORS,
+    BrokenAt,
+    FileFailure,
+    is_url,
+    open_binary,
+    open_raw,
+    read_chunk,
+    reason,
+)
 from service.files.csvrows import KNOWN_COLUMNS, STRING_COLUMNS, csv_rows
 
 __all__ = [
     "FileFailure",
     "KeyedMessage",
     "iter_keyed_bars",
+    "jsonl_batches",
     "keyed_messages",
+    "parquet_rows",
     "read_batches",
     "total_size_hint",
 ]
@@ -71,50 +82,55 @@ _BRACE = ord("{")
 
 
 def _jsonl(path: str, batch_lines: int) -> Iterator[Batch]:
-    """`batch_lines` file lines at a time, cut with one numpy pass per read chunk.
+    with open_binary(path) as f:
+        yield from jsonl_batches(f, path, batch_lines)
+
+
+def jsonl_batches(f: IO[bytes], path: str, batch_lines: int, line: int = 0) -> Iterator[Batch]:
+    """`batch_lines` file lines at a time, cut with one numpy pass per read chunk; `f`
+    needs only `read1` (partitioned replay hands a byte range of the file, whose lines
+    are then counted from `line`).
 
     Blank lines and CRs are dropped (see `_keep`); they only make a batch hold fewer
     messages, and then it is a list of values rather than a blob. When a read
     fails, the whole lines read before it are yielded, then `BrokenAt` the first
     line that was not read whole.
     """
-    with open_binary(path) as f:
-        data = b""  # unconsumed bytes: whole lines, then maybe a partial one
-        line = 0  # file lines before `data`
-        eof = False
-        broken: BaseException | None = None
-        while not eof:
-            chunk, broken = read_chunk(f, _CHUNK_BYTES)
-            eof = not chunk or broken is not None
-            data = data + chunk if data else chunk
-            if broken is not None:
-                data = data[: data.rfind(b"\n") + 1]  # a line cut short is not a record
-            elif eof and data and not data.endswith(b"\n"):
-                data += b"\n"  # the last line has no newline
-            raw = np.frombuffer(data, dtype=np.uint8)
-            ends = np.flatnonzero(raw == _NEWLINE)
-            start = done = 0
-            while len(ends) - done >= batch_lines or (eof and done < len(ends)):
-                take = min(batch_lines, len(ends) - done)
-                inner = ends[done : done + take - 1]
-                end = int(ends[done + take - 1])
-                region = data[start:end]
-                clean = (
-                    raw[start] == _BRACE
-                    and bool((raw[inner + 1] == _BRACE).all())
-                    and b"\r" not in region
-                )
-                if clean:
-                    yield Batch.of_lines(region, take, FileOrigin(path, line + done + 1))
-                else:
-                    values, lines = _keep(region.split(b"\n"), line + done)
-                    if values:
-                        yield Batch.of_values(values, FileOrigin(path, lines=lines))
-                start, done = end + 1, done + take
-            data = data[start:]
-            line += done
+    data = b""  # unconsumed bytes: whole lines, then maybe a partial one
+    eof = False
+    broken: BaseException | None = None
+    while not eof:
+        chunk, broken = read_chunk(f, _CHUNK_BYTES)
+        eof = not chunk or broken is not None
+        data = data + chunk if data else chunk
         if broken is not None:
-            raise BrokenAt(line + 1, broken)
+            data = data[: data.rfind(b"\n") + 1]  # a line cut short is not a record
+        elif eof and data and not data.endswith(b"\n"):
+            data += b"\n"  # the last line has no newline
+        raw = np.frombuffer(data, dtype=np.uint8)
+        ends = np.flatnonzero(raw == _NEWLINE)
+        start = done = 0
+        while len(ends) - done >= batch_lines or (eof and done < len(ends)):
+            take = min(batch_lines, len(ends) - done)
+            inner = ends[done : done + take - 1]
+            end = int(ends[done + take - 1])
+            region = data[start:end]
+            clean = (
+                raw[start] == _BRACE
+                and bool((raw[inner + 1] == _BRACE).all())
+                and b"\r" not in region
+            )
+            if clean:
+                yield Batch.of_lines(region, take, FileOrigin(path, line + done + 1))
+            else:
+                values, lines = _keep(region.split(b"\n"), line + done)
+                if values:
+                    yield Batch.of_values(values, FileOrigin(path, lines=lines))
+            start, done = end + 1, done + take
+        data = data[start:]
+        line += done
+    if broken is not None:
+        raise BrokenAt(line + 1, broken)
 
 
 def _keep(parts: list[bytes], line: int) -> tuple[list[bytes], list[int]]:
@@ -157,17 +173,25 @@ def _as_text(value: Any) -> str:
 
 
 def _parquet(path: str) -> Iterator[tuple[list[bytes], list[int]]]:
+    return parquet_rows(path)
+
+
+def parquet_rows(
+    path: str, row_groups: list[int] | None = None
+) -> Iterator[tuple[list[bytes], list[int]]]:
+    """Rows as messages with their row numbers (from 1); `row_groups` reads only those
+    (partitioned replay: a block per row group, rows counted within it)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        pf = pq.ParquetFile(path)
+        pf = pq.ParquetFile(open_raw(path) if is_url(path) else path)
     except (OSError, pa.ArrowException) as exc:
         raise BrokenAt(0, exc) from exc
     wanted = [n for n in pf.schema_arrow.names if n in KNOWN_COLUMNS]
     row = 0
     dumps = orjson.dumps
-    batches = pf.iter_batches(batch_size=_ROWS_PER_CHUNK, columns=wanted)
+    batches = pf.iter_batches(batch_size=_ROWS_PER_CHUNK, row_groups=row_groups, columns=wanted)
     while True:
         try:
             batch = next(batches, None)
@@ -207,10 +231,21 @@ def read_batches(
     if batch_lines < 1:
         raise ValueError("batch_lines must be >= 1")
     for path in paths:
-        if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        if is_url(path):
+            _check_url(path)
+        elif not os.path.isfile(path) or not os.access(path, os.R_OK):
             reason = "no such file" if not os.path.exists(path) else "not a readable file"
             raise InputError(f"cannot read input file {path}: {reason}")
     return _batches(list(paths), batch_lines, failures)
+
+
+def _check_url(path: str) -> None:
+    """An fsspec URL names a file this process can open (fsspec's own reason if not)."""
+    try:
+        with open_raw(path) as fh:
+            fh.read(1)
+    except Exception as exc:  # fsspec backends raise OSError, ValueError, ImportError...
+        raise InputError(f"cannot read input file {path}: {reason(exc)}") from None
 
 
 def _batches(
