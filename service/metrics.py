@@ -233,6 +233,17 @@ class Metrics:
         self._fallback = Gauge(
             "sfa_dask_fallback_active", "1 while work runs locally without Dask.", registry=reg
         )
+        self._registry_up = Gauge(
+            "sfa_schema_registry_up",
+            "1 while the schema registry answers, 0 while lookups are retried "
+            "(no sample without a registry).",
+            registry=reg,
+        )
+        self._registry_failures = Counter(
+            "sfa_schema_registry_failures",
+            "Schema lookups that could not reach the registry (each is retried).",
+            registry=reg,
+        )
         build_info = Gauge(
             "sfa_build_info",
             "Always 1; the version label names the build.",
@@ -329,6 +340,12 @@ class Metrics:
 
     def set_fallback_active(self, active: bool) -> None:
         self._fallback.set(1 if active else 0)
+
+    def schema_registry(self, problem: str | None) -> None:
+        """A lookup failed (`problem`, retried) or the registry answers again (None)."""
+        self._registry_up.set(0 if problem is not None else 1)
+        if problem is not None:
+            self._registry_failures.inc()
 
     def set_providers(
         self,

@@ -1,0 +1,220 @@
+"""The Confluent wire format (magic byte 0, a 4-byte big-endian schema id, the payload)
+-> the same `DecodedBatch` as JSON input, with SPEC 1's rules and reasons after decoding.
+
+Pure: the schemas a batch needs are looked up by the caller (`service.registry`) and
+handed in as plain data, so this runs in the decode helpers and in tests without a
+registry. A batch may mix JSON and wire-format messages (`SFA_INPUT_FORMAT=auto`): the
+JSON ones take the usual path (`service.decode.batch`), the others are grouped by
+schema id and decoded a group at a time (`service.decode.avro`), and the two halves are
+merged back into arrival order.
+
+A decoded record is one bar, an array of bars, or a record holding one array of bars
+(and no SPEC 1 field of its own). Reasons beyond SPEC 1's: `unknown_schema` (the
+registry has no schema with the message's id), `invalid_avro` (the payload does not
+decode with its schema, or a message in a topic declared `avro` is not in the wire
+format). A rejected element of an array carries that element as JSON, as a JSON
+array's would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import orjson
+
+from service.decode.avro import decode_avro
+from service.decode.batch import decode_batch
+from service.decode.columns import check_bars
+from service.decode.exact import MAX_ARRAY_BARS
+from service.decode.types import DecodedBatch, Reject
+from service.state.batch import factorize
+
+__all__ = [
+    "InputFormat",
+    "SchemaKind",
+    "WireSchema",
+    "decode_wire_batch",
+    "is_wire",
+    "schema_id",
+    "wire_ids",
+]
+
+#: SFA_INPUT_FORMAT: auto = byte 0 starts the wire format, anything else is JSON.
+InputFormat = Literal["auto", "json", "avro"]
+#: The registry's schemaType (Confluent's API omits it for Avro).
+SchemaKind = Literal["AVRO", "JSON", "PROTOBUF"]
+
+_MAGIC = 0
+_HEADER = 5
+_REASON: dict[str, str] = {
+    "AVRO": "invalid_avro",
+    "JSON": "invalid_json_schema",
+    "PROTOBUF": "invalid_protobuf",
+}
+_CANONICAL = ("symbol", "stock_code")
+
+
+@dataclass(frozen=True, slots=True)
+class WireSchema:
+    """A registered schema as the decoder needs it: plain data, cheap to pickle."""
+
+    id: int
+    kind: SchemaKind
+    text: str
+
+
+def is_wire(value: bytes) -> bool:
+    """Starts with the magic byte and holds a whole header (5 bytes)."""
+    return len(value) >= _HEADER and value[0] == _MAGIC
+
+
+def schema_id(value: bytes) -> int:
+    """The schema id of a wire-format message (`is_wire(value)` must hold)."""
+    return int.from_bytes(value[1:_HEADER], "big")
+
+
+def wire_ids(values: Iterable[bytes]) -> set[int]:
+    """The schema ids a batch refers to (what the caller must look up)."""
+    return {schema_id(v) for v in values if v[:1] == b"\x00" and len(v) >= _HEADER}
+
+
+def decode_wire_batch(
+    values: Sequence[bytes],
+    schemas: Mapping[int, WireSchema | None],
+    input_format: InputFormat = "auto",
+    max_message_bytes: int = 1_048_576,
+) -> DecodedBatch:
+    """A batch of JSON and wire-format messages -> valid bars and rejects.
+
+    `schemas` maps every id of `wire_ids(values)` to its schema, or None when the
+    registry does not know it. With `input_format="avro"` every message must be in the
+    wire format with an Avro schema; with "auto" a message not starting with byte 0 is
+    JSON.
+    """
+    json_rows: list[int] = []
+    groups: dict[int, list[int]] = {}
+    rejects: list[Reject] = []
+    strict = input_format != "auto"
+    for i, value in enumerate(values):
+        if not is_wire(value):
+            if strict:
+                rejects.append(Reject(i, None, _REASON["AVRO"], bytes(value)))
+            else:
+                json_rows.append(i)
+        elif len(value) > max_message_bytes:
+            rejects.append(Reject(i, None, "too_large", bytes(value)))
+        else:
+            groups.setdefault(schema_id(value), []).append(i)
+    objects: list[tuple[int, Any]] = []
+    for sid, rows in groups.items():
+        schema = schemas.get(sid)
+        if schema is None:
+            rejects.extend(Reject(i, None, "unknown_schema", bytes(values[i])) for i in rows)
+            continue
+        reason = _REASON["AVRO" if strict else schema.kind]
+        if schema.kind != "AVRO":  # JSON Schema and Protobuf are not decoded (yet)
+            rejects.extend(Reject(i, None, reason, bytes(values[i])) for i in rows)
+            continue
+        payloads = [memoryview(values[i])[_HEADER:] for i in rows]
+        try:
+            decoded = decode_avro(payloads, schema.text)
+        except ValueError:  # the registry holds a schema fastavro refuses
+            decoded = [None] * len(rows)
+        for i, obj in zip(rows, decoded, strict=True):
+            if obj is None:
+                rejects.append(Reject(i, None, reason, bytes(values[i])))
+            else:
+                objects.append((i, obj))
+    objects.sort(key=lambda pair: pair[0])
+    wired = _check_objects(objects, values, rejects)
+    if not json_rows:
+        return wired
+    json_part = decode_batch([values[i] for i in json_rows], max_message_bytes)
+    return _merge(json_part, np.asarray(json_rows, dtype=np.int32), wired)
+
+
+def _bars_of(obj: Any) -> list[Any] | None:
+    """The array a decoded record carries, or None when it is one bar."""
+    if type(obj) is list:
+        return obj
+    if type(obj) is dict and not any(obj.get(name) is not None for name in _CANONICAL):
+        arrays = [v for v in obj.values() if type(v) is list]
+        if len(arrays) == 1:
+            return arrays[0]
+    return None
+
+
+def _check_objects(
+    objects: list[tuple[int, Any]], values: Sequence[bytes], rejects: list[Reject]
+) -> DecodedBatch:
+    """SPEC 1 over decoded records: one bar, an array of bars, or a record holding one."""
+    bars: list[dict[str, Any]] = []
+    msg: list[int] = []
+    pos: list[int | None] = []
+    for i, obj in objects:
+        array = _bars_of(obj)
+        if array is None:
+            if type(obj) is dict:
+                bars.append(obj)
+                msg.append(i)
+                pos.append(None)
+            else:
+                rejects.append(Reject(i, None, "not_an_object", bytes(values[i])))
+        elif len(array) > MAX_ARRAY_BARS:
+            rejects.append(Reject(i, None, "too_large", bytes(values[i])))
+        else:
+            for j, element in enumerate(array):
+                if type(element) is dict:
+                    bars.append(element)
+                    msg.append(i)
+                    pos.append(j)
+                else:
+                    rejects.append(Reject(i, j, "not_an_object", _json(element)))
+    checked = check_bars(bars) if bars else None
+    if checked is None:
+        symbols: list[str] = []
+        days = np.empty(0, dtype=np.int32)
+        closes = np.empty(0, dtype=np.float64)
+        index = np.empty(0, dtype=np.int32)
+    else:
+        symbols, days, closes = checked.symbols, checked.days, checked.closes
+        index = np.asarray(msg, dtype=np.int32)
+        if checked.keep is not None:
+            index = index[checked.keep]
+        for row, reason in checked.rejected:
+            where = pos[row]
+            raw = bytes(values[msg[row]]) if where is None else _json(bars[row])
+            rejects.append(Reject(msg[row], where, reason, raw))
+    rejects.sort(key=lambda r: (r.index, -1 if r.array_index is None else r.array_index))
+    codes, uniques = factorize(symbols)
+    return DecodedBatch(codes, uniques, days, closes, index, rejects)
+
+
+def _json(value: Any) -> bytes:
+    """A decoded element as JSON (dates and bytes as text): what its dead letter carries."""
+    return orjson.dumps(value, default=str)
+
+
+def _merge(json_part: DecodedBatch, json_rows: np.ndarray, wired: DecodedBatch) -> DecodedBatch:
+    """The two halves in arrival order: by message index, a message's bars kept together
+    in their own order (a stable sort)."""
+    index = np.concatenate([json_rows[json_part.message_index], wired.message_index])
+    order = np.argsort(index, kind="stable")
+    symbols = json_part.symbols + wired.symbols
+    codes, uniques = factorize([symbols[k] for k in order.tolist()])
+    rejects = [
+        Reject(int(json_rows[r.index]), r.array_index, r.reason, r.raw) for r in json_part.rejects
+    ]
+    rejects.extend(wired.rejects)
+    rejects.sort(key=lambda r: (r.index, -1 if r.array_index is None else r.array_index))
+    return DecodedBatch(
+        codes,
+        uniques,
+        np.concatenate([json_part.days, wired.days])[order],
+        np.concatenate([json_part.closes, wired.closes])[order],
+        index[order].astype(np.int32),
+        rejects,
+    )

@@ -1,0 +1,202 @@
+"""Wire-format decoding (service.decode.wire) held to the JSON path: the same bars sent
+as Avro or as JSON give the same valid bars and the same reasons at the same places."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from typing import Any
+
+import fastavro
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from service.decode import decode_batch
+from service.decode.avro import decode_avro
+from service.decode.types import DecodedBatch
+from service.decode.wire import WireSchema, decode_wire_batch, wire_ids
+
+_OPT = ["null", "double"]
+BAR: dict[str, Any] = {
+    "type": "record",
+    "name": "Bar",
+    "fields": [
+        {"name": "symbol", "type": "string"},
+        {"name": "date", "type": "string"},
+        {"name": "close", "type": "double"},
+        {"name": "open", "type": _OPT, "default": None},
+        {"name": "high", "type": _OPT, "default": None},
+        {"name": "low", "type": _OPT, "default": None},
+        {"name": "volume", "type": _OPT, "default": None},
+    ],
+}
+ARRAY = {"type": "array", "items": BAR}
+HOLDER = {
+    "type": "record",
+    "name": "Snapshot",
+    "fields": [{"name": "bars", "type": ARRAY}, {"name": "source", "type": "string"}],
+}
+# An upstream schema using SPEC 1's aliases, with a field sfa does not know.
+ALIASED = {
+    "type": "record",
+    "name": "Quote",
+    "fields": [
+        {"name": "stock_code", "type": "string"},
+        {"name": "trade_date", "type": "string"},
+        {"name": "close_price", "type": "float"},
+        {"name": "venue", "type": "string"},
+    ],
+}
+SCHEMAS = {
+    1: WireSchema(1, "AVRO", json.dumps(BAR)),
+    7: WireSchema(7, "AVRO", json.dumps(ARRAY)),
+    12: WireSchema(12, "AVRO", json.dumps(HOLDER)),
+    30: WireSchema(30, "AVRO", json.dumps(ALIASED)),
+}
+
+
+def wire(schema_id: int, schema: dict[str, Any], value: Any) -> bytes:
+    out = io.BytesIO()
+    out.write(b"\x00" + struct.pack(">I", schema_id))
+    fastavro.schemaless_writer(out, fastavro.parse_schema(schema), value)
+    return out.getvalue()
+
+
+def as_avro(bar: dict[str, Any]) -> dict[str, Any]:
+    return {f["name"]: bar.get(f["name"]) for f in BAR["fields"]}
+
+
+def comparable(d: DecodedBatch) -> tuple[Any, ...]:
+    return (
+        d.symbols,
+        d.days.tolist(),
+        d.closes.tolist(),
+        d.message_index.tolist(),
+        [(r.index, r.array_index, r.reason) for r in d.rejects],
+    )
+
+
+_symbols = st.sampled_from(["600519.SH", "AAPL", "BAD SYM", "", "x" * 33, "000001.SZ"])
+_dates = st.sampled_from(["2020-01-02", "2021-02-30", "1899-12-31", "2024-02-10", "20-1-1"])
+_prices = st.sampled_from([1.0, 12.5, 0.0, -3.0, float("inf"), 99.9])
+_bars = st.fixed_dictionaries(
+    {"symbol": _symbols, "date": _dates, "close": _prices},
+    optional={"open": _prices, "high": _prices, "low": _prices, "volume": _prices},
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.one_of(_bars, st.lists(_bars, max_size=4)), st.booleans()),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_avro_and_json_of_the_same_bars_decode_alike(messages: list[tuple[Any, bool]]) -> None:
+    json_values: list[bytes] = []
+    mixed: list[bytes] = []
+    for message, avro in messages:
+        # JSON cannot carry inf: the JSON reference writes a string there, which SPEC 1
+        # rejects with the same reason (a non-number close) as Avro's inf (not finite).
+        json_values.append(_no_inf(message))
+        if not avro:
+            mixed.append(json_values[-1])
+        elif isinstance(message, list):
+            mixed.append(wire(7, ARRAY, [as_avro(b) for b in message]))
+        else:
+            mixed.append(wire(1, BAR, as_avro(message)))
+    got = decode_wire_batch(mixed, SCHEMAS)
+    want = decode_batch(json_values)
+    assert comparable(got) == comparable(want)
+    for reject in got.rejects:
+        if reject.array_index is None:
+            assert reject.raw == mixed[reject.index]
+
+
+def _no_inf(message: Any) -> bytes:
+    def fix(bar: dict[str, Any]) -> dict[str, Any]:
+        return {k: ("inf" if v == float("inf") else v) for k, v in bar.items()}
+
+    return orjson.dumps([fix(b) for b in message] if isinstance(message, list) else fix(message))
+
+
+def test_a_record_holding_an_array_and_aliases_are_bars() -> None:
+    bars = [
+        {"symbol": "A.SH", "date": "2020-01-02", "close": 10.0},
+        {"symbol": "B.SH", "date": "2020-01-02", "close": -1.0},
+    ]
+    values = [
+        wire(12, HOLDER, {"bars": [as_avro(b) for b in bars], "source": "feed"}),
+        wire(
+            30,
+            ALIASED,
+            {"stock_code": "C.SZ", "trade_date": "2020-01-03", "close_price": 2.5, "venue": "x"},
+        ),
+    ]
+    got = decode_wire_batch(values, SCHEMAS)
+    assert got.symbols == ["A.SH", "C.SZ"]
+    assert got.closes.tolist() == [10.0, 2.5]
+    assert got.message_index.tolist() == [0, 1]
+    assert [(r.index, r.array_index, r.reason) for r in got.rejects] == [
+        (0, 1, "invalid_field:close")
+    ]
+    assert orjson.loads(got.rejects[0].raw)["symbol"] == "B.SH"
+
+
+def test_unknown_truncated_and_foreign_payloads_are_one_reject_each() -> None:
+    good = [
+        wire(1, BAR, as_avro({"symbol": f"S{i}", "date": "2020-01-02", "close": 1.0 + i}))
+        for i in range(5)
+    ]
+    other = dict(BAR, fields=[*BAR["fields"], {"name": "extra", "type": "long"}])
+    foreign = wire(
+        1, other, {**as_avro({"symbol": "F", "date": "2020-01-02", "close": 2.0}), "extra": 99}
+    )
+    values = [
+        good[0],
+        wire(99, BAR, as_avro({"symbol": "U", "date": "2020-01-02", "close": 1.0})),
+        good[1],
+        good[2][:-3],  # truncated
+        good[3],
+        foreign,  # written with another schema under id 1: trailing bytes
+        b"\x00\x00",  # too short for a header: JSON, and not valid JSON
+        good[4],
+        orjson.dumps({"symbol": "J", "date": "2020-01-02", "close": 3.0}),
+    ]
+    got = decode_wire_batch(values, {**SCHEMAS, 99: None})
+    assert got.symbols == ["S0", "S1", "S3", "S4", "J"]
+    assert got.message_index.tolist() == [0, 2, 4, 7, 8]
+    assert [(r.index, r.reason) for r in got.rejects] == [
+        (1, "unknown_schema"),
+        (3, "invalid_avro"),
+        (5, "invalid_avro"),
+        (6, "invalid_json"),
+    ]
+    assert [r.raw for r in got.rejects][:3] == [values[1], values[3], values[5]]
+
+
+def test_strict_avro_format_refuses_json_and_other_schema_kinds() -> None:
+    values = [
+        orjson.dumps({"symbol": "J", "date": "2020-01-02", "close": 3.0}),
+        wire(1, BAR, as_avro({"symbol": "A", "date": "2020-01-02", "close": 1.0})),
+        b"\x00\x00\x00\x00\x05{}",
+    ]
+    got = decode_wire_batch(values, {**SCHEMAS, 5: WireSchema(5, "JSON", "{}")}, "avro")
+    assert got.symbols == ["A"]
+    assert [(r.index, r.reason) for r in got.rejects] == [(0, "invalid_avro"), (2, "invalid_avro")]
+    auto = decode_wire_batch(values, {**SCHEMAS, 5: WireSchema(5, "JSON", "{}")})
+    assert [(r.index, r.reason) for r in auto.rejects] == [(2, "invalid_json_schema")]
+
+
+def test_wire_ids_and_the_batch_reader_fallback() -> None:
+    values = [wire(1, BAR, as_avro({"symbol": "A", "date": "2020-01-02", "close": 1.0}))] * 3
+    assert wire_ids([*values, b"{}", b"\x00\x00\x00\x01", b""]) == {1}
+    payloads = [memoryview(v)[5:] for v in values]
+    text = SCHEMAS[1].text
+    assert [o["symbol"] for o in decode_avro(payloads, text)] == ["A", "A", "A"]  # type: ignore[index]
+    broken = [payloads[0], payloads[1][:4], payloads[2]]
+    got = decode_avro(broken, text)
+    assert got[1] is None and got[0] == got[2] and got[0] is not None
