@@ -98,9 +98,8 @@ def _run(env: dict[str, str]) -> subprocess.Popen[bytes]:
 
 
 def _last(kafka: str, topic: str) -> dict[str, dict]:
-    return {
-        r["symbol"]: r for r in (orjson.loads(m.value() or b"") for m in read_committed(kafka, topic))
-    }
+    results = (orjson.loads(m.value() or b"") for m in read_committed(kafka, topic))
+    return {r["symbol"]: r for r in results}
 
 
 def _dead(kafka: str, topic: str) -> list[tuple[str, bytes]]:
