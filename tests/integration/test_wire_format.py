@@ -155,6 +155,16 @@ def test_mixed_json_avro_and_evolved_avro_equal_replay_and_bad_payloads_dead_let
         (_avro(first, REQUIRED, {**record, "venue": "XSHG"}), "invalid_avro"),  # other schema
     ]
     produce_keyed(kafka_bootstrap, topics["input"], values[:50] + [b for b, _ in bad] + values[50:])
+    # `sfa tail` prints every value it can decode as its record, the rest as text.
+    total = len(market.read_bytes().splitlines()) + len(bad)
+    tail = _sfa(
+        "tail", topics["input"], "--from-beginning", "--max", str(total), "--timeout", "10", env=env
+    )
+    assert tail.returncode == 0, tail.stderr
+    shown = [orjson.loads(line)["value"] for line in tail.stdout.splitlines()]
+    assert len(shown) == total
+    assert sum(isinstance(v, str) for v in shown) == len(bad)
+    assert {v["symbol"] for v in shown if isinstance(v, dict)} == set(expected)
 
     proc = _run(env)
     _wait_done(proc, kafka_bootstrap, topics["group"], topics["input"])
