@@ -223,12 +223,14 @@ class Settings(BaseModel):
     )
 
     # --- input formats and the schema registry ---
-    input_format: Literal["auto", "json", "avro"] = _env(
+    input_format: Literal["auto", "json", "avro", "protobuf", "jsonschema"] = _env(
         "SFA_INPUT_FORMAT",
         "auto",
         "auto: a message starting with byte 0 is the Confluent wire format (schema id, "
-        "then Avro), any other is JSON; json: JSON only (byte 0 is invalid_json); avro: "
-        "every message is wire-format Avro (anything else is invalid_avro).",
+        "then Avro, Protobuf or JSON Schema, as the registry says), any other is JSON; "
+        "json: JSON only (byte 0 is invalid_json); avro, protobuf, jsonschema: every "
+        "message is the wire format with a schema of that kind (anything else is "
+        "invalid_avro, invalid_protobuf, invalid_json_schema).",
     )
     schema_registry_url: str | None = _env(
         "SFA_SCHEMA_REGISTRY_URL",
@@ -561,7 +563,7 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _registry_needed(self) -> Settings:
-        if self.input_format == "avro" and self.schema_registry_url is None:
+        if self.input_format not in ("auto", "json") and self.schema_registry_url is None:
             raise ValueError(
                 f"SFA_SCHEMA_REGISTRY_URL: must be set when SFA_INPUT_FORMAT is "
                 f"{self.input_format} (the schemas come from the registry)"

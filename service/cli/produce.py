@@ -12,10 +12,11 @@ Nothing is lost quietly: a line the broker cannot take (larger than the topic's
 and the exit code is 3; so is a file that breaks part way. A missing topic is one
 line before anything is read (librdkafka alone would wait for it).
 
-`--format avro` writes each bar in the Confluent wire format instead of JSON: the bar
-schema (`service.wireformat`) is registered under the subject `<topic>-value` of
-SFA_SCHEMA_REGISTRY_URL, whose compatibility is set to BACKWARD first (Apicurio's
-default is NONE). A line Avro cannot carry is named and skipped like a refused one.
+`--format avro|protobuf|jsonschema` writes each bar in the Confluent wire format
+instead of JSON: the bar schema of that kind (`service.wireformat`) is registered
+under the subject `<topic>-value` of SFA_SCHEMA_REGISTRY_URL, whose compatibility is
+set to BACKWARD first (Apicurio's default is NONE). A line the format cannot carry is
+named and skipped like a refused one.
 """
 
 from __future__ import annotations
@@ -36,7 +37,15 @@ from service.kafka.producer import AtLeastOnceProducer, RecordRefused
 from service.ownership import Partitioner
 from service.registry import client_from_settings
 from service.settings import Settings
-from service.wireformat import BAR_SCHEMA_TEXT, AvroBarEncoder
+from service.wireformat import (
+    BAR_JSON_SCHEMA_TEXT,
+    BAR_PROTO_TEXT,
+    BAR_SCHEMA_TEXT,
+    AvroBarEncoder,
+    BarEncoder,
+    JsonSchemaBarEncoder,
+    ProtobufBarEncoder,
+)
 
 __all__ = ["add_arguments", "run"]
 
@@ -63,11 +72,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--format",
-        choices=("json", "avro"),
+        choices=("json", "avro", "protobuf", "jsonschema"),
         default="json",
-        help="json (default): lines as read; avro: one bar per message in the Confluent "
-        "wire format, its schema registered at SFA_SCHEMA_REGISTRY_URL (subject "
-        "<topic>-value, compatibility BACKWARD)",
+        help="json (default): lines as read; avro, protobuf, jsonschema: one bar per "
+        "message in the Confluent wire format, its schema registered at "
+        "SFA_SCHEMA_REGISTRY_URL (subject <topic>-value, compatibility BACKWARD)",
+    )
+    parser.add_argument(
+        "--subject",
+        default=None,
+        help="registry subject of the schema (default: <topic>-value); one subject holds "
+        "one kind of schema, so a topic fed in two wire formats needs a second subject",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -119,18 +134,23 @@ def _records(
     yield from keyed_records(messages, partitions, partitioner, keyed=not args.unkeyed)
 
 
-def _encoder(args: argparse.Namespace, settings: Settings, topic: str) -> AvroBarEncoder | None:
+def _encoder(args: argparse.Namespace, settings: Settings, topic: str) -> BarEncoder | None:
     """The wire-format encoder `--format` asks for, its schema registered; None for JSON."""
-    if args.format == "json":
+    fmt = args.format
+    if fmt == "json":
         return None
     if args.snapshot:
-        raise ConfigError("--format avro sends one bar per message; --snapshot is JSON only")
+        raise ConfigError(f"--format {fmt} sends one bar per message; --snapshot is JSON only")
     client = client_from_settings(settings)
     if client is None:
-        raise ConfigError("SFA_SCHEMA_REGISTRY_URL: must be set for --format avro")
-    subject = f"{topic}-value"
+        raise ConfigError(f"SFA_SCHEMA_REGISTRY_URL: must be set for --format {fmt}")
+    subject = args.subject or f"{topic}-value"
     client.set_compatibility(subject, "BACKWARD")
-    return AvroBarEncoder(client.register(subject, BAR_SCHEMA_TEXT))
+    if fmt == "avro":
+        return AvroBarEncoder(client.register(subject, BAR_SCHEMA_TEXT))
+    if fmt == "protobuf":
+        return ProtobufBarEncoder(client.register(subject, BAR_PROTO_TEXT, "PROTOBUF"))
+    return JsonSchemaBarEncoder(client.register(subject, BAR_JSON_SCHEMA_TEXT, "JSON"))
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -159,7 +179,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             timestamp = next(stamp, None)
             value: bytes | str = m.value if encoder is None else encoder.encode(m.value)
             if isinstance(value, str):
-                skips.add(m.file, m.line, f"cannot be written as Avro: {value}")
+                skips.add(m.file, m.line, f"cannot be written as {args.format}: {value}")
                 if bar is not None:
                     bar.update(1)
                 continue

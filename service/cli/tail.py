@@ -7,8 +7,8 @@ Each line: key, partition, offset, timestamp (ms), value (JSON as is, otherwise
 text), headers. Ends after `--max` records, after `--timeout` seconds without one,
 or at Ctrl-C (exit 0).
 
-With SFA_SCHEMA_REGISTRY_URL set, a wire-format Avro value is printed decoded (its
-record as JSON, plus nothing else); a value whose schema the registry does not know, or
+With SFA_SCHEMA_REGISTRY_URL set, a wire-format value (Avro, Protobuf, JSON Schema) is
+printed decoded (its record as JSON); a value whose schema the registry does not know, or
 that does not decode with it, is printed as text like any other non-JSON value.
 """
 
@@ -18,8 +18,7 @@ import argparse
 import sys
 from typing import Any
 
-from service.decode.avro import decode_avro
-from service.decode.wire import WireSchema, is_wire, schema_id
+from service.decode.wire import WireSchema, decode_payloads, is_wire, schema_id
 from service.kafka.admin import tail_records
 from service.registry import RegistryClient, RegistryUnavailableError, client_from_settings
 from service.settings import Settings
@@ -42,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class _WireValues:
-    """Decodes wire-format Avro values for printing; schemas fetched once per id."""
+    """Decodes wire-format values for printing; schemas fetched once per id."""
 
     def __init__(self, client: RegistryClient) -> None:
         self._client = client
@@ -59,11 +58,11 @@ class _WireValues:
                 print(f"sfa: {exc}", file=sys.stderr)
                 return None  # shown as text; asked again for the next record
         schema = self._schemas[sid]
-        if schema is None or schema.kind != "AVRO":
+        if schema is None:
             return None
         try:
-            return decode_avro([memoryview(value)[5:]], schema.text)[0]
-        except ValueError:  # a schema fastavro refuses: show the bytes
+            return decode_payloads(schema, [memoryview(value)[5:]])[0]
+        except ValueError:  # a schema the decoder refuses: show the bytes
             return None
 
 

@@ -10,15 +10,16 @@ merged back into arrival order.
 
 A decoded record is one bar, an array of bars, or a record holding one array of bars
 (and no SPEC 1 field of its own). Reasons beyond SPEC 1's: `unknown_schema` (the
-registry has no schema with the message's id), `invalid_avro` (the payload does not
-decode with its schema, or a message in a topic declared `avro` is not in the wire
-format). A rejected element of an array carries that element as JSON, as a JSON
-array's would.
+registry has no schema with the message's id), `invalid_avro`, `invalid_protobuf`,
+`invalid_json_schema` (the payload does not decode with its schema; or, in a topic
+declared of one format, a message that is not in the wire format or whose schema is
+of another kind). A rejected element of an array carries that element as JSON, as a
+JSON array's would.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,6 +30,8 @@ from service.decode.avro import decode_avro
 from service.decode.batch import decode_batch
 from service.decode.columns import check_bars
 from service.decode.exact import MAX_ARRAY_BARS
+from service.decode.json_schema import decode_json_schema
+from service.decode.proto import decode_protobuf
 from service.decode.types import DecodedBatch, Reject
 from service.state.batch import factorize
 
@@ -36,6 +39,7 @@ __all__ = [
     "InputFormat",
     "SchemaKind",
     "WireSchema",
+    "decode_payloads",
     "decode_wire_batch",
     "is_wire",
     "schema_id",
@@ -43,7 +47,7 @@ __all__ = [
 ]
 
 #: SFA_INPUT_FORMAT: auto = byte 0 starts the wire format, anything else is JSON.
-InputFormat = Literal["auto", "json", "avro"]
+InputFormat = Literal["auto", "json", "avro", "protobuf", "jsonschema"]
 #: The registry's schemaType (Confluent's API omits it for Avro).
 SchemaKind = Literal["AVRO", "JSON", "PROTOBUF"]
 
@@ -55,6 +59,16 @@ _REASON: dict[str, str] = {
     "PROTOBUF": "invalid_protobuf",
 }
 _CANONICAL = ("symbol", "stock_code")
+_KIND_OF_FORMAT: dict[str, SchemaKind] = {
+    "avro": "AVRO",
+    "protobuf": "PROTOBUF",
+    "jsonschema": "JSON",
+}
+_DECODERS: dict[str, Callable[[Sequence[bytes | memoryview], str], list[Any | None]]] = {
+    "AVRO": decode_avro,
+    "PROTOBUF": decode_protobuf,
+    "JSON": decode_json_schema,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +95,12 @@ def wire_ids(values: Iterable[bytes]) -> set[int]:
     return {schema_id(v) for v in values if v[:1] == b"\x00" and len(v) >= _HEADER}
 
 
+def decode_payloads(schema: WireSchema, payloads: Sequence[bytes | memoryview]) -> list[Any | None]:
+    """Payloads (after the 5-byte header) of one schema decoded, None where one does not
+    fit; ValueError when the decoder refuses the schema itself."""
+    return _DECODERS[schema.kind](payloads, schema.text)
+
+
 def decode_wire_batch(
     values: Sequence[bytes],
     schemas: Mapping[int, WireSchema | None],
@@ -90,18 +110,18 @@ def decode_wire_batch(
     """A batch of JSON and wire-format messages -> valid bars and rejects.
 
     `schemas` maps every id of `wire_ids(values)` to its schema, or None when the
-    registry does not know it. With `input_format="avro"` every message must be in the
-    wire format with an Avro schema; with "auto" a message not starting with byte 0 is
-    JSON.
+    registry does not know it. With `input_format="avro"` (or protobuf, jsonschema)
+    every message must be in the wire format with a schema of that kind; with "auto" a
+    message not starting with byte 0 is JSON.
     """
     json_rows: list[int] = []
     groups: dict[int, list[int]] = {}
     rejects: list[Reject] = []
-    strict = input_format != "auto"
+    strict = _KIND_OF_FORMAT.get(input_format)  # the one kind a declared format accepts
     for i, value in enumerate(values):
         if not is_wire(value):
-            if strict:
-                rejects.append(Reject(i, None, _REASON["AVRO"], bytes(value)))
+            if strict is not None:
+                rejects.append(Reject(i, None, _REASON[strict], bytes(value)))
             else:
                 json_rows.append(i)
         elif len(value) > max_message_bytes:
@@ -114,14 +134,14 @@ def decode_wire_batch(
         if schema is None:
             rejects.extend(Reject(i, None, "unknown_schema", bytes(values[i])) for i in rows)
             continue
-        reason = _REASON["AVRO" if strict else schema.kind]
-        if schema.kind != "AVRO":  # JSON Schema and Protobuf are not decoded (yet)
+        reason = _REASON[strict or schema.kind]
+        if strict is not None and schema.kind != strict:
             rejects.extend(Reject(i, None, reason, bytes(values[i])) for i in rows)
             continue
         payloads = [memoryview(values[i])[_HEADER:] for i in rows]
         try:
-            decoded = decode_avro(payloads, schema.text)
-        except ValueError:  # the registry holds a schema fastavro refuses
+            decoded = decode_payloads(schema, payloads)
+        except ValueError:  # the registry holds a schema the decoder refuses
             decoded = [None] * len(rows)
         for i, obj in zip(rows, decoded, strict=True):
             if obj is None:

@@ -117,7 +117,7 @@ def _avro(schema_id: int, schema: dict[str, Any], record: dict[str, Any]) -> byt
     return out.getvalue()
 
 
-def test_mixed_json_avro_and_evolved_avro_equal_replay_and_bad_payloads_dead_letter(
+def test_json_avro_protobuf_and_json_schema_in_one_topic_equal_replay(
     kafka_bootstrap: str,
     service_topics: ServiceTopicsFactory,
     schema_registry: Registry,
@@ -127,13 +127,17 @@ def test_mixed_json_avro_and_evolved_avro_equal_replay_and_bad_payloads_dead_let
     topics = service_topics(3)
     url = schema_registry.url
     env = _service_env(kafka_bootstrap, topics, url)
-    plain, avro, evolved = _split(market, 3)
-    # A third as JSON, a third as Avro through `sfa produce`, which registers the schema.
-    for path, fmt in ((plain, "json"), (avro, "avro")):
-        done = _sfa("produce", str(path), "--format", fmt, "--no-progress", env=env)
+    plain, avro, evolved, protobuf, jsonschema = _split(market, 5)
+    # A fifth each as JSON, Avro, Protobuf and JSON Schema through `sfa produce`, which
+    # registers the schemas (one subject per kind: a subject holds one kind).
+    for path, fmt in ((plain, "json"), (avro, "avro"), (protobuf, "protobuf")):
+        args = ["--format", fmt, "--subject", f"{topics['input']}-{fmt}"] if fmt != "json" else []
+        done = _sfa("produce", str(path), *args, "--no-progress", env=env)
         assert done.returncode == 0, done.stderr
+    done = _sfa("produce", str(jsonschema), "--format", "jsonschema", "--no-progress", env=env)
+    assert done.returncode == 0, done.stderr
     client = schema_registry.client()
-    subject = f"{topics['input']}-value"
+    subject = f"{topics['input']}-avro"
     first = client.register(subject, BAR_SCHEMA_TEXT)  # already there: the same id
     # Evolution: an optional field is accepted under BACKWARD, a required one refused.
     second = client.register(subject, json.dumps(EVOLVED))

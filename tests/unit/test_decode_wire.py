@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 
 from service.decode import decode_batch
 from service.decode.avro import decode_avro
+from service.decode.proto import message_class
 from service.decode.types import DecodedBatch
 from service.decode.wire import WireSchema, decode_wire_batch, wire_ids
+from service.wireformat import BAR_JSON_SCHEMA_TEXT, BAR_PROTO_TEXT
 
 _OPT = ["null", "double"]
 BAR: dict[str, Any] = {
@@ -49,12 +51,32 @@ ALIASED = {
         {"name": "venue", "type": "string"},
     ],
 }
+# Protobuf: the bar sfa registers, and a holder of repeated bars (message index 1).
+PROTO = BAR_PROTO_TEXT + "message Bars { repeated Bar bars = 1; }\n"
+# JSON Schema: anything JSON (SPEC 1 decides), and a strict one a payload can break.
+LOOSE = json.dumps({"type": ["object", "array"]})
 SCHEMAS = {
     1: WireSchema(1, "AVRO", json.dumps(BAR)),
     7: WireSchema(7, "AVRO", json.dumps(ARRAY)),
     12: WireSchema(12, "AVRO", json.dumps(HOLDER)),
     30: WireSchema(30, "AVRO", json.dumps(ALIASED)),
+    40: WireSchema(40, "PROTOBUF", PROTO),
+    50: WireSchema(50, "JSON", LOOSE),
+    51: WireSchema(51, "JSON", BAR_JSON_SCHEMA_TEXT),
 }
+
+
+def proto(message: Any) -> bytes:
+    """Bar (index 0) or Bars (index 1) under id 40; absent fields left unset."""
+    bar_cls = message_class(PROTO, (0,))
+
+    def one(bar: dict[str, Any]) -> Any:
+        return bar_cls(**{k: v for k, v in bar.items() if v is not None})
+
+    if isinstance(message, list):
+        body = message_class(PROTO, (1,))(**{"bars": [one(b) for b in message]}).SerializeToString()
+        return b"\x00" + struct.pack(">I", 40) + b"\x02\x02" + body  # indexes [1]
+    return b"\x00" + struct.pack(">I", 40) + b"\x00" + one(message).SerializeToString()
 
 
 def wire(schema_id: int, schema: dict[str, Any], value: Any) -> bytes:
@@ -178,6 +200,30 @@ def test_unknown_truncated_and_foreign_payloads_are_one_reject_each() -> None:
     assert [r.raw for r in got.rejects][:3] == [values[1], values[3], values[5]]
 
 
+def test_protobuf_and_json_schema_payloads_that_do_not_fit_are_one_reject_each() -> None:
+    bar = {"symbol": "A", "date": "2020-01-02", "close": 1.0}
+    good = proto(bar)
+    values = [
+        good,
+        good[:-3],  # truncated inside a field
+        good[:5] + b"\x08",  # a message-index count with no index after it
+        b"\x00" + struct.pack(">I", 51) + orjson.dumps(bar),
+        b"\x00" + struct.pack(">I", 51) + orjson.dumps({**bar, "close": "1.0"}),  # schema
+        b"\x00" + struct.pack(">I", 51) + b"{nope",
+    ]
+    got = decode_wire_batch(values, SCHEMAS)
+    assert got.message_index.tolist() == [0, 3]
+    assert [(r.index, r.reason) for r in got.rejects] == [
+        (1, "invalid_protobuf"),
+        (2, "invalid_protobuf"),
+        (4, "invalid_json_schema"),
+        (5, "invalid_json_schema"),
+    ]
+    strict = decode_wire_batch(values, SCHEMAS, "protobuf")
+    assert strict.message_index.tolist() == [0]
+    assert [r.reason for r in strict.rejects][-3:] == ["invalid_protobuf"] * 3
+
+
 def test_strict_avro_format_refuses_json_and_other_schema_kinds() -> None:
     values = [
         orjson.dumps({"symbol": "J", "date": "2020-01-02", "close": 3.0}),
@@ -188,7 +234,8 @@ def test_strict_avro_format_refuses_json_and_other_schema_kinds() -> None:
     assert got.symbols == ["A"]
     assert [(r.index, r.reason) for r in got.rejects] == [(0, "invalid_avro"), (2, "invalid_avro")]
     auto = decode_wire_batch(values, {**SCHEMAS, 5: WireSchema(5, "JSON", "{}")})
-    assert [(r.index, r.reason) for r in auto.rejects] == [(2, "invalid_json_schema")]
+    # In auto mode the JSON Schema message is decoded; `{}` then breaks SPEC 1.
+    assert [(r.index, r.reason) for r in auto.rejects] == [(2, "missing_field:symbol")]
 
 
 def test_wire_ids_and_the_batch_reader_fallback() -> None:
