@@ -39,6 +39,7 @@ __all__ = [
     "InputFormat",
     "SchemaKind",
     "WireSchema",
+    "bars_of",
     "decode_payloads",
     "decode_wire_batch",
     "is_wire",
@@ -156,8 +157,9 @@ def decode_wire_batch(
     return _merge(json_part, np.asarray(json_rows, dtype=np.int32), wired)
 
 
-def _bars_of(obj: Any) -> list[Any] | None:
-    """The array a decoded record carries, or None when it is one bar."""
+def bars_of(obj: Any) -> list[Any] | None:
+    """The array a decoded record carries (itself, or the one array field of a record
+    without a `symbol`), or None when it is one bar."""
     if type(obj) is list:
         return obj
     if type(obj) is dict and not any(obj.get(name) is not None for name in _CANONICAL):
@@ -175,7 +177,7 @@ def _check_objects(
     msg: list[int] = []
     pos: list[int | None] = []
     for i, obj in objects:
-        array = _bars_of(obj)
+        array = bars_of(obj)
         if array is None:
             if type(obj) is dict:
                 bars.append(obj)
