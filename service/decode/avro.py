@@ -1,11 +1,13 @@
-"""Avro payloads -> Python objects with fastavro, a whole batch of one schema at a time.
+"""Avro payloads -> Python objects with fastavro, a batch of one schema id at a time.
 
-fastavro's schemaless reader is fed one stream holding every payload of a batch that
-shares a schema id, so the per-message cost is the C reader's and no per-message
-stream is built; the stream position after each record must land exactly on the next
-payload's start. When it does not (a truncated payload, one written with another
-schema, trailing bytes), the batch falls back to one stream per payload, which finds
-the culprits: each is `None`, the caller's `invalid_avro`.
+Each payload is read with the C schemaless reader from a stream of its own, which must
+end exactly at the payload's end: a truncated payload, one written with another schema
+or trailing bytes make it `None`, the caller's `invalid_avro`. Measured on 100,000
+one-bar payloads (2 shared cores): one reader call
+per payload reads ~140k records/s; one stream over the whole batch ~80k/s, and an
+in-memory container block ~138k/s, so neither batch form is faster: fastavro's cost is
+building each record's dict, which every form pays. The columnar part is after decoding
+(`service.decode.columns`), as for JSON.
 
 Parsed schemas are cached by their text: the decode helpers receive the text (plain
 data), and parsing it costs far more than a batch's lookups.
@@ -45,26 +47,15 @@ def decode_avro(payloads: Sequence[bytes | memoryview], schema_text: str) -> lis
     `None` for a payload that does not decode to exactly its own bytes."""
     schema = parsed_schema(schema_text)
     read = fastavro.schemaless_reader
-    joined = io.BytesIO(b"".join(payloads))
+    stream = io.BytesIO
     out: list[Any | None] = []
-    end = 0
-    try:
-        for payload in payloads:
-            end += len(payload)
-            out.append(read(joined, schema, None))
-            if joined.tell() != end:
-                break
-        else:
-            return out
-    except Exception:  # fastavro raises EOFError, ValueError, UnicodeDecodeError, ...
-        pass
-    return [_one(read, payload, schema) for payload in payloads]
-
-
-def _one(read: Any, payload: bytes | memoryview, schema: Any) -> Any | None:
-    stream = io.BytesIO(payload)
-    try:
-        value = read(stream, schema, None)
-    except Exception:  # any failure of the reader means the bytes do not fit the schema
-        return None
-    return value if stream.tell() == len(payload) else None
+    append = out.append
+    for payload in payloads:
+        f = stream(payload)
+        try:
+            value = read(f, schema, None)
+        except Exception:  # EOFError, ValueError, UnicodeDecodeError...: it does not fit
+            append(None)
+            continue
+        append(value if f.tell() == len(payload) else None)
+    return out

@@ -5,8 +5,10 @@ Pure: the schemas a batch needs are looked up by the caller (`service.registry`)
 handed in as plain data, so this runs in the decode helpers and in tests without a
 registry. A batch may mix JSON and wire-format messages (`SFA_INPUT_FORMAT=auto`): the
 JSON ones take the usual path (`service.decode.batch`), the others are grouped by
-schema id and decoded a group at a time (`service.decode.avro`), and the two halves are
-merged back into arrival order.
+schema id and decoded a group at a time -- a flat Avro record as columns
+(`service.decode.avrocols`), whatever that path refers and every other schema to
+objects (`service.decode.avro`, `proto`, `json_schema`) checked by the columnar SPEC 1
+check -- and the parts are merged back into arrival order.
 
 A decoded record is one bar, an array of bars, or a record holding one array of bars
 (and no SPEC 1 field of its own). Reasons beyond SPEC 1's: `unknown_schema` (the
@@ -21,12 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Literal
 
 import numpy as np
 import orjson
 
-from service.decode.avro import decode_avro
+from service.decode.avro import decode_avro, parsed_schema
+from service.decode.avrocols import FlatPlan, decode_flat, flat_plan
 from service.decode.batch import decode_batch
 from service.decode.columns import check_bars
 from service.decode.exact import MAX_ARRAY_BARS
@@ -54,6 +58,7 @@ SchemaKind = Literal["AVRO", "JSON", "PROTOBUF"]
 
 _MAGIC = 0
 _HEADER = 5
+_head = itemgetter(slice(0, _HEADER))
 _REASON: dict[str, str] = {
     "AVRO": "invalid_avro",
     "JSON": "invalid_json_schema",
@@ -70,6 +75,10 @@ _DECODERS: dict[str, Callable[[Sequence[bytes | memoryview], str], list[Any | No
     "PROTOBUF": decode_protobuf,
     "JSON": decode_json_schema,
 }
+
+
+#: Valid bars decided as columns: (message index, symbols, days, closes).
+_Part = tuple[np.ndarray, list[str], np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +101,9 @@ def schema_id(value: bytes) -> int:
 
 
 def wire_ids(values: Iterable[bytes]) -> set[int]:
-    """The schema ids a batch refers to (what the caller must look up)."""
-    return {schema_id(v) for v in values if v[:1] == b"\x00" and len(v) >= _HEADER}
+    """The schema ids a batch refers to (what the caller must look up): one C-level pass
+    over the 5-byte heads, then one look per distinct head."""
+    return {schema_id(h) for h in set(map(_head, values)) if is_wire(h)}
 
 
 def decode_payloads(schema: WireSchema, payloads: Sequence[bytes | memoryview]) -> list[Any | None]:
@@ -119,7 +129,13 @@ def decode_wire_batch(
     groups: dict[int, list[int]] = {}
     rejects: list[Reject] = []
     strict = _KIND_OF_FORMAT.get(input_format)  # the one kind a declared format accepts
-    for i, value in enumerate(values):
+    heads = set(map(_head, values))
+    one = heads.pop() if len(heads) == 1 else b""
+    to_sort: Sequence[bytes] = values
+    if is_wire(one) and max(map(len, values)) <= max_message_bytes:
+        groups[schema_id(one)] = list(range(len(values)))  # the usual batch: one schema
+        to_sort = ()
+    for i, value in enumerate(to_sort):
         if not is_wire(value):
             if strict is not None:
                 rejects.append(Reject(i, None, _REASON[strict], bytes(value)))
@@ -130,6 +146,7 @@ def decode_wire_batch(
         else:
             groups.setdefault(schema_id(value), []).append(i)
     objects: list[tuple[int, Any]] = []
+    parts: list[_Part] = []  # columns decided without objects: fast Avro, JSON
     for sid, rows in groups.items():
         schema = schemas.get(sid)
         if schema is None:
@@ -140,8 +157,15 @@ def decode_wire_batch(
             rejects.extend(Reject(i, None, reason, bytes(values[i])) for i in rows)
             continue
         payloads = [memoryview(values[i])[_HEADER:] for i in rows]
+        plan = _flat_plan(schema)
+        if plan is not None:  # columnar; the rows it refers go on below
+            cols = decode_flat(payloads, plan)
+            taken = np.asarray(rows, dtype=np.int64)[cols.rows]
+            parts.append((taken, cols.symbols, cols.days, cols.closes))
+            rest = cols.refer.tolist()
+            rows, payloads = [rows[j] for j in rest], [payloads[j] for j in rest]
         try:
-            decoded = decode_payloads(schema, payloads)
+            decoded = decode_payloads(schema, payloads) if rows else []
         except ValueError:  # the registry holds a schema the decoder refuses
             decoded = [None] * len(rows)
         for i, obj in zip(rows, decoded, strict=True):
@@ -151,10 +175,30 @@ def decode_wire_batch(
                 objects.append((i, obj))
     objects.sort(key=lambda pair: pair[0])
     wired = _check_objects(objects, values, rejects)
-    if not json_rows:
+    if not json_rows and not parts:
         return wired
-    json_part = decode_batch([values[i] for i in json_rows], max_message_bytes)
-    return _merge(json_part, np.asarray(json_rows, dtype=np.int32), wired)
+    parts.append((wired.message_index, wired.symbols, wired.days, wired.closes))
+    if json_rows:
+        at = np.asarray(json_rows, dtype=np.int64)
+        part = decode_batch([values[i] for i in json_rows], max_message_bytes)
+        parts.append((at[part.message_index], part.symbols, part.days, part.closes))
+        rejects.extend(
+            Reject(int(at[r.index]), r.array_index, r.reason, r.raw) for r in part.rejects
+        )
+    return _assemble(parts, rejects)
+
+
+def _flat_plan(schema: WireSchema) -> FlatPlan | None:
+    """The columnar plan of an Avro schema that fastavro accepts too, else None."""
+    if schema.kind != "AVRO":
+        return None
+    plan = flat_plan(schema.text)
+    if plan is not None:
+        try:
+            parsed_schema(schema.text)  # the same schemas refused as on the exact path
+        except ValueError:
+            return None
+    return plan
 
 
 def bars_of(obj: Any) -> list[Any] | None:
@@ -220,23 +264,19 @@ def _json(value: Any) -> bytes:
     return orjson.dumps(value, default=str)
 
 
-def _merge(json_part: DecodedBatch, json_rows: np.ndarray, wired: DecodedBatch) -> DecodedBatch:
-    """The two halves in arrival order: by message index, a message's bars kept together
-    in their own order (a stable sort)."""
-    index = np.concatenate([json_rows[json_part.message_index], wired.message_index])
+def _assemble(parts: list[_Part], rejects: list[Reject]) -> DecodedBatch:
+    """The parts in arrival order: by message index, a message's bars kept together in
+    their own order (a stable sort; each message lies in one part)."""
+    index = np.concatenate([p[0] for p in parts]).astype(np.int64)
     order = np.argsort(index, kind="stable")
-    symbols = json_part.symbols + wired.symbols
+    symbols = [s for p in parts for s in p[1]]
     codes, uniques = factorize([symbols[k] for k in order.tolist()])
-    rejects = [
-        Reject(int(json_rows[r.index]), r.array_index, r.reason, r.raw) for r in json_part.rejects
-    ]
-    rejects.extend(wired.rejects)
     rejects.sort(key=lambda r: (r.index, -1 if r.array_index is None else r.array_index))
     return DecodedBatch(
         codes,
         uniques,
-        np.concatenate([json_part.days, wired.days])[order],
-        np.concatenate([json_part.closes, wired.closes])[order],
+        np.concatenate([p[2] for p in parts]).astype(np.int32)[order],
+        np.concatenate([p[3] for p in parts]).astype(np.float64)[order],
         index[order].astype(np.int32),
         rejects,
     )

@@ -10,11 +10,13 @@ from typing import Any
 
 import fastavro
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.decode import decode_batch
 from service.decode.avro import decode_avro
+from service.decode.avrocols import decode_flat, flat_plan
 from service.decode.proto import message_class
 from service.decode.types import DecodedBatch
 from service.decode.wire import WireSchema, decode_wire_batch, wire_ids
@@ -109,25 +111,65 @@ _bars = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=150, deadline=None)
+# A wider upstream schema: fields sfa ignores (of every primitive type), a nullable
+# symbol, prices whose null branch comes second. Flat, so the columnar path takes it.
+WIDE: dict[str, Any] = {
+    "type": "record",
+    "name": "Tick",
+    "fields": [
+        {"name": "venue", "type": "string"},
+        {"name": "seq", "type": "long"},
+        {"name": "flag", "type": "boolean"},
+        {"name": "symbol", "type": ["null", "string"]},
+        {"name": "date", "type": "string"},
+        {"name": "px", "type": ["null", "float"]},
+        {"name": "close", "type": "double"},
+        {"name": "open", "type": ["double", "null"]},
+        {"name": "high", "type": ["double", "null"]},
+        {"name": "low", "type": ["double", "null"]},
+        {"name": "volume", "type": ["null", "double"]},
+        {"name": "raw", "type": "bytes"},
+        {"name": "n", "type": "int"},
+    ],
+}
+SCHEMAS[60] = WireSchema(60, "AVRO", json.dumps(WIDE))
+
+
+def as_wide(bar: dict[str, Any], seq: int) -> dict[str, Any]:
+    extra = {"venue": "XSHG", "seq": seq, "flag": seq % 2 == 0, "px": None if seq % 3 else 1.5}
+    return {**extra, **as_avro(bar), "raw": b"\x00\xff" * (seq % 3), "n": -seq}
+
+
+@settings(max_examples=200, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.one_of(_bars, st.lists(_bars, max_size=4)), st.booleans()),
+        st.tuples(
+            st.one_of(_bars, st.lists(_bars, min_size=1, max_size=4)),
+            st.sampled_from(["json", "avro", "wide", "protobuf", "jsonschema"]),
+        ),
         min_size=1,
         max_size=25,
     )
 )
-def test_avro_and_json_of_the_same_bars_decode_alike(messages: list[tuple[Any, bool]]) -> None:
+def test_every_format_of_the_same_bars_decodes_as_json_does(
+    messages: list[tuple[Any, str]],
+) -> None:
     json_values: list[bytes] = []
     mixed: list[bytes] = []
-    for message, avro in messages:
+    for seq, (message, fmt) in enumerate(messages):
         # JSON cannot carry inf: the JSON reference writes a string there, which SPEC 1
-        # rejects with the same reason (a non-number close) as Avro's inf (not finite).
+        # rejects with the same reason (a non-number close) as inf (not finite).
         json_values.append(_no_inf(message))
-        if not avro:
+        if fmt == "json":
             mixed.append(json_values[-1])
+        elif fmt == "jsonschema":
+            mixed.append(b"\x00" + struct.pack(">I", 50) + json_values[-1])
+        elif fmt == "protobuf":
+            mixed.append(proto(message))
         elif isinstance(message, list):
             mixed.append(wire(7, ARRAY, [as_avro(b) for b in message]))
+        elif fmt == "wide":
+            mixed.append(wire(60, WIDE, as_wide(message, seq * 7919)))
         else:
             mixed.append(wire(1, BAR, as_avro(message)))
     got = decode_wire_batch(mixed, SCHEMAS)
@@ -136,6 +178,57 @@ def test_avro_and_json_of_the_same_bars_decode_alike(messages: list[tuple[Any, b
     for reject in got.rejects:
         if reject.array_index is None:
             assert reject.raw == mixed[reject.index]
+
+
+_damage = st.one_of(
+    st.tuples(st.just("cut"), st.integers(0, 60)),
+    st.tuples(st.just("add"), st.integers(0, 255)),
+    st.tuples(st.just("flip"), st.integers(0, 60), st.integers(1, 255)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_bars, st.booleans(), _damage), min_size=1, max_size=20))
+def test_the_columnar_path_decides_damaged_payloads_as_fastavro_does(
+    messages: list[tuple[dict[str, Any], bool, Any]],
+) -> None:
+    values = []
+    for seq, (bar, wide, damage) in enumerate(messages):
+        good = wire(60, WIDE, as_wide(bar, seq)) if wide else wire(1, BAR, as_avro(bar))
+        body = bytearray(good)
+        if damage[0] == "cut":
+            body = body[: max(5, len(body) - 1 - damage[1])]
+        elif damage[0] == "add":
+            body.append(damage[1])
+        else:
+            at = 5 + damage[1] % (len(body) - 5)
+            body[at] ^= damage[2]
+        values.append(bytes(body))
+    got = decode_wire_batch(values, SCHEMAS)
+    with pytest.MonkeyPatch.context() as patch:  # the exact path alone: fastavro per message
+        patch.setattr("service.decode.wire._flat_plan", lambda schema: None)
+        want = decode_wire_batch(values, SCHEMAS)
+    assert comparable(got) == comparable(want)
+
+
+def test_flat_schemas_take_the_columnar_path_and_others_do_not() -> None:
+    assert flat_plan(json.dumps(BAR)) is not None
+    assert flat_plan(json.dumps(WIDE)) is not None
+    assert flat_plan(json.dumps(ALIASED)) is not None
+    assert flat_plan(json.dumps(ARRAY)) is None  # not a record
+    assert flat_plan(json.dumps(HOLDER)) is None  # a nested array
+    both = dict(BAR, fields=[*BAR["fields"], {"name": "stock_code", "type": "string"}])
+    assert flat_plan(json.dumps(both)) is None  # name and alias: the exact path decides
+    dated = dict(BAR, fields=[{"name": "date", "type": {"type": "int", "logicalType": "date"}}])
+    assert flat_plan(json.dumps(dated)) is None
+    numeric_symbol = dict(BAR, fields=[{"name": "symbol", "type": "long"}])
+    assert flat_plan(json.dumps(numeric_symbol)) is None
+    values = [wire(1, BAR, as_avro({"symbol": "A", "date": "2020-01-02", "close": 2.0}))] * 3
+    plan = flat_plan(json.dumps(BAR))
+    assert plan is not None
+    cols = decode_flat([memoryview(v)[5:] for v in values], plan)
+    assert cols.rows.tolist() == [0, 1, 2] and cols.refer.tolist() == []
+    assert cols.symbols == ["A"] * 3 and cols.closes.tolist() == [2.0] * 3
 
 
 def _no_inf(message: Any) -> bytes:
