@@ -1,13 +1,15 @@
-"""Avro payloads -> Python objects with fastavro, a batch of one schema id at a time.
+"""Avro payloads -> Python objects with fastavro: the exact Avro path.
+
+`service.decode.avrocols` takes flat records as columns first; this decodes what it
+cannot take (nested schemas, arrays) and every row it refers.
 
 Each payload is read with the C schemaless reader from a stream of its own, which must
 end exactly at the payload's end: a truncated payload, one written with another schema
 or trailing bytes make it `None`, the caller's `invalid_avro`. Measured on 100,000
-one-bar payloads (2 shared cores): one reader call
-per payload reads ~140k records/s; one stream over the whole batch ~80k/s, and an
-in-memory container block ~138k/s, so neither batch form is faster: fastavro's cost is
-building each record's dict, which every form pays. The columnar part is after decoding
-(`service.decode.columns`), as for JSON.
+one-bar payloads (2 shared cores): one reader call per payload reads ~140k records/s;
+one stream over the whole batch ~80k/s, an in-memory container block ~138k/s. No batch
+form is faster: fastavro's cost is building each record's dict, which every form pays
+(hence `avrocols` for flat records).
 
 Parsed schemas are cached by their text: the decode helpers receive the text (plain
 data), and parsing it costs far more than a batch's lookups.
