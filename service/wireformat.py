@@ -23,7 +23,6 @@ from typing import Any, Protocol
 import fastavro
 import orjson
 
-from service.decode.proto import message_class
 from service.decode.rules import ALIASES
 
 __all__ = [
@@ -152,6 +151,8 @@ class ProtobufBarEncoder:
     """JSON bar -> wire-format Protobuf (`BAR_PROTO_TEXT`'s first message, index 0)."""
 
     def __init__(self, schema_id: int) -> None:
+        from service.decode.proto import message_class  # protobuf: only when asked for
+
         self._header = wire_header(schema_id) + b"\x00"
         self._cls = message_class(BAR_PROTO_TEXT, (0,))
 

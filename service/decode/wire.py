@@ -34,8 +34,6 @@ from service.decode.avrocols import FlatPlan, decode_flat, flat_plan
 from service.decode.batch import decode_batch
 from service.decode.columns import check_bars
 from service.decode.exact import MAX_ARRAY_BARS
-from service.decode.json_schema import decode_json_schema
-from service.decode.proto import decode_protobuf
 from service.decode.types import DecodedBatch, Reject
 from service.state.batch import factorize
 
@@ -70,10 +68,24 @@ _KIND_OF_FORMAT: dict[str, SchemaKind] = {
     "protobuf": "PROTOBUF",
     "jsonschema": "JSON",
 }
+
+
+def _protobuf(payloads: Sequence[bytes | memoryview], text: str) -> list[Any | None]:
+    from service.decode.proto import decode_protobuf  # ~25 ms of imports: only when used
+
+    return decode_protobuf(payloads, text)
+
+
+def _json_schema(payloads: Sequence[bytes | memoryview], text: str) -> list[Any | None]:
+    from service.decode.json_schema import decode_json_schema  # ~70 ms: only when used
+
+    return decode_json_schema(payloads, text)
+
+
 _DECODERS: dict[str, Callable[[Sequence[bytes | memoryview], str], list[Any | None]]] = {
     "AVRO": decode_avro,
-    "PROTOBUF": decode_protobuf,
-    "JSON": decode_json_schema,
+    "PROTOBUF": _protobuf,
+    "JSON": _json_schema,
 }
 
 
