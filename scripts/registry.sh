@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A schema registry for development and the integration tests, with no Docker:
-# Apicurio Registry 3.0.9 (in-memory storage), fetched once from Maven Central into a
-# cache, run on the installed Java 17 (3.3.x would need Java 21).
+# Apicurio Registry 3.0.9 (in memory, or in a file with SFA_REGISTRY_DATA), fetched
+# once from Maven Central into a cache, run on the installed Java 17 (3.3.x would need
+# Java 21).
 #
 #   bash scripts/registry.sh up       start (no-op when it already answers), wait until ready
 #   bash scripts/registry.sh down     stop the registry this script started (no-op when none)
@@ -13,15 +14,18 @@
 # alone). maven-dependency-plugin 2.8's `get` fetches that one file; the 3.x plugin
 # fails because it resolves the 3.0.9 parent POM, which is not served.
 #
-# Storage is in memory: a restart forgets every schema (tests re-register). Its
-# Confluent-compatible API lives under /apis/ccompat/v7; its default compatibility is
-# NONE, so producers set the one they want on their subject.
+# Storage is in memory by default: a restart forgets every schema. With
+# SFA_REGISTRY_DATA=DIR it is an H2 database file in DIR instead, kept across restarts
+# (the outage test stops and starts it). Its Confluent-compatible API lives under
+# /apis/ccompat/v7; its default compatibility is NONE, so producers set the one they
+# want on their subject.
 #
 # Environment:
 #   SFA_REGISTRY_PORT           HTTP port (default 8081)
 #   SFA_REGISTRY_HOME           cache dir for the app, logs, pid (default <repo>/.cache/registry)
 #   SFA_REGISTRY_HEAP           JVM heap flags (default "-Xmx256m")
 #   SFA_REGISTRY_START_TIMEOUT  seconds to wait for readiness (default 90)
+#   SFA_REGISTRY_DATA           a directory: keep the schemas there (H2 file); unset: in memory
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,6 +34,7 @@ HOME_DIR="${SFA_REGISTRY_HOME:-$REPO/.cache/registry}"
 PORT="${SFA_REGISTRY_PORT:-8081}"
 HEAP="${SFA_REGISTRY_HEAP:--Xmx256m}"
 START_TIMEOUT="${SFA_REGISTRY_START_TIMEOUT:-90}"
+DATA="${SFA_REGISTRY_DATA:-}"
 APP="$HOME_DIR/app-$VERSION"
 RUNNER="$APP/apicurio-registry-app-$VERSION-runner.jar"
 NODE="$HOME_DIR/node-$PORT"
@@ -103,7 +108,14 @@ cmd_up() {
         fetch_app
         mkdir -p "$NODE"
         [[ -f "$LOG" ]] && mv -f "$LOG" "$LOG.1"
-        say "starting Apicurio Registry $VERSION on $BASE, log $LOG"
+        local storage=""
+        if [[ -n "$DATA" ]]; then
+            mkdir -p "$DATA"
+            storage="-Dapicurio.datasource.url=jdbc:h2:file:$(cd "$DATA" && pwd)/registry"
+            say "starting Apicurio Registry $VERSION on $BASE (schemas kept in $DATA), log $LOG"
+        else
+            say "starting Apicurio Registry $VERSION on $BASE (in memory), log $LOG"
+        fi
         rm -f "$PIDFILE"
         # setsid: a Ctrl-C in the terminal or pytest must not kill the shared registry;
         # every stream goes to the log, and fd 9 (the flock) is not inherited.
@@ -111,7 +123,7 @@ cmd_up() {
         (
             cd "$NODE"
             setsid bash -c "echo \$\$ >$(printf %q "$PIDFILE"); exec java $HEAP \
-                -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port=$PORT \
+                -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port=$PORT ${storage:+$(printf %q "$storage")} \
                 -jar $(printf %q "$RUNNER")" </dev/null >>"$LOG" 2>&1 9>&- &
         )
         for _ in $(seq 1 50); do

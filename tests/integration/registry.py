@@ -3,8 +3,10 @@
 `scripts/registry.sh up` starts it (on SFA_REGISTRY_PORT, default 8081) once per
 session, unless one already answers there; the session stops it again at the end when
 it started it (`SFA_KAFKA_KEEP=1` keeps it, as it keeps the broker). Storage is in
-memory: `restart()` (the outage test) loses every schema, which is why that test
-registers its schemas again, as an operator restoring a registry would.
+memory; the outage test restarts it with `start(data=DIR)` (an H2 file), so that its
+schemas survive the stop and start that test is about. (Re-registering into a fresh
+in-memory registry races the service: it may ask for an id after the registry is back
+but before the schema is, and rightly dead-letter the message as `unknown_schema`.)
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ _REPO = Path(__file__).resolve().parents[2]
 _SCRIPT = _REPO / "scripts" / "registry.sh"
 
 
-def _script(command: str, timeout: float) -> subprocess.CompletedProcess[str]:
+def _script(
+    command: str, timeout: float, data: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.pop("SFA_REGISTRY_DATA", None)
+    if data is not None:
+        env["SFA_REGISTRY_DATA"] = str(data)
     return subprocess.run(
         ["bash", str(_SCRIPT), command],
         capture_output=True,
@@ -33,6 +41,7 @@ def _script(command: str, timeout: float) -> subprocess.CompletedProcess[str]:
         timeout=timeout,
         check=False,
         cwd=_REPO,
+        env=env,
     )
 
 
@@ -49,8 +58,9 @@ class Registry:
         done = _script("down", 60)
         assert done.returncode == 0, done.stderr
 
-    def start(self) -> None:
-        up = _script("up", 300)
+    def start(self, data: Path | None = None) -> None:
+        """Start it again: in memory, or keeping its schemas in `data`."""
+        up = _script("up", 300, data)
         assert up.returncode == 0, up.stderr[-3000:]
 
 

@@ -217,12 +217,20 @@ def test_a_registry_outage_of_20_s_loses_nothing_and_healthz_says_so(
     schema_registry: Registry,
     market: Path,
     expected: dict[str, dict],
+    tmp_path: Path,
 ) -> None:
     if not schema_registry.ours:
         pytest.skip("the registry was not started by this session: not stopping it")
     topics = service_topics(2)
     port = _free_port()
     env = _service_env(kafka_bootstrap, topics, schema_registry.url, SFA_METRICS_PORT=str(port))
+    # A registry that keeps its schemas across a restart, as a production one does.
+    schema_registry.stop()
+    schema_registry.start(data=tmp_path / "registry")
+    client = schema_registry.client()
+    subject = f"{topics['input']}-value"
+    client.set_compatibility(subject, "BACKWARD")
+    encoder = AvroBarEncoder(client.register(subject, BAR_SCHEMA_TEXT))
     plain, avro = _split(market, 2)
     done = _sfa("produce", str(plain), "--no-progress", env=env)
     assert done.returncode == 0, done.stderr
@@ -231,8 +239,7 @@ def test_a_registry_outage_of_20_s_loses_nothing_and_healthz_says_so(
         _wait_done(proc, kafka_bootstrap, topics["group"], topics["input"])
         schema_registry.stop()
         stopped = time.monotonic()
-        # Written for the schema id a fresh (in-memory) registry gives its first schema.
-        encoder = AvroBarEncoder(1)
+        # The service has not seen this schema yet: it must ask, and wait.
         values = [encoder.encode(line) for line in avro.read_bytes().splitlines()]
         produce_keyed(kafka_bootstrap, topics["input"], [v for v in values if isinstance(v, bytes)])
         seen_down = False
@@ -242,11 +249,7 @@ def test_a_registry_outage_of_20_s_loses_nothing_and_healthz_says_so(
             seen_down = seen_down or body.get("schema_registry", "").startswith("unreachable")
             time.sleep(0.5)
         assert seen_down, "/healthz never said the registry was unreachable"
-        schema_registry.start()
-        client = schema_registry.client()
-        subject = f"{topics['input']}-value"
-        client.set_compatibility(subject, "BACKWARD")
-        assert client.register(subject, BAR_SCHEMA_TEXT) == 1
+        schema_registry.start(data=tmp_path / "registry")
         _wait_done(proc, kafka_bootstrap, topics["group"], topics["input"])
         assert _healthz(port)["schema_registry"] == "reachable"
     finally:
