@@ -35,7 +35,7 @@ from service.kafka.admin import require_topic
 from service.kafka.config import check_client_configs
 from service.kafka.producer import AtLeastOnceProducer, RecordRefused
 from service.ownership import Partitioner
-from service.registry import client_from_settings
+from service.registry import RegistryClient, client_from_settings
 from service.settings import Settings
 from service.wireformat import (
     BAR_JSON_SCHEMA_TEXT,
@@ -134,8 +134,8 @@ def _records(
     yield from keyed_records(messages, partitions, partitioner, keyed=not args.unkeyed)
 
 
-def _encoder(args: argparse.Namespace, settings: Settings, topic: str) -> BarEncoder | None:
-    """The wire-format encoder `--format` asks for, its schema registered; None for JSON."""
+def _registry(args: argparse.Namespace, settings: Settings) -> RegistryClient | None:
+    """The registry `--format` needs (checked before anything is read or sent)."""
     fmt = args.format
     if fmt == "json":
         return None
@@ -144,6 +144,16 @@ def _encoder(args: argparse.Namespace, settings: Settings, topic: str) -> BarEnc
     client = client_from_settings(settings)
     if client is None:
         raise ConfigError(f"SFA_SCHEMA_REGISTRY_URL: must be set for --format {fmt}")
+    return client
+
+
+def _encoder(
+    args: argparse.Namespace, client: RegistryClient | None, topic: str
+) -> BarEncoder | None:
+    """The wire-format encoder `--format` asks for, its schema registered; None for JSON."""
+    fmt = args.format
+    if client is None:
+        return None
     subject = args.subject or f"{topic}-value"
     client.set_compatibility(subject, "BACKWARD")
     if fmt == "avro":
@@ -155,9 +165,10 @@ def _encoder(args: argparse.Namespace, settings: Settings, topic: str) -> BarEnc
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     check_client_configs(settings)
+    client = _registry(args, settings)
     topic = args.topic or settings.input_topic
     shape = require_topic(settings, topic)
-    encoder = _encoder(args, settings, topic)
+    encoder = _encoder(args, client, topic)
     limit = shape.max_message_bytes
     producer = AtLeastOnceProducer(settings, max_message_bytes=limit)
     skips = _Skips(limit)

@@ -22,7 +22,7 @@ import pytest
 
 from service.registry import RegistryError
 from service.wireformat import BAR_SCHEMA, BAR_SCHEMA_TEXT, AvroBarEncoder, wire_header
-from tests.integration.conftest import ServiceTopicsFactory
+from tests.integration.conftest import NewTopicFactory, ServiceTopicsFactory
 from tests.integration.kafka_io import comparable, produce_keyed, read_committed
 from tests.integration.registry import Registry, schema_registry
 from tests.integration.test_service import _env, _stop, _wait_done
@@ -178,6 +178,37 @@ def test_json_avro_protobuf_and_json_schema_in_one_topic_equal_replay(
         s: comparable(r) for s, r in expected.items()
     }
     assert _dead(kafka_bootstrap, topics["dlq"]) == sorted((r, b) for b, r in bad)
+
+
+def test_produce_names_what_a_format_cannot_carry(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, schema_registry: Registry, tmp_path: Path
+) -> None:
+    topic = new_topic()
+    bars = tmp_path / "bars.jsonl"
+    bars.write_text(
+        '{"symbol": "A.SH", "date": "2020-01-02", "close": 1.5}\n'
+        '{"symbol": "A.SH", "date": "2020-01-03"}\n'
+        '{"symbol": "A.SH", "date": "2020-01-06", "close": 1.6}\n'
+    )
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    no_registry = _sfa("produce", str(bars), "--topic", topic, "--format", "avro", env=env)
+    assert no_registry.returncode == 2
+    assert no_registry.stderr.decode().strip().splitlines() == [
+        "sfa: configuration error: SFA_SCHEMA_REGISTRY_URL: must be set for --format avro"
+    ]
+    env["SFA_SCHEMA_REGISTRY_URL"] = schema_registry.url
+    for fmt in ("avro", "protobuf", "jsonschema"):
+        done = _sfa(
+            "produce", str(bars), "--topic", topic, "--format", fmt,
+            "--subject", f"{topic}-{fmt}", "--no-progress", env=env,
+        )  # fmt: skip
+        assert done.returncode == 3, done.stderr
+        named = [line for line in done.stderr.decode().splitlines() if "skipped" in line]
+        assert named[0] == (
+            f"sfa: skipped {bars} line 2: cannot be written as {fmt}: close missing or not a number"
+        )
+    sent = read_committed(kafka_bootstrap, topic)
+    assert len(sent) == 6 and all((m.value() or b"")[:1] == b"\x00" for m in sent)
 
 
 def test_start_with_the_registry_unreachable_is_one_line(
