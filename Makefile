@@ -12,9 +12,11 @@ KAFKA_PORT ?= 9092
 FLAKY_RUNS ?= 5
 FLAKY_ARGS ?=
 export KAFKA_PORT
+SFA_REGISTRY_PORT ?= 8081
+export SFA_REGISTRY_PORT
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-secure-fresh flaky test-unit test-integration lint fmt typecheck kafka-up kafka-down kafka-status kafka-secure-up kafka-secure-down kafka-secure-status docs bench bench-kafka drills soak mutation clean image image-test compose-test deploy-test
+.PHONY: help install demo test test-secure-fresh flaky test-unit test-integration lint fmt typecheck kafka-up kafka-down kafka-status kafka-secure-up kafka-secure-down kafka-secure-status registry-up registry-down registry-status registry-url docs bench bench-kafka drills soak mutation clean image image-test compose-test deploy-test
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
@@ -94,14 +96,26 @@ kafka-secure-down: ## Stop the authenticated broker
 kafka-secure-status: ## Say whether the authenticated broker answers
 	bash scripts/kafka.sh status-secure
 
+registry-up: ## Start Apicurio Registry 3.0.9 (in memory) on 127.0.0.1:$(SFA_REGISTRY_PORT), fetched by Maven into .cache/registry
+	bash scripts/registry.sh up
+
+registry-down: ## Stop the registry started by registry-up
+	bash scripts/registry.sh down
+
+registry-status: ## Say whether the registry answers
+	bash scripts/registry.sh status
+
+registry-url: ## Print the registry's base URL for SFA_SCHEMA_REGISTRY_URL
+	@bash scripts/registry.sh url
+
 docs: $(STAMP) ## Regenerate docs/configuration.md from the settings (a unit test fails when it is stale)
 	$(BIN)/python -m service.configdoc > docs/configuration.md
 
 bench: $(STAMP) ## Engine, replay and memory benchmarks (ratios measured in one run)
 	$(BIN)/python -m bench.run
 
-bench-kafka: $(STAMP) kafka-up ## End-to-end Kafka throughput and latency against bare consume+decode
-	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) $(BIN)/python -m bench.kafka
+bench-kafka: $(STAMP) kafka-up registry-up ## End-to-end Kafka throughput and latency against bare consume+decode (JSON keyed and snapshot feeds, and Avro)
+	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) SFA_SCHEMA_REGISTRY_URL=$$(bash scripts/registry.sh url) $(BIN)/python -m bench.kafka
 
 drills: $(STAMP) kafka-up ## Long failure drills (joins, SIGKILLs, leaves, remote Dask loss, stall), each ending with the replay check
 	SFA_DRILLS=1 KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) $(BIN)/python -m pytest tests/integration/test_drills_long.py

@@ -125,6 +125,7 @@ class Health:
         self._lag: HealthLagProvider | None = None
         self._contact: Callable[[], float | None] | None = None
         self._stage = RUNNING
+        self._registry: str | None = None  # None: no registry in use
 
     def batch_finished(self) -> None:
         """A batch was committed (or finished for good): the pipeline is making progress."""
@@ -156,6 +157,12 @@ class Health:
         """Work runs locally without Dask; that counts as ready (SPEC 10)."""
         with self._lock:
             self._fallback = active
+
+    def set_schema_registry(self, problem: str | None) -> None:
+        """The registry answers (None) or why it does not; both bodies say which, and
+        /readyz is not ready while lookups are being retried."""
+        with self._lock:
+            self._registry = "reachable" if problem is None else f"unreachable: {problem}"
 
     def set_lag_provider(self, provider: HealthLagProvider | None) -> None:
         """Lag per (topic, partition) (the callable given to `Metrics.set_providers`) or a total."""
@@ -203,6 +210,7 @@ class Health:
         now = self._clock()
         with self._lock:
             idle = max(0.0, now - self._last_batch)
+            registry = self._registry
         contact = self._contact_age()
         body: dict[str, Any] = {
             "lag_messages": lag,
@@ -210,6 +218,8 @@ class Health:
             "seconds_since_broker_contact": None if contact is None else round(contact, 3),
             "stall_seconds": self.stall_seconds,
         }
+        if registry is not None:
+            body["schema_registry"] = registry
         if contact is not None and contact > self.stall_seconds:
             reason = f"no answer from any Kafka broker for {contact:.0f} s"
             return Probe(False, {"status": "stalled", **body, "reason": reason})
@@ -227,13 +237,15 @@ class Health:
     def readiness(self) -> Probe:
         with self._lock:
             assigned, dask_ready, fallback = self._assigned, self._dask_ready, self._fallback
-            stage = self._stage
+            stage, registry = self._stage, self._registry
         body: dict[str, Any] = {
             "stage": stage,
             "assigned": assigned,
             "dask_ready": dask_ready,
             "fallback_active": fallback,
         }
+        if registry is not None:
+            body["schema_registry"] = registry
         missing = []
         if stage != RUNNING:
             missing.append(stage)
@@ -243,6 +255,8 @@ class Health:
             )
         if stage == RUNNING and not (dask_ready or fallback):
             missing.append("Dask not reachable and local fallback not active")
+        if registry is not None and registry != "reachable":
+            missing.append(f"schema registry {registry}")
         if missing:
             return Probe(False, {"status": "not_ready", **body, "reason": "; ".join(missing)})
         return Probe(True, {"status": "ready", **body, "reason": "ready"})

@@ -53,6 +53,8 @@ from service.pipeline import Pipeline
 from service.probes import ProbeProcess
 from service.progress import Progress
 from service.queries import SymbolQueries
+from service.registry import Schemas, client_from_settings
+from service.registry.schemas import wait_reachable
 from service.settings import Settings
 from service.state import StateStore
 
@@ -84,7 +86,14 @@ class Service:
             self.metrics, self.health, port=settings.metrics_port, host=settings.metrics_address
         )
         self.state = StateStore(self.params)
-        self.decoder = Decoder(settings.max_message_bytes, decode_processes(settings))
+        # Wire-format input: schemas by id, cached, retried while the registry is down.
+        self.registry = client_from_settings(settings) if settings.input_format != "json" else None
+        self.decoder = Decoder(
+            settings.max_message_bytes,
+            decode_processes(settings),
+            input_format=settings.input_format,
+            schemas=Schemas(self.registry, self._registry_state) if self.registry else None,
+        )
         # Two threads: the consumer's runs `consume`, inside which librdkafka calls our
         # rebalance listener, which drains the pipeline, whose sink needs the producer's
         # thread. One shared thread would deadlock on every revocation.
@@ -106,6 +115,7 @@ class Service:
             )
         )
         self.progress = Progress()
+        self._registry_problem: str | None = None
         self.pipeline: Pipeline | None = None
         self.compute: Any = None
         self.consumer: BatchConsumer | None = None
@@ -231,6 +241,17 @@ class Service:
         self.health.batch_finished()
         self._sync_fallback()
 
+    def _registry_state(self, problem: str | None) -> None:
+        """From the schema cache (on the event loop): a failed lookup, or recovery."""
+        was = self._registry_problem
+        self._registry_problem = problem
+        self.metrics.schema_registry(problem)
+        self.health.set_schema_registry(problem)
+        if problem is not None and was is None:
+            log.warning("schema registry unreachable; retrying with backoff: %s", problem)
+        elif problem is None and was is not None:
+            log.info("schema registry reachable again")
+
     def _sync_fallback(self) -> None:
         """The compute handle may give up on Dask mid-run (cluster lost): keep the gauge and
         /readyz telling the truth, not what was true at start."""
@@ -286,6 +307,18 @@ class Service:
         await self._unless_stopped(
             self.in_kafka_thread(lambda: check_reachable(s, stopped=lambda: self.stopping))
         )
+        registry = self.registry
+        if registry is not None:
+            stage(f"connecting to the schema registry at {registry.url}")
+            await self._unless_stopped(
+                asyncio.to_thread(
+                    wait_reachable,
+                    registry,
+                    s.schema_registry_connect_seconds,
+                    lambda: self.stopping,
+                )
+            )
+            self._registry_state(None)
         stage("checking topics")
         partitions = await self._unless_stopped(
             self.in_kafka_thread(

@@ -233,6 +233,9 @@ class Metrics:
         self._fallback = Gauge(
             "sfa_dask_fallback_active", "1 while work runs locally without Dask.", registry=reg
         )
+        # Declared on first use: a service without a registry exposes no such family.
+        self._registry_up: Gauge | None = None
+        self._registry_failures: Counter | None = None
         build_info = Gauge(
             "sfa_build_info",
             "Always 1; the version label names the build.",
@@ -329,6 +332,23 @@ class Metrics:
 
     def set_fallback_active(self, active: bool) -> None:
         self._fallback.set(1 if active else 0)
+
+    def schema_registry(self, problem: str | None) -> None:
+        """A lookup failed (`problem`, retried) or the registry answers again (None)."""
+        if self._registry_up is None or self._registry_failures is None:
+            self._registry_up = Gauge(
+                "sfa_schema_registry_up",
+                "1 while the schema registry answers, 0 while schema lookups are retried.",
+                registry=self._registry,
+            )
+            self._registry_failures = Counter(
+                "sfa_schema_registry_failures",
+                "Schema lookups that could not reach the registry (each is retried).",
+                registry=self._registry,
+            )
+        self._registry_up.set(0 if problem is not None else 1)
+        if problem is not None:
+            self._registry_failures.inc()
 
     def set_providers(
         self,

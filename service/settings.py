@@ -222,6 +222,46 @@ class Settings(BaseModel):
         le=32,
     )
 
+    # --- input formats and the schema registry ---
+    input_format: Literal["auto", "json", "avro", "protobuf", "jsonschema"] = _env(
+        "SFA_INPUT_FORMAT",
+        "auto",
+        "auto: a message starting with byte 0 is the Confluent wire format (schema id, "
+        "then Avro, Protobuf or JSON Schema, as the registry says), any other is JSON; "
+        "json: JSON only (byte 0 is invalid_json); avro, protobuf, jsonschema: every "
+        "message is the wire format with a schema of that kind (anything else is "
+        "invalid_avro, invalid_protobuf, invalid_json_schema).",
+    )
+    schema_registry_url: str | None = _env(
+        "SFA_SCHEMA_REGISTRY_URL",
+        None,
+        "Base URL of a Confluent-compatible schema registry (Apicurio: "
+        "http://host:port/apis/ccompat/v7); needed for wire-format input; unset with "
+        "auto: JSON only.",
+        pattern=r"^https?://\S+$",
+        allowed="http(s)://host[:port][/path]",
+    )
+    schema_registry_user: str | None = _env(
+        "SFA_SCHEMA_REGISTRY_USER",
+        None,
+        "Basic-auth user for the schema registry; unset: no authentication.",
+        allowed="any text",
+    )
+    schema_registry_password: SecretStr | None = _env(
+        "SFA_SCHEMA_REGISTRY_PASSWORD",
+        None,
+        "Basic-auth password for the schema registry (a secret: masked everywhere).",
+        allowed="any text",
+    )
+    schema_registry_connect_seconds: float = _env(
+        "SFA_SCHEMA_REGISTRY_CONNECT_SECONDS",
+        10.0,
+        "How long `sfa run` tries to reach the schema registry at start before it exits "
+        "with the reason; later outages are retried with backoff for as long as they last.",
+        gt=0,
+        le=3600,
+    )
+
     # --- engine ---
     window_days: int = _env(
         "SFA_WINDOW_DAYS", 60, "Days on each side of the Spring Festival.", ge=1, le=175
@@ -438,13 +478,20 @@ class Settings(BaseModel):
         return _duration_seconds(value)
 
     @field_validator(
-        "dask_scheduler_address", "transactional_id", "dask_dashboard_address", mode="before"
+        "dask_scheduler_address",
+        "transactional_id",
+        "dask_dashboard_address",
+        "schema_registry_url",
+        "schema_registry_user",
+        mode="before",
     )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("alignment", "processing_guarantee", "dask_fallback", mode="before")
+    @field_validator(
+        "alignment", "processing_guarantee", "dask_fallback", "input_format", mode="before"
+    )
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -515,6 +562,15 @@ class Settings(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _registry_needed(self) -> Settings:
+        if self.input_format not in ("auto", "json") and self.schema_registry_url is None:
+            raise ValueError(
+                f"SFA_SCHEMA_REGISTRY_URL: must be set when SFA_INPUT_FORMAT is "
+                f"{self.input_format} (the schemas come from the registry)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _adapt_range(self) -> Settings:
         low, high = self.dask_adapt_min, self.dask_adapt_max
         if low is not None and high is None:
@@ -557,6 +613,10 @@ class Settings(BaseModel):
             else v
             for k, v in self.kafka_extra.items()
         }
+        if self.schema_registry_password is not None:
+            data["schema_registry_password"] = secrets.MASK
+        if self.schema_registry_url is not None:
+            data["schema_registry_url"] = secrets.mask_composite(self.schema_registry_url)[0]
         return data
 
     def secret_values(self) -> list[str]:
@@ -567,7 +627,13 @@ class Settings(BaseModel):
                 found.extend(secrets.mask_composite(value.get_secret_value())[1])
             elif isinstance(value, SecretStr):
                 found.append(value.get_secret_value())
-        for text in (self.kafka_bootstrap_servers, self.dask_scheduler_address or ""):
+        if self.schema_registry_password is not None:
+            found.append(self.schema_registry_password.get_secret_value())
+        for text in (
+            self.kafka_bootstrap_servers,
+            self.dask_scheduler_address or "",
+            self.schema_registry_url or "",
+        ):
             found.extend(secrets.mask_composite(text)[1])
         return found
 

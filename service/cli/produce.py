@@ -11,6 +11,12 @@ Nothing is lost quietly: a line the broker cannot take (larger than the topic's
 `max.message.bytes`) is named with its file and line and skipped, the rest is sent,
 and the exit code is 3; so is a file that breaks part way. A missing topic is one
 line before anything is read (librdkafka alone would wait for it).
+
+`--format avro|protobuf|jsonschema` writes each bar in the Confluent wire format
+instead of JSON: the bar schema of that kind (`service.wireformat`) is registered
+under the subject `<topic>-value` of SFA_SCHEMA_REGISTRY_URL, whose compatibility is
+set to BACKWARD first (Apicurio's default is NONE). A line the format cannot carry is
+named and skipped like a refused one.
 """
 
 from __future__ import annotations
@@ -22,13 +28,24 @@ from collections.abc import Iterator
 from functools import partial
 
 from service.cli.report import EXIT_INCOMPLETE
+from service.errors import ConfigError
 from service.feed import FeedRecord, keyed_records, snapshot_records, stamps
 from service.files.readers import FileFailure, keyed_messages
 from service.kafka.admin import require_topic
 from service.kafka.config import check_client_configs
 from service.kafka.producer import AtLeastOnceProducer, RecordRefused
 from service.ownership import Partitioner
+from service.registry import RegistryClient, client_from_settings
 from service.settings import Settings
+from service.wireformat import (
+    BAR_JSON_SCHEMA_TEXT,
+    BAR_PROTO_TEXT,
+    BAR_SCHEMA_TEXT,
+    AvroBarEncoder,
+    BarEncoder,
+    JsonSchemaBarEncoder,
+    ProtobufBarEncoder,
+)
 
 __all__ = ["add_arguments", "run"]
 
@@ -52,6 +69,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="send one unkeyed array per date holding every symbol's bar of that day "
         "(holds the input in memory)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("json", "avro", "protobuf", "jsonschema"),
+        default="json",
+        help="json (default): lines as read; avro, protobuf, jsonschema: one bar per "
+        "message in the Confluent wire format, its schema registered at "
+        "SFA_SCHEMA_REGISTRY_URL (subject <topic>-value, compatibility BACKWARD)",
+    )
+    parser.add_argument(
+        "--subject",
+        default=None,
+        help="registry subject of the schema (default: <topic>-value); one subject holds "
+        "one kind of schema, so a topic fed in two wire formats needs a second subject",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -103,10 +134,41 @@ def _records(
     yield from keyed_records(messages, partitions, partitioner, keyed=not args.unkeyed)
 
 
+def _registry(args: argparse.Namespace, settings: Settings) -> RegistryClient | None:
+    """The registry `--format` needs (checked before anything is read or sent)."""
+    fmt = args.format
+    if fmt == "json":
+        return None
+    if args.snapshot:
+        raise ConfigError(f"--format {fmt} sends one bar per message; --snapshot is JSON only")
+    client = client_from_settings(settings)
+    if client is None:
+        raise ConfigError(f"SFA_SCHEMA_REGISTRY_URL: must be set for --format {fmt}")
+    return client
+
+
+def _encoder(
+    args: argparse.Namespace, client: RegistryClient | None, topic: str
+) -> BarEncoder | None:
+    """The wire-format encoder `--format` asks for, its schema registered; None for JSON."""
+    fmt = args.format
+    if client is None:
+        return None
+    subject = args.subject or f"{topic}-value"
+    client.set_compatibility(subject, "BACKWARD")
+    if fmt == "avro":
+        return AvroBarEncoder(client.register(subject, BAR_SCHEMA_TEXT))
+    if fmt == "protobuf":
+        return ProtobufBarEncoder(client.register(subject, BAR_PROTO_TEXT, "PROTOBUF"))
+    return JsonSchemaBarEncoder(client.register(subject, BAR_JSON_SCHEMA_TEXT, "JSON"))
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     check_client_configs(settings)
+    client = _registry(args, settings)
     topic = args.topic or settings.input_topic
     shape = require_topic(settings, topic)
+    encoder = _encoder(args, client, topic)
     limit = shape.max_message_bytes
     producer = AtLeastOnceProducer(settings, max_message_bytes=limit)
     skips = _Skips(limit)
@@ -126,10 +188,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             # Every record takes its stamp, sent or not, so the order never depends on skips;
             # a file that grew between the passes takes the last stamp for its extra records.
             timestamp = next(stamp, None)
+            value: bytes | str = m.value if encoder is None else encoder.encode(m.value)
+            if isinstance(value, str):
+                skips.add(m.file, m.line, f"cannot be written as {args.format}: {value}")
+                if bar is not None:
+                    bar.update(1)
+                continue
             try:
                 producer.produce(
                     topic,
-                    m.value,
+                    value,
                     key=m.key,
                     partition=m.partition,
                     timestamp_ms=timestamp,

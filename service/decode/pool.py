@@ -6,6 +6,10 @@ process pool decodes the next batches while the main thread updates state and em
 results for the current one. Batches go in as lists of bytes and come back as compact
 columns, so the transfer costs a fraction of the work saved. Results are awaited in
 batch order by the pipeline, so order and corrections are unaffected.
+
+With a schema registry (`SFA_SCHEMA_REGISTRY_URL`), the schemas a batch's wire-format
+messages name are looked up here, on the event loop, before the batch goes to a helper:
+the helpers stay pure (`service.decode.wire`) and the cache lives in one place.
 """
 
 from __future__ import annotations
@@ -14,14 +18,22 @@ import asyncio
 import concurrent.futures
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 from service.decode.batch import decode_batch, decode_lines
 from service.decode.types import DecodedBatch
+from service.decode.wire import InputFormat, WireSchema, decode_wire_batch, wire_ids
 from service.host import exit_with_parent, usable_cores
 from service.settings import Settings
 
-__all__ = ["Decoder", "decode_processes", "default_decode_processes"]
+__all__ = ["Decoder", "SchemaLookup", "decode_processes", "default_decode_processes"]
+
+
+class SchemaLookup(Protocol):
+    """Where the schemas come from (`service.registry.Schemas`)."""
+
+    async def resolve(self, ids: Iterable[int]) -> Mapping[int, WireSchema | None]: ...
 
 
 def default_decode_processes() -> int:
@@ -43,8 +55,17 @@ def _warm() -> int:
 class Decoder:
     """`await decoder.decode(values)`; `processes=0` decodes inline on the caller's thread."""
 
-    def __init__(self, max_message_bytes: int, processes: int = 0) -> None:
+    def __init__(
+        self,
+        max_message_bytes: int,
+        processes: int = 0,
+        *,
+        input_format: InputFormat = "json",
+        schemas: SchemaLookup | None = None,
+    ) -> None:
         self._max = max_message_bytes
+        self._format: InputFormat = input_format if schemas is not None else "json"
+        self._schemas = schemas
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._processes = max(0, processes)
         if processes > 0:
@@ -63,10 +84,25 @@ class Decoder:
         return 0 if self._pool is None else self._processes
 
     async def decode(self, values: Sequence[bytes]) -> DecodedBatch:
+        if self._schemas is not None:
+            ids = wire_ids(values)
+            if ids or self._format != "auto":
+                return await self._decode_wire(values, await self._schemas.resolve(ids))
         if self._pool is None or len(values) < 256:  # tiny batches: the hop costs more
             return decode_batch(values, self._max)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, decode_batch, list(values), self._max)
+
+    async def _decode_wire(
+        self, values: Sequence[bytes], schemas: Mapping[int, WireSchema | None]
+    ) -> DecodedBatch:
+        fmt, limit = self._format, self._max
+        if self._pool is None or len(values) < 256:
+            return decode_wire_batch(values, schemas, fmt, limit)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, decode_wire_batch, list(values), dict(schemas), fmt, limit
+        )
 
     async def decode_lines(self, blob: bytes) -> DecodedBatch:
         """A file batch as one newline-joined blob: one bytes object to pickle."""

@@ -1,4 +1,5 @@
-"""File inputs for `sfa replay` and `sfa produce`: JSONL (optionally gzip), CSV, Parquet.
+"""File inputs for `sfa replay` and `sfa produce`: JSONL (optionally gzip), CSV, Parquet,
+Avro container files (`service.files.avrofile`).
 
 Every format is turned into the same thing the Kafka path sees: one message value
 per element, so decoding and validation (`service.decode`) are shared and a file
@@ -36,6 +37,7 @@ import orjson
 
 from service.batches import Batch, FileOrigin
 from service.errors import InputError
+from service.files.avrofile import avro_records
 from service.files.breaks import (
     READ_ERRORS,
     BrokenAt,
@@ -71,6 +73,8 @@ def _kind(path: str) -> str:
         return "parquet"
     if lower.endswith((".csv", ".csv.gz")):
         return "csv"
+    if lower.endswith(".avro"):
+        return "avro"
     return "jsonl"
 
 
@@ -260,7 +264,14 @@ def _batches(
             if kind == "jsonl":
                 yield from _jsonl(path, batch_lines)
             else:
-                for vs, ls in (csv_rows if kind == "csv" else _parquet)(path):
+                rows = (
+                    csv_rows(path)
+                    if kind == "csv"
+                    else avro_records(path, _ROWS_PER_CHUNK)
+                    if kind == "avro"
+                    else _parquet(path)
+                )
+                for vs, ls in rows:
                     values.extend(vs)
                     lines.extend(ls)
                     while len(values) >= batch_lines:

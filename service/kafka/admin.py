@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -296,12 +296,15 @@ def tail_records(
     from_beginning: bool = False,
     max_records: int | None = None,
     idle_timeout_s: float | None = None,
+    decode: Callable[[bytes], Any] | None = None,
 ) -> Iterator[bytes]:
     """Committed records of `topic` (read_committed: an aborted transaction's output
     never shows), one JSON object each: key, partition, offset, timestamp (ms),
     value (JSON embedded as is, else text), headers (a name -> text object; a
     repeated name keeps its last value). Stops after `max_records`, or after
     `idle_timeout_s` without a record; no group is joined and nothing is committed.
+    `decode`, when given, renders a value it can read (wire-format Avro) and returns
+    None for the rest, which are shown as usual.
     """
     admin = _admin(settings)
     partitions = partition_count(admin, topic, 10.0)
@@ -325,15 +328,18 @@ def tail_records(
                 raise classify(KafkaException(msg.error()), f"read {topic}")
             last = time.monotonic()
             seen += 1
+            data = msg.value()
+            decoded = decode(data) if decode is not None and data is not None else None
             yield orjson.dumps(
                 {
                     "key": _text(msg.key()),
                     "partition": msg.partition(),
                     "offset": msg.offset(),
                     "timestamp": msg.timestamp()[1],
-                    "value": _value(msg.value()),
+                    "value": _value(data) if decoded is None else decoded,
                     "headers": _headers(msg),
-                }
+                },
+                default=str,
             )
     finally:
         consumer.close()

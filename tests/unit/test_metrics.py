@@ -49,6 +49,8 @@ SPEC_FAMILIES: dict[str, tuple[str, frozenset[str]]] = {
     "sfa_dask_worker_memory_bytes": ("gauge", frozenset({"worker"})),
     "sfa_dask_fallback_active": ("gauge", frozenset()),
     "sfa_build_info": ("gauge", frozenset({"version"})),
+    "sfa_schema_registry_up": ("gauge", frozenset()),
+    "sfa_schema_registry_failures_total": ("counter", frozenset()),
 }
 
 
@@ -90,6 +92,7 @@ def _busy(m: Metrics) -> Metrics:
     m.observe_batch(10, 0.2)
     m.observe_end_to_end(0.5)
     m.set_fallback_active(True)
+    m.schema_registry("cannot reach the schema registry")
     m.set_providers(
         state=lambda: StateStats(symbols=3, bars=120, nbytes=4096),
         lag=lambda: {("bars", 0): 5, ("bars", 1): 0},
@@ -119,6 +122,18 @@ def test_counters_end_in_total_in_the_raw_exposition() -> None:
     counters = {n for n, t in types.items() if t == "counter" and n.startswith("sfa_")}
     assert counters == {n for n, (t, _) in SPEC_FAMILIES.items() if t == "counter"}
     assert all(n.endswith("_total") for n in counters)
+
+
+def test_schema_registry_families_exist_only_once_a_registry_is_used() -> None:
+    m = Metrics("1")
+    assert "sfa_schema_registry_up" not in _families(m)
+    m.schema_registry("refused")
+    m.schema_registry("refused")
+    m.schema_registry(None)
+    families = _families(m)
+    assert families["sfa_schema_registry_up"].samples[0].value == 1
+    failures = families["sfa_schema_registry_failures_total"].samples
+    assert [s.value for s in failures if s.name.endswith("_total")] == [2]
 
 
 def test_default_process_and_python_collectors_are_on_the_registry() -> None:
