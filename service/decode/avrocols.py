@@ -128,6 +128,21 @@ class _Walk:
         self.buf = np.frombuffer(b"".join(payloads) + bytes(16), np.uint8)
         self.top = len(self.buf) - 1
         self.bad = np.zeros(n, dtype=bool)
+        self._high: np.ndarray | None = None  # running count of non-ASCII bytes
+
+    def refer_non_ascii(self, start: np.ndarray, length: np.ndarray) -> None:
+        """Mark rows whose string holds a byte above 0x7f as bad.
+
+        Only the exact path (fastavro) may say whether such bytes are valid UTF-8: a
+        string this path would skip unread could otherwise make an invalid payload look
+        valid. Symbols and dates are ASCII by SPEC 1, and other string fields nearly
+        always are, so referring these rows costs nothing in practice.
+        """
+        if self._high is None:
+            self._high = np.concatenate(([0], np.cumsum(self.buf >= 0x80, dtype=np.int64)))
+        end = np.minimum(start + np.maximum(length, 0), self.top)
+        begin = np.minimum(start, end)
+        self.bad |= (self._high[end] - self._high[begin]) > 0
 
     def gather(self, start: np.ndarray, width: int) -> np.ndarray:
         """`width` bytes from each row's `start` (clipped to the buffer: bad rows only)."""
@@ -176,6 +191,8 @@ class _Walk:
             length = self.varint(present)
             self.bad |= length < 0
             length = np.maximum(length, 0) if present is None else np.where(present, length, 0)
+            if kind == "string":
+                self.refer_non_ascii(self.pos, length)
             value = (self.pos.copy(), length)
             self.pos = self.pos + np.maximum(length, 0)
         return present, value

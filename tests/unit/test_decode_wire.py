@@ -340,3 +340,14 @@ def test_wire_ids_and_the_batch_reader_fallback() -> None:
     broken = [payloads[0], payloads[1][:4], payloads[2]]
     got = decode_avro(broken, text)
     assert got[1] is None and got[0] == got[2] and got[0] is not None
+
+
+def test_invalid_utf8_in_a_field_the_columns_skip_is_invalid_avro() -> None:
+    """Found by the property test above: the wide schema's first string field is not a
+    bar field, so the columnar path skipped it unread and accepted a payload fastavro
+    rejects. Rows with non-ASCII strings now go to fastavro, which decides."""
+    bar = {"symbol": "600519.SH", "date": "2020-01-02", "close": 1.0}
+    body = bytearray(wire(60, WIDE, as_wide(bar, 0)))
+    body[6] ^= 0x80  # the first byte of that string: no longer valid UTF-8
+    got = decode_wire_batch([bytes(body)], SCHEMAS)
+    assert comparable(got)[-1] == [(0, None, "invalid_avro")]
