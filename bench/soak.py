@@ -275,7 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         "SFA_DLQ_TOPIC": topics["dlq"],
         "SFA_STATE_TOPIC": topics["state"],
         "SFA_REPARTITION_TOPIC": topics["rep"],
-        "SFA_LOG_LEVEL": "WARNING",
+        # SOAK_LOG_LEVEL=INFO keeps the progress lines and, with SFA_TRACEMALLOC_SECONDS,
+        # the tracemalloc reports (service/memtrace.py) in var/soak/sfa-N.log.
+        "SFA_LOG_LEVEL": os.environ.get("SOAK_LOG_LEVEL", "WARNING"),
         "SFA_STALL_SECONDS": "60",
     }
     instances: list[Instance] = []

@@ -27,6 +27,7 @@ from service.errors import FatalError
 from service.instance import Service
 from service.kafka.config import check_client_configs
 from service.kafka.errors import FencedError
+from service.memtrace import start_from_env as start_memtrace
 from service.settings import Settings
 
 __all__ = ["add_arguments", "run"]
@@ -56,6 +57,7 @@ def _quiet_resource_tracker() -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     _quiet_resource_tracker()
     check_client_configs(settings)
+    start_memtrace()
     service = Service(settings)
     _take_signals(service)  # kept until exit: a late signal must not raise a traceback
     try:
