@@ -117,7 +117,7 @@ bench: $(STAMP) ## Engine, replay and memory benchmarks (ratios measured in one 
 bench-kafka: $(STAMP) kafka-up registry-up ## End-to-end Kafka throughput and latency against bare consume+decode (JSON keyed and snapshot feeds, and Avro)
 	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) SFA_SCHEMA_REGISTRY_URL=$$(bash scripts/registry.sh url) $(BIN)/python -m bench.kafka
 
-drills: $(STAMP) kafka-up ## Long failure drills (joins, SIGKILLs, leaves, remote Dask loss, stall), each ending with the replay check
+drills: $(STAMP) kafka-up ## Long failure drills (joins, SIGKILLs, leaves, remote Dask loss, stall, network faults via Toxiproxy, a frozen broker), each ending with the replay check
 	SFA_DRILLS=1 KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) $(BIN)/python -m pytest tests/integration/test_drills_long.py
 
 soak: $(STAMP) kafka-up ## Two instances fed a live-shaped market at half capacity for SOAK_MINUTES (10); table + var/soak/soak.png
