@@ -172,9 +172,17 @@ def _committed_results(bootstrap: str, topic: str) -> list[tuple[bytes | None, b
     consumer.assign([TopicPartition(topic, p, 0) for p in ends])
     out: list[tuple[bytes | None, bytes]] = []
     done = {p for p, end in ends.items() if end == 0}
-    deadline = time.monotonic() + 120
-    while len(done) < len(ends) and time.monotonic() < deadline:
+    # An hour's output is millions of results: read to the end however long that takes,
+    # and give up only when nothing arrives for a minute (a partial read would compare
+    # old results with replay's last ones and call every symbol wrong).
+    idle_deadline = time.monotonic() + 60
+    while len(done) < len(ends):
+        if time.monotonic() > idle_deadline:
+            consumer.close()
+            behind = sorted(set(ends) - done)
+            raise RuntimeError(f"output read stalled: {len(out)} read, partitions {behind} short")
         for msg in consumer.consume(10_000, timeout=1.0):
+            idle_deadline = time.monotonic() + 60
             if msg.error():
                 continue
             out.append((msg.value(), orjson.dumps(orjson.loads(msg.value() or b"{}").get("input"))))
@@ -186,6 +194,7 @@ def _committed_results(bootstrap: str, topic: str) -> list[tuple[bytes | None, b
             if pos >= end:
                 done.add(p)
     consumer.close()
+    print(f"read {len(out):,} committed results up to the end of {topic}", flush=True)
     return out
 
 
