@@ -5,11 +5,12 @@ the variable and exits 2. Exit codes, for every command:
 
     0  done (bad records included: they are dead letters, not failures)
     1  nothing (more) could be done: an unreadable input at start, an output that
-       cannot be written or that names an input, a missing topic; one line
+       cannot be written or that names an input, a missing topic, an unreachable
+       broker; one line
     2  bad configuration or arguments; one line naming the variable or flag
     3  incomplete: done except what is named on stderr, one line each (a file
        that broke part way, a line `sfa produce` could not send)
-    130  interrupted
+    130  interrupted (Ctrl-C), except `sfa run`: SIGINT is its graceful stop, as SIGTERM
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ _COMMANDS = {
     "plot": ("service.cli.plot", "draw a symbol's aligned yearly paths, mean curve, peak, trough"),
 }
 _NEEDS_SETTINGS = {"run", "replay", "produce", "topics", "tail"}
+# Kafka tools: client configs and brokers are checked before the command starts, so a bad
+# KAFKA_* property or an unreachable broker reads the same in each (`sfa run` checks
+# both itself, signals taken, waiting SFA_KAFKA_CONNECT_SECONDS).
+_KAFKA_TOOLS = {"produce", "topics", "tail"}
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -67,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             settings = load_settings()
             setup_logging(settings.log_level, json=args.command == "run")
+            if args.command in _KAFKA_TOOLS:
+                from service.kafka.reach import check_tool
+
+                check_tool(settings)
             return int(module.run(args, settings))
         return int(module.run(args))
     except ConfigError as exc:

@@ -46,6 +46,7 @@ _SCHEDULER_RE = re.compile(
     r"^(?:(?:tcp|tls|ws|wss|ucx)://)?(?P<host>\[[0-9a-f:.]+\]|[A-Za-z0-9_.\-]+):(?P<port>\d{1,5})/?$",
     re.IGNORECASE,
 )
+_BOOTSTRAP_RE = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(?P<port>\d{1,5})$")
 _LISTEN_RE = re.compile(r"^(?P<host>\[[0-9a-f:.]+\]|[A-Za-z0-9_.\-]*):(?P<port>\d{1,5})$")
 # Kubernetes service links for a Service named kafka (or kafka-anything): KAFKA_SERVICE_HOST,
 # KAFKA_SERVICE_PORT[_NAME], KAFKA_PORT, KAFKA_PORT_<n>_<PROTO>[_PROTO|_PORT|_ADDR].
@@ -109,7 +110,8 @@ class Settings(BaseModel):
     kafka_bootstrap_servers: str = _env(
         "KAFKA_BOOTSTRAP_SERVERS",
         "127.0.0.1:9092",
-        "Kafka brokers to bootstrap from, host:port[,host:port...].",
+        "Kafka brokers to bootstrap from, host:port[,host:port...]; the port is required "
+        "(librdkafka would take a bare host as host:9092).",
         min_length=1,
     )
     kafka_group_id: str = _env(
@@ -486,6 +488,21 @@ class Settings(BaseModel):
         if not match or not 1 <= int(match.group("port")) <= 65535:
             raise ValueError("expected a scheduler address such as tcp://10.0.0.5:8786")
         return text
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        # librdkafka takes `host` alone as host:9092, so a forgotten port on a broker
+        # listening elsewhere (9093 for TLS, a dev port) reads as "cannot reach" later.
+        # The Java clients refuse it; so do we, before anything connects.
+        for entry in value.split(","):
+            address = entry.strip().rpartition("://")[2].rstrip("/")
+            match = _BOOTSTRAP_RE.match(address)
+            if not match or not 1 <= int(match.group("port")) <= 65535:
+                raise ValueError(
+                    "every broker needs its port: host:port[,host:port...], such as 127.0.0.1:9092"
+                )
+        return value
 
     @field_validator("dask_dashboard_address")
     @classmethod

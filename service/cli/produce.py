@@ -21,11 +21,11 @@ import time
 from collections.abc import Iterator
 from functools import partial
 
+from service.cli.interrupt import EXIT_INTERRUPTED
 from service.cli.report import EXIT_INCOMPLETE
 from service.feed import FeedRecord, keyed_records, snapshot_records, stamps
 from service.files.readers import FileFailure, keyed_messages
 from service.kafka.admin import require_topic
-from service.kafka.config import check_client_configs
 from service.kafka.producer import AtLeastOnceProducer, RecordRefused
 from service.ownership import Partitioner
 from service.settings import Settings
@@ -63,6 +63,7 @@ class _Skips:
         self.limit = limit
         self.count = 0
         self.undelivered = 0  # of `count`: handed to the producer, refused by the broker
+        self.acked = 0  # records the broker acknowledged: what an interrupted run reports
 
     def add(self, file: str, line: int, why: str) -> None:
         self.count += 1
@@ -71,6 +72,7 @@ class _Skips:
 
     def delivered(self, file: str, line: int, size: int, err: object, _msg: object) -> None:
         if err is None:
+            self.acked += 1
             return
         self.undelivered += 1
         code = getattr(err, "name", lambda: "")()
@@ -104,14 +106,17 @@ def _records(
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    check_client_configs(settings)
     topic = args.topic or settings.input_topic
     shape = require_topic(settings, topic)
     limit = shape.max_message_bytes
     producer = AtLeastOnceProducer(settings, max_message_bytes=limit)
     skips = _Skips(limit)
     failures: list[FileFailure] = []
-    total = sum(1 for _ in _records(args, shape.partitions, settings.partitioner, limit, []))
+    try:
+        total = sum(1 for _ in _records(args, shape.partitions, settings.partitioner, limit, []))
+    except KeyboardInterrupt:  # still counting: say so, as a later Ctrl-C says how far it got
+        print(f"sfa: interrupted: nothing sent to {topic}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     bar = None
     if sys.stderr.isatty() and not args.no_progress:
         from tqdm import tqdm
@@ -143,6 +148,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if count % _FLUSH_EVERY == 0:
                 producer.flush_and_verify()
         producer.flush_and_verify()
+    except KeyboardInterrupt:
+        # Ctrl-C: what was handed to the client is delivered (for a few seconds at most)
+        # and counted, so the user knows where the topic stands; nothing more is read.
+        producer.close(timeout_s=5.0)
+        print(
+            f"sfa: interrupted: {skips.acked:,} of {total:,} message(s) sent to {topic}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     finally:
         if bar is not None:
             bar.close()

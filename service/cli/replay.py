@@ -15,6 +15,7 @@ import logging
 import sys
 from typing import IO
 
+from service.cli.interrupt import exit_on_interrupt
 from service.cli.report import EXIT_INCOMPLETE, render_summary, strongest_patterns
 from service.errors import SfaError
 from service.files.output import AtomicFile, refuse_overlaps
@@ -62,11 +63,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         results = sys.stdout.buffer if args.output == "-" else open_out(args.output)
         errors = open_out(args.errors) if args.errors else None
         progress = sys.stderr.isatty() and not args.no_progress
-        stats, pipeline = asyncio.run(
-            replay(args.files, settings, results, errors, progress, args.emit)
-        )
-        for out in outputs:
-            out.commit()
+        with exit_on_interrupt(outputs):
+            stats, pipeline = asyncio.run(
+                replay(args.files, settings, results, errors, progress, args.emit)
+            )
+            for out in outputs:
+                out.commit()
     except OSError as exc:  # a write to an output failed (disk full, say)
         raise SfaError(f"cannot write the output: {exc.strerror or exc}") from None
     finally:

@@ -5,7 +5,7 @@ headers, state records) without a Kafka tool: read_committed, so an aborted
 transaction's records never show, and no consumer group is joined or committed.
 Each line: key, partition, offset, timestamp (ms), value (JSON as is, otherwise
 text), headers. Ends after `--max` records, after `--timeout` seconds without one,
-or at Ctrl-C (exit 0).
+or at Ctrl-C (`sfa: interrupted`, exit 130 as for `tail -f`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from service.cli.interrupt import EXIT_INTERRUPTED
 from service.kafka.admin import tail_records
 from service.settings import Settings
 
@@ -51,8 +52,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         ):
             out.write(line + b"\n")
             out.flush()
-    except KeyboardInterrupt:
-        pass  # the usual way to stop following
+    except KeyboardInterrupt:  # the usual way to stop following: 130, as `tail -f` does
+        print("sfa: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `sfa tail T | head`
         return 0
     return 0

@@ -44,6 +44,7 @@ __all__ = [
     "TopicShape",
     "create_topics",
     "ensure_topics",
+    "missing_topic",
     "partition_count",
     "require_topic",
     "tail_records",
@@ -54,6 +55,14 @@ _STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"
 # One day: far longer than a forwarded bar waits for its owner (seconds), short enough
 # that a snapshot feed's forwarded copies never pile up.
 _REPARTITION_TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(24 * 3600 * 1000)}
+
+
+def missing_topic(settings: Settings, topic: str, variable: str = "") -> MissingTopicError:
+    """The one wording of a missing topic, whichever command meets it."""
+    return MissingTopicError(
+        f"{variable + ': ' if variable else ''}topic {topic!r} does not exist on "
+        f"{settings.kafka_bootstrap_servers} (create it with: sfa topics create)"
+    )
 
 
 def _admin(settings: Settings) -> AdminClient:
@@ -96,10 +105,7 @@ def ensure_topics(
     partitions = partition_count(admin, input_topic, timeout_s)
     if partitions is None:
         if not create_input:
-            raise MissingTopicError(
-                f"SFA_INPUT_TOPIC: topic {input_topic!r} does not exist on "
-                f"{settings.kafka_bootstrap_servers} (create it upstream first)"
-            )
+            raise missing_topic(settings, input_topic, "SFA_INPUT_TOPIC")
         _create(admin, [NewTopic(input_topic, num_partitions=1)], timeout_s)
         partitions = 1
     wanted = [
@@ -247,10 +253,7 @@ def require_topic(settings: Settings, topic: str, timeout_s: float = 10.0) -> To
     admin = _admin(settings)
     partitions = partition_count(admin, topic, timeout_s)
     if partitions is None:
-        raise SfaError(
-            f"topic {topic!r} does not exist on {settings.kafka_bootstrap_servers} "
-            "(create it with: sfa topics create)"
-        )
+        raise missing_topic(settings, topic)
     resource = ConfigResource(ResourceType.TOPIC, topic)
     try:
         entries = admin.describe_configs([resource], request_timeout=timeout_s)[resource]
@@ -306,7 +309,7 @@ def tail_records(
     admin = _admin(settings)
     partitions = partition_count(admin, topic, 10.0)
     if partitions is None:
-        raise SfaError(f"topic {topic!r} does not exist on {settings.kafka_bootstrap_servers}")
+        raise missing_topic(settings, topic)
     conf = restore_config(settings)
     conf["enable.partition.eof"] = False
     consumer = Consumer(conf)

@@ -1,0 +1,46 @@
+"""Ctrl-C for a command that runs an event loop, a Dask cluster and helper processes.
+
+A terminal sends SIGINT to the whole process group. Left to Python, it becomes a
+`KeyboardInterrupt` somewhere inside `asyncio.run`, whose teardown then cancels the
+pipeline half way: closed executors, a cluster already gone, chunks "lost", each saying
+so with an ERROR line and a traceback before `sfa: interrupted`. An interrupted `sfa
+replay` has nothing worth finishing (its outputs are discarded anyway), so the first
+SIGINT removes the partial outputs, prints one line and ends the process at once with
+130. Helper processes ignore SIGINT (`service.host.helper_process`) and end with their
+parent; a LocalCluster's workers are its children and end with it too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from service.files.output import AtomicFile
+
+__all__ = ["EXIT_INTERRUPTED", "exit_on_interrupt"]
+
+#: Exit code of an interrupted command (the shell's 128 + SIGINT).
+EXIT_INTERRUPTED = 130
+
+
+@contextmanager
+def exit_on_interrupt(outputs: Iterable[AtomicFile]) -> Iterator[None]:
+    """Inside the block, SIGINT discards `outputs` (read when the signal comes, so a
+    list may grow), prints `sfa: interrupted` and exits 130 without unwinding."""
+
+    def handle(number: int, frame: FrameType | None) -> None:
+        try:
+            for out in outputs:
+                out.discard()
+        finally:
+            os.write(2, b"sfa: interrupted\n")
+            os._exit(EXIT_INTERRUPTED)
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
