@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="RESULTS",
         help="instead of SYMBOL: the symbol with the strongest pattern in a results JSONL file",
     )
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--results", metavar="FILE", help="results JSONL (sfa replay output)")
     source.add_argument(
         "--bars", metavar="FILE", nargs="+", help="bar files: analysed here, yearly paths drawn"
@@ -69,12 +69,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _symbol_after_bars(args: argparse.Namespace) -> None:
+    """`sfa plot --bars a.jsonl SYMBOL`: `--bars` takes one file or more, so argparse
+    hands it the symbol too. A last "file" that does not exist, given without SYMBOL,
+    is the symbol."""
+    bars = args.bars or []
+    if args.symbol is None and len(bars) > 1 and not Path(bars[-1]).exists():
+        args.symbol = bars.pop()
+
+
 def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    _symbol_after_bars(args)
     if (args.symbol is None) == (args.strongest is None):
         print("sfa: give either SYMBOL or --strongest RESULTS", file=sys.stderr)
         return 2
     if args.strongest is not None:
         args.symbol = strongest(args.strongest)
+        if not args.bars and not args.results:
+            args.results = args.strongest  # the file that named it also holds its result
+    if not args.bars and not args.results:
+        print("sfa: give --results FILE or --bars FILE... to draw from", file=sys.stderr)
+        return 2
     output = Path(args.output or f"{args.symbol}.png")
     fmt = _FORMATS.get(output.suffix.lower())
     if fmt is None:
@@ -139,6 +154,11 @@ def from_results(path: str, symbol: str) -> dict[str, Any]:
         raise InputError(f"{path} is not results JSONL: {exc}") from None
     if last is None:
         raise SfaError(f"symbol {symbol!r} not found in {path}")
+    if "status" not in last or "window_days" not in last:
+        raise InputError(
+            f"{path} holds bars, not results (sfa replay's --output); "
+            f"to draw from bars: sfa plot {symbol} --bars {path}"
+        )
     return last
 
 

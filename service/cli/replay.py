@@ -2,8 +2,9 @@
 
 Exit 0 once the input is processed (bad records included); 1 when nothing could run
 (an input missing at start, an output that cannot be written or that names an
-input); 3 when a file broke part way (each named on one line with its line): the
-results of everything read are still written. Outputs appear only when the run
+input); 3 when a file broke part way or gave no valid bar (each named on one line):
+the results of everything read are still written, unless nothing valid was read at
+all, when no output is replaced. Outputs appear only when the run
 ends (`service.files.output`), so a failed run leaves existing files untouched.
 """
 
@@ -67,8 +68,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             stats, pipeline = asyncio.run(
                 replay(args.files, settings, results, errors, progress, args.emit)
             )
-            for out in outputs:
-                out.commit()
+            if stats.bars:  # a run that read nothing valid replaces nothing
+                for out in outputs:
+                    out.commit()
     except OSError as exc:  # a write to an output failed (disk full, say)
         raise SfaError(f"cannot write the output: {exc.strerror or exc}") from None
     finally:
@@ -92,6 +94,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             render_summary(stats, pipeline.state, strongest_patterns(pipeline.state, limit=15)),
             file=sys.stderr if args.output == "-" else sys.stdout,
         )
+    if not stats.bars:
+        kept = " and ".join(f"{o.path}" for o in outputs)
+        print(
+            f"replay: INCOMPLETE: no valid bar in {len(args.files)} input file(s)"
+            + (f"; {kept} left as it was" if kept else ""),
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
     if stats.failures:
         print(
             f"replay: INCOMPLETE: {len(stats.failures)} of {len(args.files)} input file(s) "

@@ -16,7 +16,15 @@ from typing import IO
 
 from service.errors import InputError
 
-__all__ = ["READ_ERRORS", "BrokenAt", "FileFailure", "open_binary", "read_chunk", "reason"]
+__all__ = [
+    "READ_ERRORS",
+    "BrokenAt",
+    "FileFailure",
+    "is_gzip",
+    "open_binary",
+    "read_chunk",
+    "reason",
+]
 
 # What reading a file on can raise (gzip.BadGzipFile is an OSError).
 READ_ERRORS = (OSError, EOFError, zlib.error)
@@ -69,8 +77,21 @@ def reason(exc: BaseException) -> str:
     return (text[0][:200] if text else "") or type(exc).__name__
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_gzip(path: str) -> bool:
+    """Whether the file's bytes are gzip, whatever its name says."""
+    with open(path, "rb") as f:
+        return f.read(2) == _GZIP_MAGIC
+
+
 def open_binary(path: str) -> IO[bytes]:
-    if path.lower().endswith(".gz"):
+    """The file's bytes, decompressed when they are gzip. The bytes decide, not the
+    name: gzip data without `.gz` was read as 329 lines of binary (every one a dead
+    letter, and `sfa produce` sent them on), and plain text named `.gz` is read as
+    text (`gzip -dcf` does the same)."""
+    if is_gzip(path):
         return gzip.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")
 

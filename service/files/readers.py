@@ -1,4 +1,4 @@
-"""File inputs for `sfa replay` and `sfa produce`: JSONL (optionally gzip), CSV, Parquet.
+"""File inputs for `sfa replay` and `sfa produce`: JSONL, JSON arrays, CSV, TSV, Parquet.
 
 Every format is turned into the same thing the Kafka path sees: one message value
 per element, so decoding and validation (`service.decode`) are shared and a file
@@ -11,7 +11,12 @@ no list of failures, an `InputError`).
 
 Decisions:
 
-* JSONL: a line holding only whitespace is blank and skipped; `\\r\\n` endings are fine.
+* The format comes from the name (`.parquet`, `.csv`, `.tsv`, `.json`, anything else
+  JSONL, each optionally `.gz`); whether the bytes are gzip comes from the bytes.
+* JSONL: a line holding only whitespace is blank and skipped; `\\r\\n` endings are fine;
+  a UTF-8 byte order mark before line 1 is dropped (CSV drops it too).
+* `.json`: one document, an array of bars (each element a message, its position the
+  element's number from 1) or one bar; a file that is not one document is read as JSONL.
   A batch is at most `batch_lines` file lines; when all of them are clean objects it
   stays one newline-joined payload (`Batch.of_lines`), the cheapest thing to hand on.
 * CSV: see `service.files.csvrows` (one broken line costs one dead letter).
@@ -36,7 +41,15 @@ import orjson
 
 from service.batches import Batch, FileOrigin
 from service.errors import InputError
-from service.files.breaks import READ_ERRORS, BrokenAt, FileFailure, open_binary, read_chunk, reason
+from service.files.breaks import (
+    READ_ERRORS,
+    BrokenAt,
+    FileFailure,
+    is_gzip,
+    open_binary,
+    read_chunk,
+    reason,
+)
 from service.files.csvrows import KNOWN_COLUMNS, STRING_COLUMNS, csv_rows
 
 __all__ = [
@@ -55,12 +68,39 @@ _last_byte = itemgetter(-1)
 
 
 def _kind(path: str) -> str:
-    lower = path.lower()
+    lower = path.lower().removesuffix(".gz")
     if lower.endswith(".parquet"):
         return "parquet"
-    if lower.endswith((".csv", ".csv.gz")):
+    if lower.endswith(".csv"):
         return "csv"
+    if lower.endswith(".tsv"):
+        return "tsv"
+    if lower.endswith(".json"):
+        return "json"
     return "jsonl"
+
+
+# --- one JSON document (.json) ---
+
+
+def _json_document(path: str) -> Iterator[tuple[list[bytes], list[int]]] | None:
+    """A `.json` file holding one document: an array of bars (pretty-printed, as
+    `json.dump(bars, f, indent=2)` writes it), each element a message positioned by its
+    index from 1, or a single bar object. None when the file is not one JSON document
+    (JSONL named `.json`): it is then read as JSONL. The document is held in memory."""
+    try:
+        with open_binary(path) as f:
+            data = f.read()
+    except READ_ERRORS as exc:
+        raise BrokenAt(1, exc) from exc
+    try:
+        document = orjson.loads(data.removeprefix(_BOM))
+    except orjson.JSONDecodeError:
+        return None
+    elements = document if type(document) is list else [document]
+    dumps = orjson.dumps
+    values = [dumps(element) for element in elements]
+    return iter([(values, list(range(1, len(values) + 1)))] if values else [])
 
 
 # --- JSONL ---
@@ -68,6 +108,7 @@ def _kind(path: str) -> str:
 
 _NEWLINE = ord("\n")
 _BRACE = ord("{")
+_BOM = b"\xef\xbb\xbf"  # UTF-8 byte order mark: Windows tools start text files with it
 
 
 def _jsonl(path: str, batch_lines: int) -> Iterator[Batch]:
@@ -83,8 +124,11 @@ def _jsonl(path: str, batch_lines: int) -> Iterator[Batch]:
         line = 0  # file lines before `data`
         eof = False
         broken: BaseException | None = None
+        first = True
         while not eof:
             chunk, broken = read_chunk(f, _CHUNK_BYTES)
+            if first:
+                chunk, first = chunk.removeprefix(_BOM), False
             eof = not chunk or broken is not None
             data = data + chunk if data else chunk
             if broken is not None:
@@ -222,10 +266,17 @@ def _batches(
         lines: list[int] = []
         try:
             kind = _kind(path)
-            if kind == "jsonl":
+            document = _json_document(path) if kind == "json" else None
+            if kind in ("jsonl", "json") and document is None:
                 yield from _jsonl(path, batch_lines)
             else:
-                for vs, ls in (csv_rows if kind == "csv" else _parquet)(path):
+                if document is not None:
+                    rows = document
+                elif kind == "parquet":
+                    rows = _parquet(path)
+                else:
+                    rows = csv_rows(path, "\t" if kind == "tsv" else None)
+                for vs, ls in rows:
                     values.extend(vs)
                     lines.extend(ls)
                     while len(values) >= batch_lines:
@@ -253,7 +304,7 @@ def total_size_hint(paths: Sequence[str]) -> int:
     for path in paths:
         try:
             size = os.path.getsize(path)
-            if path.lower().endswith(".gz") and size >= 4:
+            if size >= 4 and is_gzip(path):
                 with open(path, "rb") as f:
                     f.seek(-4, os.SEEK_END)
                     size = struct.unpack("<I", f.read(4))[0]
