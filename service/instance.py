@@ -269,7 +269,9 @@ class Service:
             self.server.start()
         except OSError as exc:  # port taken or not ours to bind: a config error, not a crash
             raise ConfigError(
-                f"SFA_METRICS_PORT: cannot listen on port {s.metrics_port}: {exc.strerror or exc}"
+                f"SFA_METRICS_PORT: cannot listen on port {s.metrics_port}: "
+                f"{exc.strerror or exc} (another sfa run on this machine? give each its "
+                "own SFA_METRICS_PORT, or 0 for none)"
             ) from None
         stage(f"connecting to Kafka at {s.kafka_bootstrap_servers}")
         await self._unless_stopped(

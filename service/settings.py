@@ -143,11 +143,14 @@ class Settings(BaseModel):
         "Topic of the dead letters (created when missing).",
         min_length=1,
     )
-    state_topic: str = _env(
-        "SFA_STATE_TOPIC",
-        "sfa-state",
-        "Compacted changelog of the per-symbol state (created when missing).",
+    state_topic: str = Field(
+        "sfa-service-state",
+        alias="SFA_STATE_TOPIC",
         min_length=1,
+        description="Compacted changelog of the per-symbol state (created when missing); "
+        "unset: KAFKA_GROUP_ID-state, so two groups (two input topics, two deployments) "
+        "never restore each other's symbols (0.1.0 and before: sfa-state; see above).",
+        json_schema_extra={"default_text": "KAFKA_GROUP_ID-state", "allowed": "not empty"},
     )
     repartition_topic: str | None = _env(
         "SFA_REPARTITION_TOPIC",
@@ -175,9 +178,14 @@ class Settings(BaseModel):
         default_factory=socket.gethostname,
         alias="SFA_INSTANCE_ID",
         min_length=1,
-        description="This instance's name (client ids, transactional id); give every "
-        "instance of a group its own.",
-        json_schema_extra={"default_text": "the host name", "allowed": "not empty"},
+        description="This instance's name (client ids, transactional id, static group "
+        "membership); give every instance of a group its own. Unset: the host name, and "
+        "with an SFA_METRICS_PORT other than 8000 and 0, host-PORT, so a second instance "
+        "on one machine needs only its own SFA_METRICS_PORT.",
+        json_schema_extra={
+            "default_text": "the host name (host-PORT for another SFA_METRICS_PORT)",
+            "allowed": "not empty",
+        },
     )
     transactional_id: str | None = _env(
         "SFA_TRANSACTIONAL_ID",
@@ -488,6 +496,32 @@ class Settings(BaseModel):
         if not match or not 1 <= int(match.group("port")) <= 65535:
             raise ValueError("expected a scheduler address such as tcp://10.0.0.5:8786")
         return text
+
+    @model_validator(mode="before")
+    @classmethod
+    def _state_topic_per_group(cls, data: Any) -> Any:
+        """SFA_STATE_TOPIC defaults to `<KAFKA_GROUP_ID>-state` (SPEC 9), as the
+        repartition topic's default is per group: one shared `sfa-state` let a run on
+        another input restore hundreds of foreign symbols into the default service."""
+        if not isinstance(data, dict) or data.get("SFA_STATE_TOPIC") or data.get("state_topic"):
+            return data
+        group = data.get("KAFKA_GROUP_ID") or data.get("kafka_group_id") or "sfa-service"
+        return {**data, "SFA_STATE_TOPIC": f"{str(group).strip()}-state"}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _instance_per_port(cls, data: Any) -> Any:
+        """Two instances on one machine share the host name, so the second fenced the
+        first (exit 3); they cannot share a metrics port either, so the port they must
+        differ in anyway tells them apart. Stable across restarts (same port, same id),
+        which the transactional id and static membership need; 8000 keeps the plain
+        host name, as before, for one instance per host (containers)."""
+        if not isinstance(data, dict) or data.get("SFA_INSTANCE_ID") or data.get("instance_id"):
+            return data
+        port = str(data.get("SFA_METRICS_PORT", data.get("metrics_port", "8000"))).strip()
+        if port in ("8000", "0") or not port.isdigit():
+            return data
+        return {**data, "SFA_INSTANCE_ID": f"{socket.gethostname()}-{int(port)}"}
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

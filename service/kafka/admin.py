@@ -43,6 +43,7 @@ __all__ = [
     "TopicPlan",
     "TopicShape",
     "create_topics",
+    "delete_topics",
     "ensure_topics",
     "missing_topic",
     "partition_count",
@@ -237,6 +238,31 @@ def create_topics(
     ]
     _create(admin, missing, timeout_s)
     return [(plan.name, "exists" if found[plan.name] else "created") for plan in plans]
+
+
+def delete_topics(
+    settings: Settings, plans: list[TopicPlan], timeout_s: float = 30.0
+) -> list[tuple[str, str]]:
+    """Delete the planned topics; `(name, "deleted" | "absent")` per plan, in order.
+    Returns once the broker no longer lists them, so `sfa topics create` may follow at
+    once (a topic still being deleted cannot be created again)."""
+    admin = _admin(settings)
+    found = {plan.name: partition_count(admin, plan.name, timeout_s) for plan in plans}
+    doomed = [plan.name for plan in plans if found[plan.name] is not None]
+    if doomed:
+        futures = admin.delete_topics(doomed, operation_timeout=timeout_s)
+        for name, future in futures.items():
+            try:
+                future.result(timeout=timeout_s)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise classify(exc, f"delete topic {name}") from exc
+        deadline = time.monotonic() + timeout_s
+        while any(partition_count(admin, name, timeout_s) is not None for name in doomed):
+            if time.monotonic() > deadline:
+                raise KafkaFatalError(f"topics still listed after {timeout_s} s: {doomed}")
+            time.sleep(0.1)
+    return [(plan.name, "deleted" if found[plan.name] else "absent") for plan in plans]
 
 
 @dataclass(frozen=True, slots=True)
