@@ -41,7 +41,8 @@ def strongest_patterns(state: StateStore, limit: int = 10) -> list[Strongest]:
         if result.pattern is None:
             continue
         p = result.pattern
-        position, signal = position_and_signal(state.latest(symbol), result, state.params)
+        windows = state.windows(symbol)
+        position, signal = position_and_signal(windows.latest, result, state.params, windows.days)
         rows.append(
             Strongest(
                 symbol=symbol,

@@ -142,3 +142,19 @@ def test_plot_of_a_bars_file_given_as_results_says_so_in_one_line(tmp_path: Path
         f"sfa: {bars} holds bars, not results (sfa replay's --output); "
         f"to draw from bars: sfa plot A.SH --bars {bars}"
     ]
+
+
+def test_plot_marks_today_on_the_curves_axis_in_its_unit(tmp_path: Path) -> None:
+    done = _sfa("generate", "--symbols", "1", "--start-year", "2012", "--end-year", "2020")
+    bars = tmp_path / "bars.jsonl"
+    symbol = json.loads(done.stdout.splitlines()[0])["symbol"]
+    # SF 2021 is Friday 2021-02-12: the bar of Tuesday 02-16 is the first post bar, day +1.
+    today = {"symbol": symbol, "date": "2021-02-16", "close": 10.0}
+    bars.write_text(done.stdout + json.dumps(today) + "\n")
+    out = tmp_path / "p.svg"
+    drawn = _sfa("plot", symbol, "--bars", str(bars), "--output", str(out))
+    assert drawn.returncode == 0, drawn.stderr
+    svg = out.read_text()  # matplotlib keeps each text as a comment beside its glyphs
+    assert "today (2021-02-16): day +1" in svg
+    assert "trading days from the Spring Festival" in svg
+    assert "mean curve (faint: fewer than 5 of 9 years)" in svg
