@@ -49,7 +49,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sfa",
         description="Spring Festival alignment of daily stock bars: streaming service and tools. "
-        "Configuration comes from the environment (SPEC section 9: SFA_*, KAFKA_*, DASK_*).",
+        "Configuration comes from the environment (SFA_*, KAFKA_*, DASK_*: docs/configuration.md).",
     )
     parser.add_argument("--version", action="version", version=f"sfa {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -71,7 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from service.settings import load_settings
 
             settings = load_settings()
-            setup_logging(settings.log_level, json=args.command == "run")
+            # The service logs JSON for collectors; at a terminal, text a person reads.
+            json_logs = args.command == "run" and not sys.stderr.isatty()
+            setup_logging(settings.log_level, json=json_logs)
             if args.command in _KAFKA_TOOLS:
                 from service.kafka.reach import check_tool
 

@@ -155,7 +155,7 @@ class Settings(BaseModel):
     repartition_topic: str | None = _env(
         "SFA_REPARTITION_TOPIC",
         None,
-        "Topic that carries bars read off their owner partition to it (SPEC 7; created "
+        "Topic that carries bars read off their owner partition to it (docs/ownership.md; created "
         "when missing); unset: KAFKA_GROUP_ID-repartition, because its offsets and its "
         "forwarded bars belong to one group (a second group sharing it would read them).",
         min_length=1,
