@@ -179,6 +179,12 @@ class Service:
 
         self._on_loop(apply)
         log.info("state restored", extra={"records": len(records), "symbols": len(self.state)})
+        if self.settings.progress_seconds > 0:  # a quiet input says nothing until then
+            log.info(
+                "consuming %s; a progress line every %g s (SFA_PROGRESS_SECONDS)",
+                self.settings.input_topic,
+                self.settings.progress_seconds,
+            )
 
     def on_revoked(self, partitions: list[tuple[str, int]]) -> None:
         numbers = [p for t, p in partitions if t == self.settings.input_topic]

@@ -577,6 +577,18 @@ class Settings(BaseModel):
             raise ValueError(f"SFA_DASK_ADAPT_MIN: {low} is above SFA_DASK_ADAPT_MAX ({high})")
         return self
 
+    @model_validator(mode="after")
+    def _enough_years(self) -> Settings:
+        """A filter with fewer years than SFA_MIN_YEARS makes every result
+        insufficient_history, silently; that is never what was meant."""
+        if self.years is not None and len(self.years) < self.min_years:
+            raise ValueError(
+                f"SFA_YEARS: {len(self.years)} year(s), fewer than SFA_MIN_YEARS "
+                f"({self.min_years}), so no symbol could ever have a pattern; name more years "
+                "or lower SFA_MIN_YEARS"
+            )
+        return self
+
     # --- derived views ---
 
     def engine_params(self) -> EngineParams:

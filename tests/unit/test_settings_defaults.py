@@ -53,3 +53,10 @@ def test_a_broker_without_its_port_is_refused(value: str) -> None:
 )
 def test_brokers_with_ports_are_taken(value: str) -> None:
     assert load_settings({"KAFKA_BOOTSTRAP_SERVERS": value}).kafka_bootstrap_servers == value
+
+
+def test_a_years_filter_below_min_years_is_refused() -> None:
+    fewer = r"^SFA_YEARS: 2 year\(s\), fewer than SFA_MIN_YEARS \(3\)"
+    with pytest.raises(ConfigError, match=fewer):
+        load_settings({"SFA_YEARS": "2019,2020"})
+    assert load_settings({"SFA_YEARS": "2019,2020", "SFA_MIN_YEARS": "2"}).years == {2019, 2020}
