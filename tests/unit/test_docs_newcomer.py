@@ -50,3 +50,25 @@ def test_recommend_names_commands_and_says_when_nothing_fits() -> None:
     first = done.stdout.splitlines()[0]
     assert first.endswith("bars: too big to hold in this machine's memory: stream it (see below)")
     assert "`sfa replay FILE... --emit final`" in done.stdout
+
+
+def test_migrating_md_gives_a_signature_for_every_callable_it_lists() -> None:
+    import inspect
+
+    import service
+
+    text = (ROOT / "docs" / "migrating.md").read_text()
+    block = text.split("## Signatures", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    for name in (
+        "ParallelProcessingConfig",
+        "ParallelSpringFestivalEngine",
+        "SpringFestivalAlignmentEngine",
+        "DaskResourceManager",
+        "create_dask_dataframe_from_stock_data",
+        "optimize_dask_config_for_spring_festival_analysis",
+        "get_processing_recommendations",
+    ):
+        line = next((ln for ln in block.splitlines() if f"{name}(" in ln), None)
+        assert line is not None, name
+        first = next(iter(inspect.signature(getattr(service, name)).parameters), None)
+        assert first is None or first in line, (name, first)
