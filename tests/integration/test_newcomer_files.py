@@ -158,3 +158,18 @@ def test_plot_marks_today_on_the_curves_axis_in_its_unit(tmp_path: Path) -> None
     assert "today (2021-02-16): day +1" in svg
     assert "trading days from the Spring Festival" in svg
     assert "mean curve (faint: fewer than 5 of 9 years)" in svg
+
+
+def test_plot_takes_the_symbol_after_bars_and_strongest_alone(tmp_path: Path) -> None:
+    done = _sfa("generate", "--symbols", "3", "--start-year", "2012", "--end-year", "2020")
+    bars = tmp_path / "bars.jsonl"
+    bars.write_text(done.stdout)
+    symbol = json.loads(done.stdout.splitlines()[0])["symbol"]
+    after = _sfa("plot", "--bars", str(bars), symbol, "--output", str(tmp_path / "a.png"))
+    assert after.returncode == 0, after.stderr
+    assert after.stderr.strip() == f"plot: {symbol} -> {tmp_path / 'a.png'}"
+    results = tmp_path / "results.jsonl"
+    assert _sfa("replay", str(bars), "--output", str(results)).returncode == 0
+    alone = _sfa("plot", "--strongest", str(results), "--output", str(tmp_path / "s.png"))
+    assert alone.returncode == 0, alone.stderr
+    assert (tmp_path / "s.png").read_bytes().startswith(b"\x89PNG")
