@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -63,6 +64,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if not a.startswith("-")), None)
+    if first == "run":
+        # Before anything starts a thread (importing Dask does): every thread and helper
+        # process inherits SIGINT blocked, and one thread of `service.cli.run` takes it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     args = build_parser(first if first in _COMMANDS else None).parse_args(argv)
     module = importlib.import_module(_COMMANDS[args.command][0])
     try:

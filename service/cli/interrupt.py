@@ -20,7 +20,7 @@ from types import FrameType
 
 from service.files.output import AtomicFile
 
-__all__ = ["EXIT_INTERRUPTED", "exit_on_interrupt"]
+__all__ = ["EXIT_INTERRUPTED", "Interrupted", "exit_on_interrupt"]
 
 #: Exit code of an interrupted command (the shell's 128 + SIGINT).
 EXIT_INTERRUPTED = 130
@@ -44,3 +44,27 @@ def exit_on_interrupt(outputs: Iterable[AtomicFile]) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class Interrupted:
+    """Inside `with Interrupted() as stop:`, SIGINT only sets `stop.hit`; the loop asks.
+
+    For commands whose work runs inside librdkafka calls (`produce`, `tail`): a
+    KeyboardInterrupt raised while the client runs a Python callback (delivery reports,
+    log lines) can surface as `SystemError: ... returned NULL without setting an
+    exception` instead, a traceback and exit 1. Asking a flag between calls never raises.
+    """
+
+    def __init__(self) -> None:
+        self.hit = False
+        self._previous: object = None
+
+    def _handle(self, number: int, frame: FrameType | None) -> None:
+        self.hit = True
+
+    def __enter__(self) -> Interrupted:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]

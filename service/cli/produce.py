@@ -21,11 +21,11 @@ import time
 from collections.abc import Iterator
 from functools import partial
 
-from service.cli.interrupt import EXIT_INTERRUPTED
+from service.cli.interrupt import EXIT_INTERRUPTED, Interrupted
 from service.cli.report import EXIT_INCOMPLETE
 from service.feed import FeedRecord, keyed_records, snapshot_records, stamps
 from service.files.readers import FileFailure, keyed_messages
-from service.kafka.admin import require_topic
+from service.kafka.admin import TopicShape, require_topic
 from service.kafka.producer import AtLeastOnceProducer, RecordRefused
 from service.ownership import Partitioner
 from service.settings import Settings
@@ -108,15 +108,24 @@ def _records(
 def run(args: argparse.Namespace, settings: Settings) -> int:
     topic = args.topic or settings.input_topic
     shape = require_topic(settings, topic)
+    with Interrupted() as stop:
+        return _send(args, settings, topic, shape, stop)
+
+
+def _send(
+    args: argparse.Namespace, settings: Settings, topic: str, shape: TopicShape, stop: Interrupted
+) -> int:
+    """Count, then send; Ctrl-C (`stop.hit`) ends either pass between two records."""
     limit = shape.max_message_bytes
+    total = 0
+    for _ in _records(args, shape.partitions, settings.partitioner, limit, []):
+        total += 1
+        if stop.hit:  # still counting: say so, as a later Ctrl-C says how far it got
+            print(f"sfa: interrupted: nothing sent to {topic}", file=sys.stderr)
+            return EXIT_INTERRUPTED
     producer = AtLeastOnceProducer(settings, max_message_bytes=limit)
     skips = _Skips(limit)
     failures: list[FileFailure] = []
-    try:
-        total = sum(1 for _ in _records(args, shape.partitions, settings.partitioner, limit, []))
-    except KeyboardInterrupt:  # still counting: say so, as a later Ctrl-C says how far it got
-        print(f"sfa: interrupted: nothing sent to {topic}", file=sys.stderr)
-        return EXIT_INTERRUPTED
     bar = None
     if sys.stderr.isatty() and not args.no_progress:
         from tqdm import tqdm
@@ -127,6 +136,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     stamp = iter(stamps(total, int(time.time() * 1000)))
     try:
         for m in _records(args, shape.partitions, settings.partitioner, limit, failures):
+            if stop.hit:
+                break
             size = len(m.value) + len(m.key or b"")
             # Every record takes its stamp, sent or not, so the order never depends on skips;
             # a file that grew between the passes takes the last stamp for its extra records.
@@ -147,16 +158,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 bar.update(1)
             if count % _FLUSH_EVERY == 0:
                 producer.flush_and_verify()
+        if stop.hit:
+            # Ctrl-C: what was handed to the client is delivered (for a few seconds at
+            # most) and counted, so the user knows where the topic stands.
+            producer.close(timeout_s=5.0)
+            if bar is not None:
+                bar.close()
+            print(
+                f"sfa: interrupted: {skips.acked:,} of {total:,} message(s) sent to {topic}",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
         producer.flush_and_verify()
-    except KeyboardInterrupt:
-        # Ctrl-C: what was handed to the client is delivered (for a few seconds at most)
-        # and counted, so the user knows where the topic stands; nothing more is read.
-        producer.close(timeout_s=5.0)
-        print(
-            f"sfa: interrupted: {skips.acked:,} of {total:,} message(s) sent to {topic}",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
     finally:
         if bar is not None:
             bar.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from service.cli.interrupt import EXIT_INTERRUPTED
+from service.cli.interrupt import EXIT_INTERRUPTED, Interrupted
 from service.kafka.admin import tail_records
 from service.settings import Settings
 
@@ -42,19 +42,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print("sfa: --timeout must be > 0", file=sys.stderr)
         return 2
     out = sys.stdout.buffer
-    try:
-        for line in tail_records(
-            settings,
-            args.topic,
-            from_beginning=args.from_beginning,
-            max_records=args.max,
-            idle_timeout_s=args.timeout,
-        ):
-            out.write(line + b"\n")
-            out.flush()
-    except KeyboardInterrupt:  # the usual way to stop following: 130, as `tail -f` does
+    with Interrupted() as stop:
+        try:
+            for line in tail_records(
+                settings,
+                args.topic,
+                from_beginning=args.from_beginning,
+                max_records=args.max,
+                idle_timeout_s=args.timeout,
+                stopped=lambda: stop.hit,
+            ):
+                out.write(line + b"\n")
+                out.flush()
+        except BrokenPipeError:  # `sfa tail T | head`
+            return 0
+    if stop.hit:  # the usual way to stop following: 130, as `tail -f` does
         print("sfa: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:  # `sfa tail T | head`
-        return 0
     return 0

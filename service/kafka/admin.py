@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -325,12 +325,14 @@ def tail_records(
     from_beginning: bool = False,
     max_records: int | None = None,
     idle_timeout_s: float | None = None,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> Iterator[bytes]:
     """Committed records of `topic` (read_committed: an aborted transaction's output
     never shows), one JSON object each: key, partition, offset, timestamp (ms),
     value (JSON embedded as is, else text), headers (a name -> text object; a
     repeated name keeps its last value). Stops after `max_records`, or after
-    `idle_timeout_s` without a record; no group is joined and nothing is committed.
+    `idle_timeout_s` without a record, or once `stopped()` (asked between polls: Ctrl-C);
+    no group is joined and nothing is committed.
     """
     admin = _admin(settings)
     partitions = partition_count(admin, topic, 10.0)
@@ -344,7 +346,7 @@ def tail_records(
         consumer.assign([TopicPartition(topic, p, start) for p in range(partitions)])
         seen = 0
         last = time.monotonic()
-        while max_records is None or seen < max_records:
+        while (max_records is None or seen < max_records) and not stopped():
             msg = consumer.poll(0.2)
             if msg is None:
                 if idle_timeout_s is not None and time.monotonic() - last >= idle_timeout_s:
