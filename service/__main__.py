@@ -64,9 +64,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if not a.startswith("-")), None)
-    if first == "run":
+    if first in ("run", "replay"):
         # Before anything starts a thread (importing Dask does): every thread and helper
-        # process inherits SIGINT blocked, and one thread of `service.cli.run` takes it.
+        # process inherits SIGINT blocked, and one thread of the command takes it
+        # (`service.cli.interrupt`); a Ctrl-C before then waits for that thread.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     args = build_parser(first if first in _COMMANDS else None).parse_args(argv)
     module = importlib.import_module(_COMMANDS[args.command][0])

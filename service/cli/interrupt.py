@@ -14,24 +14,58 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from multiprocessing import resource_tracker
 from types import FrameType
 
 from service.files.output import AtomicFile
 
-__all__ = ["EXIT_INTERRUPTED", "Interrupted", "exit_on_interrupt"]
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "Interrupted",
+    "block_sigint",
+    "exit_on_interrupt",
+    "quiet_resource_tracker",
+]
 
 #: Exit code of an interrupted command (the shell's 128 + SIGINT).
 EXIT_INTERRUPTED = 130
 
 
+# An interrupted run leaves semaphores for multiprocessing's resource tracker to remove,
+# which it does with a plain-text UserWarning on our stderr: the removal is the remedy,
+# the note is noise. The tracker is a new interpreter started with our environment.
+_TRACKER_FILTER = "ignore:resource_tracker:UserWarning"
+
+
+def quiet_resource_tracker() -> None:
+    """Before the resource tracker starts: it will not warn about what it cleans up."""
+    present = os.environ.get("PYTHONWARNINGS", "")
+    if _TRACKER_FILTER not in present.split(","):
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (present, _TRACKER_FILTER)))
+
+
+def block_sigint() -> None:
+    """Block SIGINT in this thread, so every thread it starts from now on, and every
+    process those start, inherit it blocked: a helper that gets Ctrl-C while its
+    interpreter starts (a Dask worker) prints a traceback before any of our code runs.
+    multiprocessing's resource tracker unblocks SIGINT in the thread that first starts
+    it, so it is started first (quiet)."""
+    quiet_resource_tracker()
+    resource_tracker.ensure_running()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
 @contextmanager
 def exit_on_interrupt(outputs: Iterable[AtomicFile]) -> Iterator[None]:
     """Inside the block, SIGINT discards `outputs` (read when the signal comes, so a
-    list may grow), prints `sfa: interrupted` and exits 130 without unwinding."""
+    list may grow), prints `sfa: interrupted` and exits 130 without unwinding. SIGINT is
+    blocked (`block_sigint`) and taken by one thread; threads that existed before still
+    reach the same handler."""
 
-    def handle(number: int, frame: FrameType | None) -> None:
+    def handle(number: int = signal.SIGINT, frame: FrameType | None = None) -> None:
         try:
             for out in outputs:
                 out.discard()
@@ -39,11 +73,17 @@ def exit_on_interrupt(outputs: Iterable[AtomicFile]) -> Iterator[None]:
             os.write(2, b"sfa: interrupted\n")
             os._exit(EXIT_INTERRUPTED)
 
+    def wait() -> None:
+        handle(signal.sigwait({signal.SIGINT}))
+
+    block_sigint()
     previous = signal.signal(signal.SIGINT, handle)
+    threading.Thread(target=wait, name="sfa-sigint", daemon=True).start()
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 class Interrupted:

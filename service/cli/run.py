@@ -21,9 +21,9 @@ import logging
 import os
 import signal
 import threading
-from multiprocessing import resource_tracker
 from types import FrameType
 
+from service.cli.interrupt import block_sigint
 from service.configdoc import help_epilog
 from service.errors import FatalError
 from service.instance import Service
@@ -41,22 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = help_epilog()
 
 
-# multiprocessing's resource tracker outlives an instance that was SIGKILLed, removes the
-# semaphores the instance could not release, and says so with a plain-text UserWarning
-# on the stderr it shares with us: two lines that are not JSON in a JSON log. The
-# removal is the whole remedy, so the note is dropped; the tracker is a new interpreter
-# started later with our environment, which is how the filter reaches it.
-_TRACKER_FILTER = "ignore:resource_tracker:UserWarning"
-
-
-def _quiet_resource_tracker() -> None:
-    present = os.environ.get("PYTHONWARNINGS", "")
-    if _TRACKER_FILTER not in present.split(","):
-        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (present, _TRACKER_FILTER)))
-
-
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    _quiet_resource_tracker()
     signals = _Signals()  # first: every thread and process started later inherits its mask
     check_client_configs(settings)
     service = Service(settings)
@@ -92,10 +77,7 @@ class _Signals:
     def __init__(self) -> None:
         self._service: Service | None = None
         self._seen: list[int] = []
-        # multiprocessing's resource tracker unblocks SIGINT in the thread that first
-        # starts it (after blocking it around the spawn): started here, before the block.
-        resource_tracker.ensure_running()
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        block_sigint()  # quiets and starts the resource tracker first
         signal.signal(signal.SIGTERM, self._handle)
         signal.signal(signal.SIGINT, self._handle)  # for a thread that does not block it
         threading.Thread(target=self._wait, name="sfa-sigint", daemon=True).start()

@@ -131,7 +131,8 @@ def test_ctrl_c_on_replay_is_one_line_and_keeps_the_old_outputs(tmp_path: Path) 
     err = tmp_path / "replay.err"
     proc = _start(
         ["replay", str(market), "--output", str(out), "--errors", str(errors)],
-        {"SFA_DECODE_PROCESSES": "1"},
+        # the file reader helper, and Dask worker processes (the noisiest helpers)
+        {"SFA_DECODE_PROCESSES": "1", "SFA_DASK_PROCESSES": "true", "DASK_N_WORKERS": "1"},
         err,
     )
 
