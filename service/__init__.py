@@ -6,22 +6,9 @@ that `import service.engine` stays free of Dask, Kafka, streamz and Prometheus.
 
 from __future__ import annotations
 
-import signal as _signal
-import sys as _sys
-from contextlib import suppress as _suppress
 from typing import Any
 
 __version__ = "0.1.0"
-
-# A process multiprocessing spawned (a LocalCluster's Dask worker, the decode pool, the
-# file reader) imports this package before anything else it does: spawn re-runs the
-# `sfa` script, whose first import is us. A terminal's Ctrl-C reaches it as well, and
-# left to Python it prints a KeyboardInterrupt traceback from whatever import was under
-# way; its parent decides what an interrupt means and stops it.
-# (`orig_argv`: spawn replaces `sys.argv` with the parent's before the import.)
-if "--multiprocessing-fork" in _sys.orig_argv:
-    with _suppress(ValueError):  # not the main thread: not a spawned helper's start
-        _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
 
 _COMPAT = {
     "AlignedDataPoint",
