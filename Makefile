@@ -19,12 +19,14 @@ export SFA_REGISTRY_PORT
 .PHONY: help install demo test test-secure-fresh flaky test-unit test-integration lint fmt typecheck kafka-up kafka-down kafka-status kafka-secure-up kafka-secure-down kafka-secure-status registry-up registry-down registry-status registry-url docs bench bench-kafka drills soak mutation clean image image-test compose-test deploy-test
 
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' -v tty=$$(test -t 1 && echo 1) \
+		'{ if (tty) printf "  \033[36m%-20s\033[0m %s\n", $$1, $$2; else printf "  %-20s %s\n", $$1, $$2 }'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	@# setuptools' "Editable installation" BuildBackendWarning box says nothing a user can act on
+	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv with the `sfa` command and dev tools (fast when nothing changed)

@@ -14,6 +14,7 @@ import itertools
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,9 +173,12 @@ def baseline_analyze(symbol: str, frame: pd.DataFrame, params: EngineParams) -> 
     else:
         vol_ratio = vol_after / vol_before
 
+    # Only days at least half of the years share, when there are any (SPEC 4);
     # max()/min() return the first extreme in ascending-k order: ties go to the smallest k.
-    peak_day = max(valid, key=lambda t: t[1])[0]
-    trough_day = min(valid, key=lambda t: t[1])[0]
+    half = max(2, math.ceil(len(years) / 2))
+    among = [(k, mean, n) for k, mean, n in valid if n >= half] or valid
+    peak_day = max(among, key=lambda t: t[1])[0]
+    trough_day = min(among, key=lambda t: t[1])[0]
 
     agree = sum(1 for y in years if _sign(pre_by_year[y]) == _sign(avg_before))
     agree += sum(1 for y in years if _sign(post_by_year[y]) == _sign(avg_after))
@@ -234,10 +238,32 @@ def _phase(days: int, w: int) -> str:
     return "recovery"
 
 
+def _window_day(as_of: dt.date, params: EngineParams, bar_dates: Iterable[Any]) -> int | None:
+    """SPEC 5 `window_day`, sentence by sentence, one day and one bar at a time."""
+    w = params.window_days
+    year = _window_year(as_of, w)
+    if year is None:
+        return None
+    sf = spring_festival_date(year)
+    if params.alignment == "calendar":
+        return (as_of - sf).days
+    if as_of < sf:
+        weekdays, d = 0, as_of
+        while d < sf:
+            weekdays += d.weekday() < 5
+            d += dt.timedelta(days=1)
+        return -weekdays
+    return len({d for d in map(_as_date, bar_dates) if sf <= d <= as_of})
+
+
 def baseline_position_and_signal(
-    latest_day: int, result: PatternResult, params: EngineParams
+    latest_day: int,
+    result: PatternResult,
+    params: EngineParams,
+    bar_dates: Iterable[Any] = (),
 ) -> tuple[Position, Signal | None]:
-    """SPEC 5, relative to as_of = `latest_day` (a day number)."""
+    """SPEC 5, relative to as_of = `latest_day` (a day number); `bar_dates` are the
+    symbol's bar dates, which `window_day` counts in trading alignment after the festival."""
     w = params.window_days
     as_of = day_to_date(latest_day)
     sf = spring_festival_date(as_of.year)
@@ -251,6 +277,7 @@ def baseline_position_and_signal(
         relative_day=-days,
         in_window=abs(days) <= w,
         phase=phase,
+        window_day=_window_day(as_of, params, bar_dates),
     )
     pattern = result.pattern
     if result.status != "ok" or pattern is None:

@@ -5,17 +5,19 @@ the variable and exits 2. Exit codes, for every command:
 
     0  done (bad records included: they are dead letters, not failures)
     1  nothing (more) could be done: an unreadable input at start, an output that
-       cannot be written or that names an input, a missing topic; one line
+       cannot be written or that names an input, a missing topic, an unreachable
+       broker; one line
     2  bad configuration or arguments; one line naming the variable or flag
     3  incomplete: done except what is named on stderr, one line each (a file
        that broke part way, a line `sfa produce` could not send)
-    130  interrupted
+    130  interrupted (Ctrl-C), except `sfa run`: SIGINT is its graceful stop, as SIGTERM
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -36,6 +38,10 @@ _COMMANDS = {
     "plot": ("service.cli.plot", "draw a symbol's aligned yearly paths, mean curve, peak, trough"),
 }
 _NEEDS_SETTINGS = {"run", "replay", "produce", "topics", "tail"}
+# Kafka tools: client configs and brokers are checked before the command starts, so a bad
+# KAFKA_* property or an unreachable broker reads the same in each (`sfa run` checks
+# both itself, signals taken, waiting SFA_KAFKA_CONNECT_SECONDS).
+_KAFKA_TOOLS = {"produce", "topics", "tail"}
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -44,7 +50,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sfa",
         description="Spring Festival alignment of daily stock bars: streaming service and tools. "
-        "Configuration comes from the environment (SPEC section 9: SFA_*, KAFKA_*, DASK_*).",
+        "Configuration comes from the environment (SFA_*, KAFKA_*, DASK_*: docs/configuration.md).",
     )
     parser.add_argument("--version", action="version", version=f"sfa {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -58,6 +64,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if not a.startswith("-")), None)
+    if first in ("run", "replay"):
+        # Before anything starts a thread (importing Dask does): every thread and helper
+        # process inherits SIGINT blocked, and one thread of the command takes it
+        # (`service.cli.interrupt`); a Ctrl-C before then waits for that thread.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     args = build_parser(first if first in _COMMANDS else None).parse_args(argv)
     module = importlib.import_module(_COMMANDS[args.command][0])
     try:
@@ -66,7 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from service.settings import load_settings
 
             settings = load_settings()
-            setup_logging(settings.log_level, json=args.command == "run")
+            # The service logs JSON for collectors; at a terminal, text a person reads.
+            json_logs = args.command == "run" and not sys.stderr.isatty()
+            setup_logging(settings.log_level, json=json_logs)
+            if args.command in _KAFKA_TOOLS:
+                from service.kafka.reach import check_tool
+
+                check_tool(settings)
             return int(module.run(args, settings))
         return int(module.run(args))
     except ConfigError as exc:

@@ -28,11 +28,26 @@ _HEADER = """\
 Generated from `service/settings.py` by `python -m service.configdoc`; do not edit by hand
 (`tests/unit/test_config_doc.py` fails when this file and the code disagree).
 
-Everything is read from the environment once, at start. A bad value stops `sfa run`,
-`sfa replay` and `sfa produce` with one line naming the variable (exit 2). An empty
-variable counts as unset, except the names marked *not empty*, which must be unset or
-hold a value: an empty group id or topic is a templating mistake, and falling back to the
-default could join someone else's consumer group.
+Everything is read from the environment once, at start. A bad value stops every command
+that reads the settings (`run`, `replay`, `produce`, `topics`, `tail`) with one line
+naming the variable (exit 2). An empty variable counts as unset, except the names marked
+*not empty*, which must be unset or hold a value: an empty group id or topic is a
+templating mistake, and falling back to the default could join someone else's consumer
+group.
+
+**Internal topics are named per group.** The state topic (`SFA_STATE_TOPIC`) defaults to
+`<KAFKA_GROUP_ID>-state`, as the repartition topic defaults to
+`<KAFKA_GROUP_ID>-repartition`: a state topic shared by two groups (two input topics, two
+deployments on one cluster) let one restore the other's symbols. In 0.1.0 and before, the
+default was `sfa-state`; **a service that ran with that default keeps its state by setting
+`SFA_STATE_TOPIC=sfa-state`** (the Kubernetes manifests in `deploy/` set it). Without it,
+the service starts with an empty state on `<group>-state` and rebuilds only from the
+input it reads from now on.
+
+**Two instances on one machine.** Each needs its own `SFA_METRICS_PORT` (or 0); with a
+port other than 8000 the default `SFA_INSTANCE_ID` becomes `<host>-<port>`, so the
+instances do not fence each other. With `SFA_METRICS_PORT=0` on both, set
+`SFA_INSTANCE_ID` instead.
 
 | variable | default | allowed | meaning |
 |---|---|---|---|

@@ -115,6 +115,7 @@ def encode_result(
                 "relative_day": position.relative_day,
                 "in_window": position.in_window,
                 "phase": position.phase,
+                "window_day": position.window_day,
             },
             "signal": sig,
             "bars_in_state": bars_in_state,
@@ -182,6 +183,7 @@ class ResultEncoder:
                     "relative_day": position.relative_day,
                     "in_window": position.in_window,
                     "phase": position.phase,
+                    "window_day": position.window_day,
                 }
             )
         return pos

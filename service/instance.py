@@ -192,6 +192,12 @@ class Service:
 
         self._on_loop(apply)
         log.info("state restored", extra={"records": len(records), "symbols": len(self.state)})
+        if self.settings.progress_seconds > 0:  # a quiet input says nothing until then
+            log.info(
+                "consuming %s; a progress line every %g s (SFA_PROGRESS_SECONDS)",
+                self.settings.input_topic,
+                self.settings.progress_seconds,
+            )
 
     def on_revoked(self, partitions: list[tuple[str, int]]) -> None:
         numbers = [p for t, p in partitions if t == self.settings.input_topic]
@@ -301,7 +307,9 @@ class Service:
             self.server.start()
         except OSError as exc:  # port taken or not ours to bind: a config error, not a crash
             raise ConfigError(
-                f"SFA_METRICS_PORT: cannot listen on port {s.metrics_port}: {exc.strerror or exc}"
+                f"SFA_METRICS_PORT: cannot listen on port {s.metrics_port}: "
+                f"{exc.strerror or exc} (another sfa run on this machine? give each its "
+                "own SFA_METRICS_PORT, or 0 for none)"
             ) from None
         stage(f"connecting to Kafka at {s.kafka_bootstrap_servers}")
         await self._unless_stopped(

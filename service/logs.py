@@ -44,7 +44,20 @@ class PlainFormatter(logging.Formatter):
         super().__init__("%(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        return mask(super().format(record))
+        """The line, then its fields as `key=value` (each cut at 80 characters: a person
+        at a terminal reads this; the full values are in the JSON log)."""
+        fields = [
+            f"{key}={_short(value)}"
+            for key, value in vars(record).items()
+            if key not in _STANDARD and not key.startswith("_")
+        ]
+        line = super().format(record)
+        return mask(f"{line} ({', '.join(fields)})" if fields else line)
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def setup_logging(level: str = "INFO", json: bool = True) -> None:

@@ -256,6 +256,27 @@ def _day_lines(names: list[str], day: MarketDay) -> bytes:
     return blob[1:-1].replace(b"},{", b"}\n{") + b"\n"
 
 
+CSV_HEADER = b"symbol,date,open,high,low,close,volume\n"
+
+
+def _day_csv(names: list[str], day: MarketDay) -> bytes:
+    """The day's bars as CSV rows, numbers written as the JSONL writes them (shortest
+    round-trip form), so both files hold the same market."""
+    columns = zip(
+        names,
+        (day.open / 100).tolist(),
+        (day.high / 100).tolist(),
+        (day.low / 100).tolist(),
+        (day.close / 100).tolist(),
+        day.volume.tolist(),
+        strict=True,
+    )
+    date = day.date
+    return "".join(
+        f"{s},{date},{o!r},{h!r},{lo!r},{c!r},{v}\n" for s, o, h, lo, c, v in columns
+    ).encode()
+
+
 def write_jsonl(
     out: IO[bytes],
     n_symbols: int,
@@ -264,11 +285,16 @@ def write_jsonl(
     seed: int,
     *,
     progress: bool = False,
+    csv: bool = False,
 ) -> int:
-    """Write one bar object per line, interleaved by date; return the number of lines.
+    """Write one bar object per line (`csv`: a header, then one row per bar),
+    interleaved by date; return the number of bars.
 
     Written a day at a time, so memory stays flat (a day of 100,000 symbols is ~10 MB).
     """
+    day_bytes = _day_csv if csv else _day_lines
+    if csv:
+        out.write(CSV_HEADER)
     names = symbol_names(n_symbols)
     lines = 0
     bar_ctx: Any = nullcontext()
@@ -279,7 +305,7 @@ def write_jsonl(
         bar_ctx = tqdm(total=total, unit="bar", unit_scale=True, file=sys.stderr, desc="generate")
     with bar_ctx as bar:
         for day in generate_days(n_symbols, start_year, end_year, seed):
-            out.write(_day_lines(names, day))
+            out.write(day_bytes(names, day))
             lines += n_symbols
             if bar is not None:
                 bar.update(n_symbols)

@@ -52,6 +52,7 @@ from service.decode.pool import Decoder
 from service.decode.types import DecodedBatch
 from service.encode import ResultEncoder, encode_forwarded_bars, encode_pattern_part
 from service.engine import PatternResult, SymbolWindows, position_of, signal_of
+from service.engine.position import bars_since_festival, festival_of_window
 from service.errors import SfaError
 from service.ownership import Routing
 from service.settings import Settings
@@ -71,12 +72,14 @@ log = logging.getLogger(__name__)
 class _Touched:
     """What the batch's results need from the state as it was right after the batch:
     per touched symbol (parallel lists, since a batch of a whole market touches
-    thousands), its latest day, bars held and last message (-1: none)."""
+    thousands), its latest day, bars held, last message (-1: none) and bars since the
+    festival (`window_day` in trading alignment, SPEC 5)."""
 
     symbols: list[str]
     latest: list[int]
     bars: list[int]
     message_index: list[int]
+    post_bars: list[int]
 
 
 @dataclass(slots=True)
@@ -280,7 +283,8 @@ class Pipeline:
             np.maximum.at(last, decoded.codes, decoded.message_index)
             last_msg = dict(zip(decoded.uniques, last.tolist(), strict=True))
             message_index = [last_msg.get(s, -1) for s in touched_symbols]
-        touched = _Touched(touched_symbols, latest, bars, message_index)
+        post = self._post_bars(touched_symbols, latest)
+        touched = _Touched(touched_symbols, latest, bars, message_index, post)
         stale = [state.windows(s) for s in stale_symbols]
         size = self.settings.dask_chunk_size
         chunks = [stale[i : i + size] for i in range(0, len(stale), size)]
@@ -380,6 +384,24 @@ class Pipeline:
             results = []
         return prepared, results
 
+    def _post_bars(self, symbols: list[str], latest: list[int]) -> list[int]:
+        """Each symbol's bars since its festival, which `window_day` counts in trading
+        alignment once the festival has passed (0 otherwise: then it is not used). Only
+        symbols whose latest day lies in a window on or after its festival need a look
+        at their days, a few weeks a year."""
+        if self.params.alignment != "trading":
+            return [0] * len(symbols)
+        w = self.params.window_days
+        after: dict[int, bool] = {}
+        out: list[int] = []
+        for symbol, day in zip(symbols, latest, strict=True):
+            flag = after.get(day)
+            if flag is None:
+                festival = festival_of_window(day, w)
+                flag = after[day] = festival is not None and day >= festival
+            out.append(bars_since_festival(self.state.windows(symbol).days, day, w) if flag else 0)
+        return out
+
     async def _finish(self, item: tuple[_Prepared, list[ChunkResult]] | None) -> BatchOutput | None:
         if item is None or self._failure is not None:
             return None
@@ -419,21 +441,22 @@ class Pipeline:
         if len(signals) > _SIGNAL_CACHE_LIMIT:
             signals.clear()
         # The symbols of a batch share a few as_of days: position once per day.
-        positions: dict[int, tuple[str, bytes]] = {}
+        positions: dict[tuple[int, int], tuple[str, bytes]] = {}
         statuses: Counter[str] = Counter()
         results: list[tuple[str, bytes]] = []
         t = prepared.touched
-        for symbol, latest, bars, msg in zip(
-            t.symbols, t.latest, t.bars, t.message_index, strict=True
+        alignment = self.params.alignment
+        for symbol, latest, bars, msg, post in zip(
+            t.symbols, t.latest, t.bars, t.message_index, t.post_bars, strict=True
         ):
             cached = pattern_of(symbol)
             if cached is None:
                 raise RuntimeError(f"no pattern for {symbol}: the state lost it mid-batch")
             pattern, part = cached
-            at = positions.get(latest)
+            at = positions.get((latest, post))
             if at is None:
-                position = position_of(latest, window_days)
-                at = positions[latest] = (position.phase, encoder.position_part(position))
+                position = position_of(latest, window_days, alignment, post)
+                at = positions[latest, post] = (position.phase, encoder.position_part(position))
             phase, position_part = at
             # The signal depends only on (pattern, phase), and both change rarely: reuse
             # its fragment while the symbol's pattern object and phase are the same.

@@ -71,6 +71,10 @@ class SymbolQueries:
                 return 503, _json({"symbol": symbol, "reason": "starting: partitions unknown"})
             where = owner(symbol, n, self._partitioner)
             held_here = where in self._held()
+            # Symbols are case-sensitive (SPEC 1): `600519.sh` is not `600519.SH`, the
+            # usual spelling, which is looked up only for a symbol with lower case in it.
+            other = symbol.upper()
+            other_found = other != symbol and self._lookup(other) is not None
         except Exception:
             _log.warning("symbol query for %s failed", symbol, exc_info=True)
             return 500, _json({"symbol": symbol, "reason": "internal error"})
@@ -78,6 +82,8 @@ class SymbolQueries:
             reason = f"owned by input partition {where}, held here, but no result yet"
         else:
             reason = f"owned by input partition {where}, not held by this instance"
+        if other_found:
+            reason += f"; symbols are case-sensitive: /symbols/{other} has a result"
         body = {
             "symbol": symbol,
             "owner_partition": where,

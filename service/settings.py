@@ -46,6 +46,7 @@ _SCHEDULER_RE = re.compile(
     r"^(?:(?:tcp|tls|ws|wss|ucx)://)?(?P<host>\[[0-9a-f:.]+\]|[A-Za-z0-9_.\-]+):(?P<port>\d{1,5})/?$",
     re.IGNORECASE,
 )
+_BOOTSTRAP_RE = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(?P<port>\d{1,5})$")
 _LISTEN_RE = re.compile(r"^(?P<host>\[[0-9a-f:.]+\]|[A-Za-z0-9_.\-]*):(?P<port>\d{1,5})$")
 # Kubernetes service links for a Service named kafka (or kafka-anything): KAFKA_SERVICE_HOST,
 # KAFKA_SERVICE_PORT[_NAME], KAFKA_PORT, KAFKA_PORT_<n>_<PROTO>[_PROTO|_PORT|_ADDR].
@@ -109,7 +110,8 @@ class Settings(BaseModel):
     kafka_bootstrap_servers: str = _env(
         "KAFKA_BOOTSTRAP_SERVERS",
         "127.0.0.1:9092",
-        "Kafka brokers to bootstrap from, host:port[,host:port...].",
+        "Kafka brokers to bootstrap from, host:port[,host:port...]; the port is required "
+        "(librdkafka would take a bare host as host:9092).",
         min_length=1,
     )
     kafka_group_id: str = _env(
@@ -141,16 +143,19 @@ class Settings(BaseModel):
         "Topic of the dead letters (created when missing).",
         min_length=1,
     )
-    state_topic: str = _env(
-        "SFA_STATE_TOPIC",
-        "sfa-state",
-        "Compacted changelog of the per-symbol state (created when missing).",
+    state_topic: str = Field(
+        "sfa-service-state",
+        alias="SFA_STATE_TOPIC",
         min_length=1,
+        description="Compacted changelog of the per-symbol state (created when missing); "
+        "unset: KAFKA_GROUP_ID-state, so two groups (two input topics, two deployments) "
+        "never restore each other's symbols (0.1.0 and before: sfa-state; see above).",
+        json_schema_extra={"default_text": "KAFKA_GROUP_ID-state", "allowed": "not empty"},
     )
     repartition_topic: str | None = _env(
         "SFA_REPARTITION_TOPIC",
         None,
-        "Topic that carries bars read off their owner partition to it (SPEC 7; created "
+        "Topic that carries bars read off their owner partition to it (docs/ownership.md; created "
         "when missing); unset: KAFKA_GROUP_ID-repartition, because its offsets and its "
         "forwarded bars belong to one group (a second group sharing it would read them).",
         min_length=1,
@@ -173,9 +178,14 @@ class Settings(BaseModel):
         default_factory=socket.gethostname,
         alias="SFA_INSTANCE_ID",
         min_length=1,
-        description="This instance's name (client ids, transactional id); give every "
-        "instance of a group its own.",
-        json_schema_extra={"default_text": "the host name", "allowed": "not empty"},
+        description="This instance's name (client ids, transactional id, static group "
+        "membership); give every instance of a group its own. Unset: the host name, and "
+        "with an SFA_METRICS_PORT other than 8000 and 0, host-PORT, so a second instance "
+        "on one machine needs only its own SFA_METRICS_PORT.",
+        json_schema_extra={
+            "default_text": "the host name (host-PORT for another SFA_METRICS_PORT)",
+            "allowed": "not empty",
+        },
     )
     transactional_id: str | None = _env(
         "SFA_TRANSACTIONAL_ID",
@@ -534,6 +544,47 @@ class Settings(BaseModel):
             raise ValueError("expected a scheduler address such as tcp://10.0.0.5:8786")
         return text
 
+    @model_validator(mode="before")
+    @classmethod
+    def _state_topic_per_group(cls, data: Any) -> Any:
+        """SFA_STATE_TOPIC defaults to `<KAFKA_GROUP_ID>-state` (SPEC 9), as the
+        repartition topic's default is per group: one shared `sfa-state` let a run on
+        another input restore hundreds of foreign symbols into the default service."""
+        if not isinstance(data, dict) or data.get("SFA_STATE_TOPIC") or data.get("state_topic"):
+            return data
+        group = data.get("KAFKA_GROUP_ID") or data.get("kafka_group_id") or "sfa-service"
+        return {**data, "SFA_STATE_TOPIC": f"{str(group).strip()}-state"}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _instance_per_port(cls, data: Any) -> Any:
+        """Two instances on one machine share the host name, so the second fenced the
+        first (exit 3); they cannot share a metrics port either, so the port they must
+        differ in anyway tells them apart. Stable across restarts (same port, same id),
+        which the transactional id and static membership need; 8000 keeps the plain
+        host name, as before, for one instance per host (containers)."""
+        if not isinstance(data, dict) or data.get("SFA_INSTANCE_ID") or data.get("instance_id"):
+            return data
+        port = str(data.get("SFA_METRICS_PORT", data.get("metrics_port", "8000"))).strip()
+        if port in ("8000", "0") or not port.isdigit():
+            return data
+        return {**data, "SFA_INSTANCE_ID": f"{socket.gethostname()}-{int(port)}"}
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        # librdkafka takes `host` alone as host:9092, so a forgotten port on a broker
+        # listening elsewhere (9093 for TLS, a dev port) reads as "cannot reach" later.
+        # The Java clients refuse it; so do we, before anything connects.
+        for entry in value.split(","):
+            address = entry.strip().rpartition("://")[2].rstrip("/")
+            match = _BOOTSTRAP_RE.match(address)
+            if not match or not 1 <= int(match.group("port")) <= 65535:
+                raise ValueError(
+                    "every broker needs its port: host:port[,host:port...], such as 127.0.0.1:9092"
+                )
+        return value
+
     @field_validator("dask_dashboard_address")
     @classmethod
     def _check_dashboard(cls, value: str | None) -> str | None:
@@ -580,6 +631,18 @@ class Settings(BaseModel):
             )
         if low is not None and high is not None and low > high:
             raise ValueError(f"SFA_DASK_ADAPT_MIN: {low} is above SFA_DASK_ADAPT_MAX ({high})")
+        return self
+
+    @model_validator(mode="after")
+    def _enough_years(self) -> Settings:
+        """A filter with fewer years than SFA_MIN_YEARS makes every result
+        insufficient_history, silently; that is never what was meant."""
+        if self.years is not None and len(self.years) < self.min_years:
+            raise ValueError(
+                f"SFA_YEARS: {len(self.years)} year(s), fewer than SFA_MIN_YEARS "
+                f"({self.min_years}), so no symbol could ever have a pattern; name more years "
+                "or lower SFA_MIN_YEARS"
+            )
         return self
 
     # --- derived views ---

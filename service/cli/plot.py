@@ -1,8 +1,10 @@
 """`sfa plot SYMBOL --results FILE | --bars FILE... [--output PNG|SVG]`: one symbol's curves.
 
 For an analyst the pattern figures only mean something next to the paths they summarise,
-so the plot shows every qualifying year's normalised path (SPEC 3), their mean curve
-(SPEC 4), the festival day, the peak and the trough, with the figures in the legend.
+so the plot shows every qualifying year's normalised path, their mean curve (faint where
+fewer than half of the years reach a day: such a mean is never the peak or trough), the
+festival day, the peak, the trough and today (`position.window_day`), with the figures in
+the legend; the axis counts in the curve's unit (trading or calendar days).
 
 `--results` reads the last result for the symbol from `sfa replay`/`sfa run` output; a
 result holds the mean curve but not the yearly paths, so only `--bars` draws those: it
@@ -59,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="RESULTS",
         help="instead of SYMBOL: the symbol with the strongest pattern in a results JSONL file",
     )
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--results", metavar="FILE", help="results JSONL (sfa replay output)")
     source.add_argument(
         "--bars", metavar="FILE", nargs="+", help="bar files: analysed here, yearly paths drawn"
@@ -69,12 +71,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _symbol_after_bars(args: argparse.Namespace) -> None:
+    """`sfa plot --bars a.jsonl SYMBOL`: `--bars` takes one file or more, so argparse
+    hands it the symbol too. A last "file" that does not exist, given without SYMBOL,
+    is the symbol."""
+    bars = args.bars or []
+    if args.symbol is None and len(bars) > 1 and not Path(bars[-1]).exists():
+        args.symbol = bars.pop()
+
+
 def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    _symbol_after_bars(args)
     if (args.symbol is None) == (args.strongest is None):
         print("sfa: give either SYMBOL or --strongest RESULTS", file=sys.stderr)
         return 2
     if args.strongest is not None:
         args.symbol = strongest(args.strongest)
+        if not args.bars and not args.results:
+            args.results = args.strongest  # the file that named it also holds its result
+    if not args.bars and not args.results:
+        print("sfa: give --results FILE or --bars FILE... to draw from", file=sys.stderr)
+        return 2
     output = Path(args.output or f"{args.symbol}.png")
     fmt = _FORMATS.get(output.suffix.lower())
     if fmt is None:
@@ -139,6 +156,11 @@ def from_results(path: str, symbol: str) -> dict[str, Any]:
         raise InputError(f"{path} is not results JSONL: {exc}") from None
     if last is None:
         raise SfaError(f"symbol {symbol!r} not found in {path}")
+    if "status" not in last or "window_days" not in last:
+        raise InputError(
+            f"{path} holds bars, not results (sfa replay's --output); "
+            f"to draw from bars: sfa plot {symbol} --bars {path}"
+        )
     return last
 
 
@@ -167,7 +189,7 @@ def from_bars(
         raise SfaError(f"symbol {symbol!r} has no valid bar in {', '.join(files)}")
     windows = store.windows(symbol)
     [pattern] = analyze_patterns([windows], params)
-    position, signal = position_and_signal(windows.latest, pattern, params)
+    position, signal = position_and_signal(windows.latest, pattern, params, windows.days)
     encoded = encode_result(
         symbol=symbol,
         as_of_day=windows.latest,
@@ -248,8 +270,20 @@ def render(result: dict[str, Any], paths: list[YearPath], output: Path, fmt: str
         years = f"{paths[0].year}-{paths[-1].year}"
         label = f"yearly paths: {len(paths)} years {years} (dark = early)"
         handles.append(Line2D([], [], color=colours[len(colours) // 2], lw=0.8, label=label))
+    n_years = len(result.get("years_analyzed") or []) or int(curve[:, 2].max(initial=0))
+    half = max(2, -(-n_years // 2))  # SPEC 4: days at least half of the years share
     if curve.size:
-        (mean,) = ax.plot(curve[:, 0], curve[:, 1], color="black", lw=2.2, label="mean curve")
+        # A mean of few years is noise (the ends of a trading-day window): drawn faint,
+        # and never the peak or trough.
+        ax.plot(curve[:, 0], curve[:, 1], color="black", lw=1.4, alpha=0.3)
+        shared = np.where(curve[:, 2] >= half, curve[:, 1], np.nan)
+        (mean,) = ax.plot(
+            curve[:, 0],
+            shared,
+            color="black",
+            lw=2.2,
+            label=f"mean curve (faint: fewer than {half} of {n_years} years)",
+        )
         handles.append(mean)
     ax.axvline(0, color="tab:red", ls="--", lw=1.2)
     handles.append(Line2D([], [], color="tab:red", ls="--", label="Spring Festival"))
@@ -271,17 +305,35 @@ def render(result: dict[str, Any], paths: list[YearPath], output: Path, fmt: str
                     label=f"{name} day {day:+d} ({at[day]:+.2f}%)",
                 )
             )
+    pos = result.get("position") or {}
+    today = pos.get("window_day")
+    if today is not None:
+        handles.append(
+            ax.axvline(
+                today,
+                color="tab:purple",
+                ls=":",
+                lw=1.6,
+                label=f"today ({result.get('as_of')}): day {today:+d}",
+            )
+        )
+    else:
+        handles.append(Line2D([], [], ls="none", label="today: outside every window"))
     handles.extend(Line2D([], [], ls="none", label=line) for line in _figures(result))
     ax.legend(handles=handles, loc="upper left", fontsize=8.5, framealpha=0.9)
     ax.axhline(0, color="grey", lw=0.6)
-    unit = "trading days" if result.get("alignment", "trading") == "trading" else "calendar days"
-    ax.set_xlabel(f"{unit} relative to the Spring Festival")
+    w = result.get("window_days")
+    if result.get("alignment", "trading") == "trading":
+        ax.set_xlabel(
+            f"trading days from the Spring Festival (the window, ±{w} calendar days, holds "
+            "about 5 trading days in 7)"
+        )
+    else:
+        ax.set_xlabel(f"calendar days from the Spring Festival (window ±{w})")
     ax.set_ylabel("% from the last close before the festival")
-    pos = result.get("position") or {}
     ax.set_title(
-        f"{result['symbol']}: Spring Festival alignment (window {result.get('window_days')} "
-        f"days), as of {result.get('as_of')}; next festival {pos.get('spring_festival_date')} "
-        f"({pos.get('phase')})",
+        f"{result['symbol']}: Spring Festival alignment, as of {result.get('as_of')}; "
+        f"festival {pos.get('spring_festival_date')} ({pos.get('phase')})",
         fontsize=10,
     )
     ax.grid(alpha=0.3)

@@ -27,12 +27,12 @@ import time
 from collections.abc import Iterator
 from functools import partial
 
+from service.cli.interrupt import EXIT_INTERRUPTED, Interrupted
 from service.cli.report import EXIT_INCOMPLETE
 from service.errors import ConfigError
 from service.feed import FeedRecord, keyed_records, snapshot_records, stamps
 from service.files.readers import FileFailure, keyed_messages
-from service.kafka.admin import require_topic
-from service.kafka.config import check_client_configs
+from service.kafka.admin import TopicShape, require_topic
 from service.kafka.producer import AtLeastOnceProducer, RecordRefused
 from service.ownership import Partitioner
 from service.registry import RegistryClient, client_from_settings
@@ -94,6 +94,7 @@ class _Skips:
         self.limit = limit
         self.count = 0
         self.undelivered = 0  # of `count`: handed to the producer, refused by the broker
+        self.acked = 0  # records the broker acknowledged: what an interrupted run reports
 
     def add(self, file: str, line: int, why: str) -> None:
         self.count += 1
@@ -102,6 +103,7 @@ class _Skips:
 
     def delivered(self, file: str, line: int, size: int, err: object, _msg: object) -> None:
         if err is None:
+            self.acked += 1
             return
         self.undelivered += 1
         code = getattr(err, "name", lambda: "")()
@@ -164,16 +166,33 @@ def _encoder(
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    check_client_configs(settings)
-    client = _registry(args, settings)
+    client = _registry(args, settings)  # its settings are checked before Kafka is asked
     topic = args.topic or settings.input_topic
     shape = require_topic(settings, topic)
     encoder = _encoder(args, client, topic)
+    with Interrupted() as stop:
+        return _send(args, settings, topic, shape, encoder, stop)
+
+
+def _send(
+    args: argparse.Namespace,
+    settings: Settings,
+    topic: str,
+    shape: TopicShape,
+    encoder: BarEncoder | None,
+    stop: Interrupted,
+) -> int:
+    """Count, then send; Ctrl-C (`stop.hit`) ends either pass between two records."""
     limit = shape.max_message_bytes
+    total = 0
+    for _ in _records(args, shape.partitions, settings.partitioner, limit, []):
+        total += 1
+        if stop.hit:  # still counting: say so, as a later Ctrl-C says how far it got
+            print(f"sfa: interrupted: nothing sent to {topic}", file=sys.stderr)
+            return EXIT_INTERRUPTED
     producer = AtLeastOnceProducer(settings, max_message_bytes=limit)
     skips = _Skips(limit)
     failures: list[FileFailure] = []
-    total = sum(1 for _ in _records(args, shape.partitions, settings.partitioner, limit, []))
     bar = None
     if sys.stderr.isatty() and not args.no_progress:
         from tqdm import tqdm
@@ -184,6 +203,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     stamp = iter(stamps(total, int(time.time() * 1000)))
     try:
         for m in _records(args, shape.partitions, settings.partitioner, limit, failures):
+            if stop.hit:
+                break
             size = len(m.value) + len(m.key or b"")
             # Every record takes its stamp, sent or not, so the order never depends on skips;
             # a file that grew between the passes takes the last stamp for its extra records.
@@ -210,6 +231,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 bar.update(1)
             if count % _FLUSH_EVERY == 0:
                 producer.flush_and_verify()
+        if stop.hit:
+            # Ctrl-C: what was handed to the client is delivered (for a few seconds at
+            # most) and counted, so the user knows where the topic stands.
+            producer.close(timeout_s=5.0)
+            if bar is not None:
+                bar.close()
+            print(
+                f"sfa: interrupted: {skips.acked:,} of {total:,} message(s) sent to {topic}",
+                file=sys.stderr,
+            )
+            return EXIT_INTERRUPTED
         producer.flush_and_verify()
     finally:
         if bar is not None:

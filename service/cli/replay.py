@@ -8,9 +8,10 @@ run by the Dask workers: `service.compute.partitioned`), chosen for inputs of at
 Exit 0 once the input is processed (bad records included); 1 when nothing could run
 (an input missing at start, an output that cannot be written or that names an
 input); 2 when a Dask worker cannot read an input (partitioned, nothing ran); 3 when a
-file broke part way (each named on one line with its line): the results of everything
-read are still written; 3 also when the Dask scheduler is lost mid-way (partitioned):
-then nothing is written. Outputs appear only when the run ends
+file broke part way or gave no valid bar (each named on one line with its line): the
+results of everything read are still written, unless nothing valid was read at all,
+when no output is replaced; 3 also when the Dask scheduler is lost mid-way
+(partitioned): then nothing is written. Outputs appear only when the run ends
 (`service.files.output`), so a failed run leaves existing files untouched.
 """
 
@@ -25,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
+from service.cli.interrupt import exit_on_interrupt
 from service.cli.report import EXIT_INCOMPLETE, render_summary, strongest_patterns
 from service.errors import ConfigError, SfaError
 from service.files.output import AtomicFile, refuse_overlaps
@@ -123,11 +125,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         results = sys.stdout.buffer if args.output == "-" else open_out(args.output)
         errors = open_out(args.errors) if args.errors else None
         progress = sys.stderr.isatty() and not args.no_progress
-        stats, pipeline = asyncio.run(
-            replay(args.files, settings, results, errors, progress, args.emit)
-        )
-        for out in outputs:
-            out.commit()
+        with exit_on_interrupt(outputs):
+            stats, pipeline = asyncio.run(
+                replay(args.files, settings, results, errors, progress, args.emit)
+            )
+            if stats.bars:  # a run that read nothing valid replaces nothing
+                for out in outputs:
+                    out.commit()
     except OSError as exc:  # a write to an output failed (disk full, say)
         raise SfaError(f"cannot write the output: {exc.strerror or exc}") from None
     finally:
@@ -151,6 +155,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             render_summary(stats, pipeline.state, strongest_patterns(pipeline.state, limit=15)),
             file=sys.stderr if args.output == "-" else sys.stdout,
         )
+    if not stats.bars:
+        kept = " and ".join(f"{o.path}" for o in outputs)
+        print(
+            f"replay: INCOMPLETE: no valid bar in {len(args.files)} input file(s)"
+            + (f"; {kept} left as it was" if kept else ""),
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
     if stats.failures:
         print(
             f"replay: INCOMPLETE: {len(stats.failures)} of {len(args.files)} input file(s) "
@@ -204,18 +216,20 @@ def _run_partitioned(args: argparse.Namespace, settings: Settings) -> int:
         else:
             results = open_out(args.output)
         errors = open_out(args.errors) if args.errors else None
-        done = run_partitioned(
-            args.files,
-            settings,
-            results,
-            errors,
-            emit=args.emit,
-            partitions=args.partitions,
-            block_bytes=args.block_bytes,
-            on_progress=update,
-        )
-        for out in outputs:
-            out.commit()
+        with exit_on_interrupt(outputs):
+            done = run_partitioned(
+                args.files,
+                settings,
+                results,
+                errors,
+                emit=args.emit,
+                partitions=args.partitions,
+                block_bytes=args.block_bytes,
+                on_progress=update,
+            )
+            if done.totals.bars:  # a run that read nothing valid replaces nothing
+                for out in outputs:
+                    out.commit()
     except InputsUnreadable as exc:
         print(f"sfa: {exc}", file=sys.stderr)
         return 2
@@ -241,6 +255,14 @@ def _run_partitioned(args: argparse.Namespace, settings: Settings) -> int:
         f"partitions={done.partitions}, blocks={done.blocks}",
         file=sys.stderr,
     )
+    if not t.bars:
+        kept = " and ".join(f"{getattr(o, 'path', '')}" for o in outputs)
+        print(
+            f"replay: INCOMPLETE: no valid bar in {len(args.files)} input file(s)"
+            + (f"; {kept} left as it was" if kept else ""),
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
     if t.failures:
         print(
             f"replay: INCOMPLETE: {len(t.failures)} of {len(args.files)} input file(s) "

@@ -28,6 +28,7 @@ class Strongest:
     phase: str
     signal: str
     action: str
+    window_day: int | None = None
 
 
 def strongest_patterns(state: StateStore, limit: int = 10) -> list[Strongest]:
@@ -41,7 +42,8 @@ def strongest_patterns(state: StateStore, limit: int = 10) -> list[Strongest]:
         if result.pattern is None:
             continue
         p = result.pattern
-        position, signal = position_and_signal(state.latest(symbol), result, state.params)
+        windows = state.windows(symbol)
+        position, signal = position_and_signal(windows.latest, result, state.params, windows.days)
         rows.append(
             Strongest(
                 symbol=symbol,
@@ -50,6 +52,7 @@ def strongest_patterns(state: StateStore, limit: int = 10) -> list[Strongest]:
                 phase=position.phase,
                 signal=signal.signal if signal else "-",
                 action=signal.action if signal else "-",
+                window_day=position.window_day,
             )
         )
     rows.sort(key=lambda r: (-r.score, r.symbol))
@@ -74,8 +77,9 @@ def render_summary(stats: ReplayStats, state: StateStore, top: list[Strongest]) 
         f"results emitted      {stats.results:>12,}  ({by_status or 'none'})",
         f"pattern computations {stats.analysed:>12,}",
         f"symbols analysed     {n_symbols:>12,}",
-        f"success rate         {ok_symbols / n_symbols if n_symbols else 0.0:>12.1%}"
-        f"  ({ok_symbols} symbols with an ok pattern)",
+        f"symbols with pattern {ok_symbols / n_symbols if n_symbols else 0.0:>12.1%}"
+        f"  ({ok_symbols:,} of {n_symbols:,} symbols ok; the service's sfa_success_ratio "
+        "counts analyses instead)",
         f"compute              {stats.compute_mode:>12}  "
         f"({len(stats.executed_by - {'local'})} Dask worker(s) did the work)",
     ]
@@ -92,7 +96,8 @@ def render_summary(stats: ReplayStats, state: StateStore, top: list[Strongest]) 
             "",
             f"Strongest festival patterns (as of {as_of})",
             f"{'symbol':<12} {'years':>5} {'strength':>8} {'confid.':>7} {'before%':>8} "
-            f"{'after%':>8} {'peak':>5} {'trough':>6}  {'phase':<14} {'signal':<8} action",
+            f"{'after%':>8} {'peak':>5} {'trough':>6} {'today':>5}  {'phase':<14} "
+            f"{'signal':<8} action",
         ]
         for r in top:
             p = r.result.pattern
@@ -100,7 +105,16 @@ def render_summary(stats: ReplayStats, state: StateStore, top: list[Strongest]) 
             lines.append(
                 f"{r.symbol:<12} {len(r.result.years):>5} {p.pattern_strength:>8.3f} "
                 f"{p.confidence_level:>7.3f} {p.average_return_before:>8.2f} "
-                f"{p.average_return_after:>8.2f} {p.peak_day:>5} {p.trough_day:>6}  "
+                f"{p.average_return_after:>8.2f} {p.peak_day:>5} {p.trough_day:>6} "
+                f"{'-' if r.window_day is None else r.window_day:>5}  "
                 f"{r.phase:<14} {r.signal:<8} {r.action}"
             )
+        unit = "trading" if state.params.alignment == "trading" else "calendar"
+        lines += [
+            "",
+            "strength, confid.: 0 to 1; before%, after%: mean move over the years, in % of "
+            "the last close before the festival;",
+            f"peak, trough, today (as_of): {unit} days from the festival, the curve's axis "
+            "(- outside every window)",
+        ]
     return "\n".join(lines)

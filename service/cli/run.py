@@ -20,8 +20,10 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 from types import FrameType
 
+from service.cli.interrupt import block_sigint
 from service.configdoc import help_epilog
 from service.errors import FatalError
 from service.instance import Service
@@ -40,26 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = help_epilog()
 
 
-# multiprocessing's resource tracker outlives an instance that was SIGKILLed, removes the
-# semaphores the instance could not release, and says so with a plain-text UserWarning
-# on the stderr it shares with us: two lines that are not JSON in a JSON log. The
-# removal is the whole remedy, so the note is dropped; the tracker is a new interpreter
-# started later with our environment, which is how the filter reaches it.
-_TRACKER_FILTER = "ignore:resource_tracker:UserWarning"
-
-
-def _quiet_resource_tracker() -> None:
-    present = os.environ.get("PYTHONWARNINGS", "")
-    if _TRACKER_FILTER not in present.split(","):
-        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (present, _TRACKER_FILTER)))
-
-
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    _quiet_resource_tracker()
+    signals = _Signals()  # first: every thread and process started later inherits its mask
     check_client_configs(settings)
     start_memtrace()
     service = Service(settings)
-    _take_signals(service)  # kept until exit: a late signal must not raise a traceback
+    signals.take(service)  # kept until exit: a late signal must not raise a traceback
     try:
         return asyncio.run(service.serve())
     except FencedError as exc:
@@ -76,17 +64,41 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 3
 
 
-def _take_signals(service: Service) -> None:
-    """SIGTERM and SIGINT: the first stops the service, a second exits now."""
-    seen: list[int] = []
+class _Signals:
+    """SIGTERM and SIGINT: the first stops the service, a second exits now.
 
-    def handle(number: int, frame: FrameType | None) -> None:
+    A terminal sends Ctrl-C to the whole process group, and a helper process that gets it
+    while its interpreter starts (a Dask worker the LocalCluster is spawning) prints a
+    KeyboardInterrupt traceback before any of our code can ignore it. So SIGINT is
+    blocked here, before any thread exists: every thread started later, and every process
+    those threads start, inherits the blocked mask and never sees it, and one thread
+    takes it with `sigwait`. SIGTERM stays a plain handler: multiprocessing and Dask stop
+    their children with it.
+    """
+
+    def __init__(self) -> None:
+        self._service: Service | None = None
+        self._seen: list[int] = []
+        block_sigint()  # quiets and starts the resource tracker first
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)  # for a thread that does not block it
+        threading.Thread(target=self._wait, name="sfa-sigint", daemon=True).start()
+
+    def take(self, service: Service) -> None:
+        self._service = service
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # whatever ran meanwhile
+
+    def _wait(self) -> None:
+        while True:
+            self._handle(signal.sigwait({signal.SIGINT}), None)
+
+    def _handle(self, number: int, frame: FrameType | None) -> None:
         name = signal.Signals(number).name
-        if seen:
+        if self._service is None:  # still checking the configuration: nothing to finish
+            os.write(2, b"sfa: interrupted\n")
+            os._exit(128 + number)
+        if self._seen:
             os.write(2, f"sfa: second signal ({name}): exiting now\n".encode())
             os._exit(128 + number)
-        seen.append(number)
-        service.request_stop(f"{name} received; a second signal exits at once")
-
-    for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, handle)
+        self._seen.append(number)
+        self._service.request_stop(f"{name} received; a second signal exits at once")

@@ -5,7 +5,7 @@ headers, state records) without a Kafka tool: read_committed, so an aborted
 transaction's records never show, and no consumer group is joined or committed.
 Each line: key, partition, offset, timestamp (ms), value (JSON as is, otherwise
 text), headers. Ends after `--max` records, after `--timeout` seconds without one,
-or at Ctrl-C (exit 0).
+or at Ctrl-C (`sfa: interrupted`, exit 130 as for `tail -f`).
 
 With SFA_SCHEMA_REGISTRY_URL set, a wire-format value (Avro, Protobuf, JSON Schema) is
 printed decoded (its record as JSON); a value whose schema the registry does not know, or
@@ -18,6 +18,7 @@ import argparse
 import sys
 from typing import Any
 
+from service.cli.interrupt import EXIT_INTERRUPTED, Interrupted
 from service.decode.wire import WireSchema, decode_payloads, is_wire, schema_id
 from service.kafka.admin import tail_records
 from service.registry import RegistryClient, RegistryUnavailableError, client_from_settings
@@ -75,19 +76,22 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     out = sys.stdout.buffer
     client = client_from_settings(settings)
-    try:
-        for line in tail_records(
-            settings,
-            args.topic,
-            from_beginning=args.from_beginning,
-            max_records=args.max,
-            idle_timeout_s=args.timeout,
-            decode=_WireValues(client) if client is not None else None,
-        ):
-            out.write(line + b"\n")
-            out.flush()
-    except KeyboardInterrupt:
-        pass  # the usual way to stop following
-    except BrokenPipeError:  # `sfa tail T | head`
-        return 0
+    with Interrupted() as stop:
+        try:
+            for line in tail_records(
+                settings,
+                args.topic,
+                from_beginning=args.from_beginning,
+                max_records=args.max,
+                idle_timeout_s=args.timeout,
+                decode=_WireValues(client) if client is not None else None,
+                stopped=lambda: stop.hit,
+            ):
+                out.write(line + b"\n")
+                out.flush()
+        except BrokenPipeError:  # `sfa tail T | head`
+            return 0
+    if stop.hit:  # the usual way to stop following: 130, as `tail -f` does
+        print("sfa: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0

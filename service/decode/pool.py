@@ -24,7 +24,7 @@ from typing import Protocol
 from service.decode.batch import decode_batch, decode_lines
 from service.decode.types import DecodedBatch
 from service.decode.wire import InputFormat, WireSchema, decode_wire_batch, wire_ids
-from service.host import exit_with_parent, usable_cores
+from service.host import helper_process, usable_cores
 from service.settings import Settings
 
 __all__ = ["Decoder", "SchemaLookup", "decode_processes", "default_decode_processes"]
@@ -74,7 +74,7 @@ class Decoder:
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 processes,
                 mp_context=ctx,
-                initializer=exit_with_parent,
+                initializer=helper_process,  # ignores Ctrl-C: the parent stops us
                 initargs=(os.getpid(),),
             )
             self._pool.submit(_warm)  # start the interpreter now, while the input opens

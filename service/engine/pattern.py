@@ -243,8 +243,13 @@ def _chunk_stats(src: _Input, g: Groups, params: EngineParams) -> _Stats:
     k_mean = _div0(k_sum, k_n)
     in_v = k_n >= 2
     v_count = in_v.sum(axis=1)
-    peak = np.where(in_v, k_mean, -np.inf).argmax(axis=1) - w
-    trough = np.where(in_v, k_mean, np.inf).argmin(axis=1) - w
+    # Peak and trough only among days at least half the years share (SPEC 4): the ends
+    # of a trading-day window are reached by few years, and a mean of those few was the
+    # seasonal extreme of half the demo's symbols. No such day: all of V.
+    shared = k_n >= np.maximum(2, (n_years + 1) // 2)[:, None]
+    among = np.where(shared.any(axis=1)[:, None], shared, in_v)
+    peak = np.where(among, k_mean, -np.inf).argmax(axis=1) - w  # first: the smallest k
+    trough = np.where(among, k_mean, np.inf).argmin(axis=1) - w
     significance = _div0((k_n >= 3).sum(axis=1), v_count)
     present = k_n > 0
     at = present.ravel().nonzero()[0]

@@ -118,13 +118,19 @@ class PatternResult:
 
 @dataclass(frozen=True, slots=True)
 class Position:
-    """SPEC 5 position relative to as_of = latest(s). `spring_festival_day` is a day number."""
+    """SPEC 5 position relative to as_of = latest(s). `spring_festival_day` is a day number.
+
+    `window_day` is latest(s) on the curve's axis (trading or calendar days from the
+    festival, as `curve`, `peak_day` and `trough_day` count), None outside every window;
+    the other fields count calendar days.
+    """
 
     spring_festival_day: int
     days_to_spring_festival: int
     relative_day: int
     in_window: bool
     phase: str
+    window_day: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ __all__ = [
     "READ_ERRORS",
     "BrokenAt",
     "FileFailure",
+    "is_gzip",
     "is_url",
     "open_binary",
     "open_raw",
@@ -79,6 +80,9 @@ def reason(exc: BaseException) -> str:
     return (text[0][:200] if text else "") or type(exc).__name__
 
 
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
 def is_url(path: str) -> bool:
     """An fsspec URL (`s3://bucket/key`, `file:///data/bars.jsonl`) rather than a path."""
     return "://" in path
@@ -94,6 +98,12 @@ def open_raw(path: str) -> IO[bytes]:
         # which `read_chunk` needs; a BufferedReader over their `readinto` adds it.
         return io.BufferedReader(fs.open(inner, "rb"))
     return open(path, "rb")
+
+
+def is_gzip(path: str) -> bool:
+    """Whether the bytes are gzip, whatever the name says (a path or an fsspec URL)."""
+    with open_raw(path) as f:
+        return f.read(2) == _GZIP_MAGIC
 
 
 class _GzipOf(gzip.GzipFile):
@@ -112,9 +122,14 @@ class _GzipOf(gzip.GzipFile):
 
 
 def open_binary(path: str) -> IO[bytes]:
-    """The content (gzip decompressed); a path or an fsspec URL, which the partitioned
-    replay's workers read where the driver may see no file at all."""
-    if path.lower().endswith(".gz"):
+    """The content, decompressed when the bytes are gzip; a path or an fsspec URL, which
+    the partitioned replay's workers read where the driver may see no file at all.
+
+    The bytes decide, not the name: gzip data without `.gz` was read as 329 lines of
+    binary (every one a dead letter, and `sfa produce` sent them on), and plain text
+    named `.gz` is read as text (`gzip -dcf` does the same).
+    """
+    if is_gzip(path):
         if is_url(path):
             return _GzipOf(open_raw(path))  # type: ignore[return-value]
         return gzip.open(path, "rb")  # type: ignore[return-value]

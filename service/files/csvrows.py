@@ -1,7 +1,9 @@
 """CSV records as message values, one bad line never costing more than itself.
 
 The first row must be a header naming at least one bar field (canonical or alias),
-otherwise the file is taken to have no header. Symbol and date columns always stay
+otherwise the file is taken to have no header. The delimiter is `,`, or the first of
+`;`, tab and `|` under which a comma-less header names a bar field (a spreadsheet export
+where the comma is the decimal mark); `.tsv` files use tabs. Symbol and date columns always stay
 strings (`000001` must not become `1`); other cells that look like a JSON number
 become numbers, empty cells null, everything else stays a string, so a bad close is
 rejected as `invalid_field:close`. A record's line is the file line where it ends.
@@ -120,38 +122,64 @@ class _Lines:
         return first
 
 
-def _one_record(row: list[str], taken: list[tuple[int, bytes]], width: int) -> bool:
+def _one_record(row: list[str], taken: list[tuple[int, bytes]], width: int, delimiter: str) -> bool:
     """Whether a record read over several lines really is one (a quoted cell holding
     newlines) rather than a stray quote that paired with a later one: it has the
     header's width, and no line inside it would be a whole plain row on its own."""
     if len(row) != width:
         return False
-    return not any(b'"' not in raw and raw.count(b",") == width - 1 for _, raw in taken[1:])
+    sep = delimiter.encode()
+    return not any(b'"' not in raw and raw.count(sep) == width - 1 for _, raw in taken[1:])
 
 
-def csv_rows(path: str) -> Iterator[tuple[list[bytes], list[int]]]:
+# Tried in order on a header that names no bar field when split on commas: the usual
+# separators of spreadsheet exports in locales where the comma is the decimal mark.
+_OTHER_DELIMITERS = (";", "\t", "|")
+
+
+def _names(cells: list[str]) -> list[str]:
+    return [h.strip().lstrip("\ufeff") for h in cells]
+
+
+def _header(cells: list[str] | None, delimiter: str | None) -> tuple[list[str], str]:
+    """The column names and the delimiter: `delimiter`, or the first of `,` and
+    `_OTHER_DELIMITERS` under which the header names a bar field."""
+    names = _names(cells) if cells else []
+    if delimiter is not None or KNOWN_COLUMNS.intersection(names) or len(names) != 1:
+        return names, delimiter or ","
+    for other in _OTHER_DELIMITERS:
+        split = _names(next(csv.reader([names[0]], delimiter=other)))
+        if KNOWN_COLUMNS.intersection(split):
+            return split, other
+    return names, ","
+
+
+def csv_rows(path: str, delimiter: str | None = None) -> Iterator[tuple[list[bytes], list[int]]]:
+    """Records of a CSV (`delimiter` None: `,`, or `;`, tab or `|` when the header says
+    so) or TSV (`delimiter="\\t"`) file as message values with their lines."""
     with open_binary(path) as f:
         feed = _Lines(f)
         try:
-            header = next(csv.reader(feed), None)
+            header = next(csv.reader(feed, delimiter=delimiter or ","), None)
         except (_BadRecord, csv.Error):
             header = None
-        names = [h.strip().lstrip("\ufeff") for h in header] if header else []
+        names, delimiter = _header(header, delimiter)
         if not KNOWN_COLUMNS.intersection(names):
+            shown = ",".join(names)[:80]
             raise InputError(
-                f"input file {path} has no CSV header row "
-                "(expected column names such as symbol,date,close)"
+                "no header row naming a bar field (expected column names such as "
+                f"symbol,date,close; the first row is {shown!r})"
             )
         keep_str = [n in STRING_COLUMNS for n in names]
         dumps = orjson.dumps
         values: list[bytes] = []
         lines: list[int] = []
-        reader = csv.reader(feed)
+        reader = csv.reader(feed, delimiter=delimiter)
         while True:
             feed.taken = []
             try:
                 row = next(reader)
-                good = len(feed.taken) == 1 or _one_record(row, feed.taken, len(names))
+                good = len(feed.taken) == 1 or _one_record(row, feed.taken, len(names), delimiter)
             except StopIteration:
                 break
             except (_BadRecord, csv.Error):
@@ -164,7 +192,7 @@ def csv_rows(path: str) -> Iterator[tuple[list[bytes], list[int]]]:
                 number, raw = feed.restart_after_first()
                 values.append(raw.rstrip(b"\r\n"))  # not JSON: the decoder dead-letters it
                 lines.append(number)
-                reader = csv.reader(feed)  # a fresh reader: the old one is mid-record
+                reader = csv.reader(feed, delimiter=delimiter)  # the old one is mid-record
             elif row and (len(row) > 1 or row[0].strip()):  # else a blank line
                 record = {
                     name: (cell or None) if as_str else _cell(cell.strip())

@@ -1,5 +1,5 @@
-"""File inputs for `sfa replay` and `sfa produce`: JSONL (optionally gzip), CSV, Parquet,
-Avro container files (`service.files.avrofile`).
+"""File inputs for `sfa replay` and `sfa produce`: JSONL (optionally gzip), JSON arrays,
+CSV, TSV, Parquet, Avro container files (`service.files.avrofile`).
 
 Every format is turned into the same thing the Kafka path sees: one message value
 per element, so decoding and validation (`service.decode`) are shared and a file
@@ -12,7 +12,12 @@ no list of failures, an `InputError`).
 
 Decisions:
 
-* JSONL: a line holding only whitespace is blank and skipped; `\\r\\n` endings are fine.
+* The format comes from the name (`.parquet`, `.csv`, `.tsv`, `.json`, anything else
+  JSONL, each optionally `.gz`); whether the bytes are gzip comes from the bytes.
+* JSONL: a line holding only whitespace is blank and skipped; `\\r\\n` endings are fine;
+  a UTF-8 byte order mark before line 1 is dropped (CSV drops it too).
+* `.json`: one document, an array of bars (each element a message, its position the
+  element's number from 1) or one bar; a file that is not one document is read as JSONL.
   A batch is at most `batch_lines` file lines; when all of them are clean objects it
   stays one newline-joined payload (`Batch.of_lines`), the cheapest thing to hand on.
 * CSV: see `service.files.csvrows` (one broken line costs one dead letter).
@@ -42,6 +47,7 @@ from service.files.breaks import (
     READ_ERRORS,
     BrokenAt,
     FileFailure,
+    is_gzip,
     is_url,
     open_binary,
     open_raw,
@@ -68,14 +74,41 @@ _last_byte = itemgetter(-1)
 
 
 def _kind(path: str) -> str:
-    lower = path.lower()
+    lower = path.lower().removesuffix(".gz")
     if lower.endswith(".parquet"):
         return "parquet"
-    if lower.endswith((".csv", ".csv.gz")):
+    if lower.endswith(".csv"):
         return "csv"
     if lower.endswith(".avro"):
         return "avro"
+    if lower.endswith(".tsv"):
+        return "tsv"
+    if lower.endswith(".json"):
+        return "json"
     return "jsonl"
+
+
+# --- one JSON document (.json) ---
+
+
+def _json_document(path: str) -> Iterator[tuple[list[bytes], list[int]]] | None:
+    """A `.json` file holding one document: an array of bars (pretty-printed, as
+    `json.dump(bars, f, indent=2)` writes it), each element a message positioned by its
+    index from 1, or a single bar object. None when the file is not one JSON document
+    (JSONL named `.json`): it is then read as JSONL. The document is held in memory."""
+    try:
+        with open_binary(path) as f:
+            data = f.read()
+    except READ_ERRORS as exc:
+        raise BrokenAt(1, exc) from exc
+    try:
+        document = orjson.loads(data.removeprefix(_BOM))
+    except orjson.JSONDecodeError:
+        return None
+    elements = document if type(document) is list else [document]
+    dumps = orjson.dumps
+    values = [dumps(element) for element in elements]
+    return iter([(values, list(range(1, len(values) + 1)))] if values else [])
 
 
 # --- JSONL ---
@@ -83,6 +116,7 @@ def _kind(path: str) -> str:
 
 _NEWLINE = ord("\n")
 _BRACE = ord("{")
+_BOM = b"\xef\xbb\xbf"  # UTF-8 byte order mark: Windows tools start text files with it
 
 
 def _jsonl(path: str, batch_lines: int) -> Iterator[Batch]:
@@ -103,8 +137,11 @@ def jsonl_batches(f: IO[bytes], path: str, batch_lines: int, line: int = 0) -> I
     data = b""  # unconsumed bytes: whole lines, then maybe a partial one
     eof = False
     broken: BaseException | None = None
+    first = line == 0  # a UTF-8 BOM can only start the file
     while not eof:
         chunk, broken = read_chunk(f, _CHUNK_BYTES)
+        if first:
+            chunk, first = chunk.removeprefix(_BOM), False
         eof = not chunk or broken is not None
         data = data + chunk if data else chunk
         if broken is not None:
@@ -261,16 +298,18 @@ def _batches(
         lines: list[int] = []
         try:
             kind = _kind(path)
-            if kind == "jsonl":
+            document = _json_document(path) if kind == "json" else None
+            if kind in ("jsonl", "json") and document is None:
                 yield from _jsonl(path, batch_lines)
             else:
-                rows = (
-                    csv_rows(path)
-                    if kind == "csv"
-                    else avro_records(path, _ROWS_PER_CHUNK)
-                    if kind == "avro"
-                    else _parquet(path)
-                )
+                if document is not None:
+                    rows = document
+                elif kind == "parquet":
+                    rows = _parquet(path)
+                elif kind == "avro":
+                    rows = avro_records(path, _ROWS_PER_CHUNK)
+                else:
+                    rows = csv_rows(path, "\t" if kind == "tsv" else None)
                 for vs, ls in rows:
                     values.extend(vs)
                     lines.extend(ls)
@@ -299,7 +338,7 @@ def total_size_hint(paths: Sequence[str]) -> int:
     for path in paths:
         try:
             size = os.path.getsize(path)
-            if path.lower().endswith(".gz") and size >= 4:
+            if size >= 4 and is_gzip(path):
                 with open(path, "rb") as f:
                     f.seek(-4, os.SEEK_END)
                     size = struct.unpack("<I", f.read(4))[0]

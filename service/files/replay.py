@@ -20,6 +20,7 @@ from service.decode.pool import decode_processes
 from service.files.readers import FileFailure, read_batches, total_size_hint
 from service.files.sink import FileSink
 from service.files.source import FileSource
+from service.files.tally import FileTallies
 from service.pipeline import Emit, Pipeline
 from service.settings import Settings
 
@@ -40,8 +41,10 @@ class ReplayStats:
     fallback_reason: str | None = None
     seconds: float = 0.0
     failures: list[FileFailure] = field(default_factory=list)  # files not read to the end
+    files: FileTallies = field(default_factory=FileTallies)  # what each file gave
 
     def add(self, out: BatchOutput) -> None:
+        self.files.add(out)
         self.batches += 1
         self.messages += out.batch.n_messages
         self.bars += out.n_bars
@@ -67,7 +70,7 @@ async def replay(
 
     A file that breaks part way does not stop the run: what it and the other files
     yielded is processed, and the break is in `stats.failures` for the caller to
-    report (the run is then incomplete).
+    report (the run is then incomplete). So is a file that gave no valid bar.
     """
     started = time.perf_counter()
     stats = ReplayStats()
@@ -115,6 +118,7 @@ async def replay(
         await pipeline.drain()
         if source is not None:
             stats.failures.extend(source.failures)
+        stats.failures.extend(stats.files.unread(paths, {f.file for f in stats.failures}))
     except Exception:
         # Let the batches in flight settle before the cluster closes under them, so the
         # one error the user sees is this one, not a closed client's internals.

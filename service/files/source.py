@@ -29,7 +29,7 @@ from service.batches import Batch
 from service.decode.batch import decode_batch, decode_lines
 from service.errors import InputError
 from service.files.readers import FileFailure, read_batches
-from service.host import exit_with_parent
+from service.host import helper_process
 
 __all__ = ["FileSource"]
 
@@ -39,7 +39,7 @@ def _serve(
 ) -> None:
     """The helper's whole life: every batch in order, each broken file's `FileFailure`
     as soon as it is known, then None (or the error text)."""
-    exit_with_parent(parent)  # a SIGKILLed parent cannot stop its helper
+    helper_process(parent)  # Ctrl-C is the parent's; a SIGKILLed parent cannot stop us
     failures: list[FileFailure] = []
     try:
         for batch in read_batches(paths, batch_lines, failures):

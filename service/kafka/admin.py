@@ -43,7 +43,9 @@ __all__ = [
     "TopicPlan",
     "TopicShape",
     "create_topics",
+    "delete_topics",
     "ensure_topics",
+    "missing_topic",
     "partition_count",
     "require_topic",
     "tail_records",
@@ -54,6 +56,14 @@ _STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"
 # One day: far longer than a forwarded bar waits for its owner (seconds), short enough
 # that a snapshot feed's forwarded copies never pile up.
 _REPARTITION_TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(24 * 3600 * 1000)}
+
+
+def missing_topic(settings: Settings, topic: str, variable: str = "") -> MissingTopicError:
+    """The one wording of a missing topic, whichever command meets it."""
+    return MissingTopicError(
+        f"{variable + ': ' if variable else ''}topic {topic!r} does not exist on "
+        f"{settings.kafka_bootstrap_servers} (create it with: sfa topics create)"
+    )
 
 
 def _admin(settings: Settings) -> AdminClient:
@@ -96,10 +106,7 @@ def ensure_topics(
     partitions = partition_count(admin, input_topic, timeout_s)
     if partitions is None:
         if not create_input:
-            raise MissingTopicError(
-                f"SFA_INPUT_TOPIC: topic {input_topic!r} does not exist on "
-                f"{settings.kafka_bootstrap_servers} (create it upstream first)"
-            )
+            raise missing_topic(settings, input_topic, "SFA_INPUT_TOPIC")
         _create(admin, [NewTopic(input_topic, num_partitions=1)], timeout_s)
         partitions = 1
     wanted = [
@@ -233,6 +240,31 @@ def create_topics(
     return [(plan.name, "exists" if found[plan.name] else "created") for plan in plans]
 
 
+def delete_topics(
+    settings: Settings, plans: list[TopicPlan], timeout_s: float = 30.0
+) -> list[tuple[str, str]]:
+    """Delete the planned topics; `(name, "deleted" | "absent")` per plan, in order.
+    Returns once the broker no longer lists them, so `sfa topics create` may follow at
+    once (a topic still being deleted cannot be created again)."""
+    admin = _admin(settings)
+    found = {plan.name: partition_count(admin, plan.name, timeout_s) for plan in plans}
+    doomed = [plan.name for plan in plans if found[plan.name] is not None]
+    if doomed:
+        futures = admin.delete_topics(doomed, operation_timeout=timeout_s)
+        for name, future in futures.items():
+            try:
+                future.result(timeout=timeout_s)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise classify(exc, f"delete topic {name}") from exc
+        deadline = time.monotonic() + timeout_s
+        while any(partition_count(admin, name, timeout_s) is not None for name in doomed):
+            if time.monotonic() > deadline:
+                raise KafkaFatalError(f"topics still listed after {timeout_s} s: {doomed}")
+            time.sleep(0.1)
+    return [(plan.name, "deleted" if found[plan.name] else "absent") for plan in plans]
+
+
 @dataclass(frozen=True, slots=True)
 class TopicShape:
     """What a writer needs to know of a topic: partitions, and the record size it takes."""
@@ -247,10 +279,7 @@ def require_topic(settings: Settings, topic: str, timeout_s: float = 10.0) -> To
     admin = _admin(settings)
     partitions = partition_count(admin, topic, timeout_s)
     if partitions is None:
-        raise SfaError(
-            f"topic {topic!r} does not exist on {settings.kafka_bootstrap_servers} "
-            "(create it with: sfa topics create)"
-        )
+        raise missing_topic(settings, topic)
     resource = ConfigResource(ResourceType.TOPIC, topic)
     try:
         entries = admin.describe_configs([resource], request_timeout=timeout_s)[resource]
@@ -297,19 +326,20 @@ def tail_records(
     max_records: int | None = None,
     idle_timeout_s: float | None = None,
     decode: Callable[[bytes], Any] | None = None,
+    stopped: Callable[[], bool] = lambda: False,
 ) -> Iterator[bytes]:
     """Committed records of `topic` (read_committed: an aborted transaction's output
     never shows), one JSON object each: key, partition, offset, timestamp (ms),
     value (JSON embedded as is, else text), headers (a name -> text object; a
     repeated name keeps its last value). Stops after `max_records`, or after
-    `idle_timeout_s` without a record; no group is joined and nothing is committed.
-    `decode`, when given, renders a value it can read (wire-format Avro) and returns
-    None for the rest, which are shown as usual.
+    `idle_timeout_s` without a record, or once `stopped()` (asked between polls: Ctrl-C);
+    no group is joined and nothing is committed. `decode`, when given, renders a value it
+    can read (wire-format Avro) and returns None for the rest, which are shown as usual.
     """
     admin = _admin(settings)
     partitions = partition_count(admin, topic, 10.0)
     if partitions is None:
-        raise SfaError(f"topic {topic!r} does not exist on {settings.kafka_bootstrap_servers}")
+        raise missing_topic(settings, topic)
     conf = restore_config(settings)
     conf["enable.partition.eof"] = False
     consumer = Consumer(conf)
@@ -318,7 +348,7 @@ def tail_records(
         consumer.assign([TopicPartition(topic, p, start) for p in range(partitions)])
         seen = 0
         last = time.monotonic()
-        while max_records is None or seen < max_records:
+        while (max_records is None or seen < max_records) and not stopped():
             msg = consumer.poll(0.2)
             if msg is None:
                 if idle_timeout_s is not None and time.monotonic() - last >= idle_timeout_s:

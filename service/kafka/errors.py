@@ -8,7 +8,7 @@ module does not import `confluent_kafka` either.
 
 from __future__ import annotations
 
-from service.errors import ConfigError, FatalError, RetriableError, SfaError
+from service.errors import FatalError, RetriableError, SfaError
 
 __all__ = [
     "AbortableError",
@@ -65,8 +65,10 @@ _AUTHORIZATION_CODES = {29, 30, 31, 53}
 _TRANSIENT_CODES = {5, 6, 7, 13, 14, 15, 16, 74, 75, -185, -195}
 
 
-class MissingTopicError(ConfigError):
-    """A topic the service does not own (the input) does not exist."""
+class MissingTopicError(SfaError):
+    """A topic that must exist does not (the input, a topic to tail or produce to): exit 1
+    in every command, as for anything else that leaves nothing to do, not 2: the
+    configuration may be right and the cluster not yet set up."""
 
 
 def classify(exc: BaseException, doing: str) -> SfaError:

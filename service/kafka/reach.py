@@ -6,7 +6,13 @@ password otherwise show up as a start-up that hangs or fails much later with a g
 timeout. Here one metadata request is retried for `SFA_KAFKA_CONNECT_SECONDS` while the
 client's error callback collects librdkafka's own reasons; a failure is one line naming
 the bootstrap servers and the most telling reason. Authentication and TLS failures are
-final at once: retrying cannot fix a wrong password.
+final at once: retrying cannot fix a wrong password. librdkafka's own log lines about the
+failed attempts are not shown: the verdict says what they say, once.
+
+`check_tool` is the start of every command that talks to Kafka besides the service
+(`topics`, `tail`, `produce`): the client configs, then the brokers, with the service's
+wording and exit codes, but waiting at most `TOOL_CONNECT_SECONDS` (a command typed at a
+terminal should answer quickly; the service may wait out a broker that is restarting).
 """
 
 from __future__ import annotations
@@ -19,10 +25,14 @@ from confluent_kafka.admin import AdminClient
 
 from service.errors import SfaError
 from service.kafka.clientlog import LIBRDKAFKA_LOGGER
-from service.kafka.config import admin_config
+from service.kafka.config import admin_config, check_client_configs
 from service.settings import Settings
 
-__all__ = ["BrokerUnreachableError", "check_reachable"]
+__all__ = ["TOOL_CONNECT_SECONDS", "BrokerUnreachableError", "check_reachable", "check_tool"]
+
+#: The most a command other than `sfa run` waits for the brokers (SFA_KAFKA_CONNECT_SECONDS
+#: when lower).
+TOOL_CONNECT_SECONDS = 5.0
 
 # Reasons that say nothing beyond "it failed": used only when nothing better was heard.
 _VAGUE = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._TRANSPORT}
@@ -51,7 +61,7 @@ def check_reachable(
     conf = admin_config(settings)
     conf["error_cb"] = heard.append
     conf["client.id"] = f"sfa-check-{settings.instance_id}"
-    log = _Muted(stopped)
+    log = _Muted()
     conf["logger"] = log
     admin = AdminClient(conf)
     deadline = time.monotonic() + limit
@@ -77,16 +87,16 @@ def check_reachable(
 
 
 class _Muted:
-    """librdkafka's logger for the check client: the service's, until muted or until the
-    caller stops (its shutdown may finish while a metadata call is still waiting)."""
+    """librdkafka's logger for the check client: DEBUG lines of the service's logger until
+    muted. The failed attempts' ERROR lines would only say, two or three times over and
+    before it, what the verdict says once; a line queued after the verdict is dropped."""
 
-    def __init__(self, stopped: Callable[[], bool]) -> None:
+    def __init__(self) -> None:
         self.muted = False
-        self._stopped = stopped
 
     def log(self, level: int, msg: str, *args: object) -> None:
-        if not (self.muted or self._stopped()):
-            LIBRDKAFKA_LOGGER.log(level, msg, *args)
+        if not self.muted:
+            LIBRDKAFKA_LOGGER.debug(msg, *args)
 
 
 def _is_final(error: KafkaError) -> bool:
@@ -98,10 +108,11 @@ def _is_final(error: KafkaError) -> bool:
 def _verdict(settings: Settings, errors: list[KafkaError], limit: float) -> str:
     where = f"cannot reach Kafka at {settings.kafka_bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS)"
     if not errors:
-        return f"{where}: no answer within {limit:g} s"
+        return f"{where}: no answer within {limit:g} s; is a broker running there?"
     best = next((e for e in errors if e.code() not in _VAGUE), None)
     best = best or next((e for e in errors if e.code() == KafkaError._TRANSPORT), errors[0])
-    return f"{where}: {_reason(best)}"
+    hint = "" if _is_final(best) else "; is a broker running there?"
+    return f"{where}: {_reason(best)}{hint}"
 
 
 def _reason(error: KafkaError) -> str:
@@ -109,3 +120,11 @@ def _reason(error: KafkaError) -> str:
     text = error.str().strip()
     head, sep, rest = text.partition(": ")
     return rest if sep and "/" in head and " " not in head else text
+
+
+def check_tool(settings: Settings) -> None:
+    """Before a Kafka command other than the service does anything: every client config
+    (`ConfigError` naming the variable, exit 2), then the brokers
+    (`BrokerUnreachableError`, exit 1) within `TOOL_CONNECT_SECONDS`."""
+    check_client_configs(settings)
+    check_reachable(settings, min(settings.kafka_connect_seconds, TOOL_CONNECT_SECONDS))

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from service.files.breaks import open_raw, reason
+from service.files.breaks import is_gzip, open_raw, reason
 
 __all__ = [
     "DEFAULT_BLOCK_BYTES",
@@ -70,8 +70,10 @@ class Block:
 
 
 def _whole_file(path: str) -> bool:
+    """Anything but plain JSONL is read whole by one task: gzip (recognised by its bytes,
+    as the readers do), CSV/TSV, one JSON document (`.json`), Avro container files."""
     lower = path.lower()
-    return lower.endswith((".gz", ".csv"))
+    return lower.endswith((".gz", ".csv", ".tsv", ".json", ".avro")) or is_gzip(path)
 
 
 def default_partitions(workers: int) -> int:

@@ -147,7 +147,10 @@ def test_sequential_parallel_and_sfa_replay_agree(tmp_path: Path, alignment: Any
         assert aligned.latest_date is not None
         assert result["as_of"] == aligned.latest_date.isoformat()
         position = sequential.get_current_position(symbol, aligned.latest_date)
-        assert result["position"] == {
+        # window_day (SPEC 5) needs the symbol's bars, which get_current_position(symbol,
+        # date) of the original API does not take: checked against the baseline elsewhere.
+        published_position = {k: v for k, v in result["position"].items() if k != "window_day"}
+        assert published_position == {
             "spring_festival_date": position["spring_festival_date"].isoformat(),
             "days_to_spring_festival": position["days_to_spring_festival"],
             "relative_day": position["relative_day"],

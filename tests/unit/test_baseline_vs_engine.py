@@ -288,8 +288,8 @@ def test_engine_agrees_with_baseline(
     _assert_same(engine, base)
     lo, hi = date_to_day(dt.date(1901, 1, 1)), date_to_day(dt.date(2099, 12, 31))
     for latest in [item.latest, *(min(hi, max(lo, item.latest + o)) for o in as_of_offsets)]:
-        e_pos, e_sig = position_and_signal(latest, engine, params)
-        b_pos, b_sig = baseline_position_and_signal(latest, base, params)
+        e_pos, e_sig = position_and_signal(latest, engine, params, item.days)
+        b_pos, b_sig = baseline_position_and_signal(latest, base, params, frame.date)
         assert e_pos == b_pos
         if e_sig is None or b_sig is None:
             assert e_sig is b_sig is None

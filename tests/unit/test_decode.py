@@ -606,6 +606,7 @@ def test_encode_result_ok() -> None:
         "relative_day": -274,
         "in_window": False,
         "phase": "normal_period",
+        "window_day": None,  # SPEC 6: null outside every window
     }
     assert out["signal"] == {
         "signal": "neutral",

@@ -389,10 +389,20 @@ def test_unreadable_files_are_failures_and_the_rest_is_read(tmp_path: Path) -> N
     failures: list[FileFailure] = []
     paths = [str(bad_gz), str(bad_pq), str(no_header), str(good)]
     batches = list(read_batches(paths, failures=failures))
-    assert [b.messages() for b in batches] == [[BAR]]
-    assert [(f.file, f.line <= 1) for f in failures] == [(p, True) for p in paths[:3]]
+    # The bytes decide, not the name: plain text named .gz is read as text (and its
+    # line is a dead letter where it is decoded; replay then fails the file, no bar).
+    assert [b.messages() for b in batches] == [[b"not gzip at all"], [BAR]]
+    assert [(f.file, f.line <= 1) for f in failures] == [(p, True) for p in paths[1:3]]
     assert all("\n" not in f.message() and " not read: " in f.message() for f in failures)
-    assert "not a gzip file" in failures[0].message()
+
+
+def test_gzip_is_recognised_by_its_bytes_not_its_name(tmp_path: Path) -> None:
+    zipped = tmp_path / "bars.jsonl"  # gzip data without .gz, as `gzip -c > x.jsonl` makes
+    zipped.write_bytes(gzip.compress(BAR + b"\n" + BAR + b"\n"))
+    as_csv = tmp_path / "bars.csv"
+    as_csv.write_bytes(gzip.compress(b"symbol,date,close\nA,2021-02-03,1.5\n"))
+    batches = list(read_batches([str(zipped), str(as_csv)]))
+    assert [b.messages() for b in batches] == [[BAR, BAR], [BAR]]
 
 
 def test_bad_batch_lines() -> None:
