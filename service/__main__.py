@@ -62,13 +62,25 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    in_process = argv is not None  # called from Python (tests), not as the `sfa` process
     argv = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in argv if not a.startswith("-")), None)
+    mask: set[int | signal.Signals] | None = None
     if first in ("run", "replay"):
         # Before anything starts a thread (importing Dask does): every thread and helper
         # process inherits SIGINT blocked, and one thread of the command takes it
         # (`service.cli.interrupt`); a Ctrl-C before then waits for that thread.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return _main(argv, first)
+    finally:
+        # An in-process caller gets its signal mask back: left blocked, SIGINT would stay
+        # blocked in every process it starts afterwards (they inherit the mask).
+        if in_process and mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _main(argv: list[str], first: str | None) -> int:
     args = build_parser(first if first in _COMMANDS else None).parse_args(argv)
     module = importlib.import_module(_COMMANDS[args.command][0])
     try:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 import time
 from collections import Counter
@@ -141,6 +142,8 @@ class Service:
         """`step`'s result, or `_Stopped` as soon as a stop is requested (the step, if it
         runs on a lane, is left to finish on its own)."""
         if self._stop.is_set():
+            if inspect.iscoroutine(step):
+                step.close()  # never started: closed, or Python warns on stderr at exit
             raise _Stopped
         task = asyncio.ensure_future(step)
         stop = asyncio.ensure_future(self._stop.wait())

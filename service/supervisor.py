@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args else 2
     with contextlib.suppress(OSError, ValueError):  # a platform that refuses: no cores
         raise_core_limit()
+    # A blocked signal in the mask we were started with would be inherited by the child
+    # and never reach either of us (a runtime or a parent may hand one down).
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
     core_dir = os.environ.get("SFA_CORE_DIR", "").strip() or None
     if core_dir is not None:
         try:

@@ -77,15 +77,19 @@ class FileTallies:
             tally.first.append(f"line {line}: {describe(reject.reason, reject.raw)}")
 
     def unread(self, paths: list[str], failed: set[str]) -> list[FileFailure]:
-        """A failure for every file in `paths`, not already in `failed`, that gave no
-        valid bar: empty, or every record rejected (with the first reasons)."""
+        """A failure for every file in `paths`, not already in `failed`, whose every record
+        was rejected (with the first reasons).
+
+        An empty file is not one: it holds nothing wrong (a day's empty export in a
+        backfill is common), and the partitioned replay must give the same answer as this
+        one for it. A run whose inputs gave no valid bar at all still fails as a whole
+        and replaces no output (`service.cli.replay`)."""
         out: list[FileFailure] = []
         for path in dict.fromkeys(paths):
             tally = self.files.get(path, FileTally())
             if path in failed or tally.bars:
                 continue
             if not tally.messages:
-                out.append(FileFailure(path, 0, "it holds no records"))
                 continue
             out.append(
                 FileFailure(

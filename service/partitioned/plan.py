@@ -73,7 +73,12 @@ def _whole_file(path: str) -> bool:
     """Anything but plain JSONL is read whole by one task: gzip (recognised by its bytes,
     as the readers do), CSV/TSV, one JSON document (`.json`), Avro container files."""
     lower = path.lower()
-    return lower.endswith((".gz", ".csv", ".tsv", ".json", ".avro")) or is_gzip(path)
+    if lower.endswith((".gz", ".csv", ".tsv", ".json", ".avro")):
+        return True
+    try:
+        return is_gzip(path)
+    except OSError:  # unreadable: the block's task says so, with the file's name
+        return False
 
 
 def default_partitions(workers: int) -> int:
