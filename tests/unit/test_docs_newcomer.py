@@ -58,7 +58,8 @@ def test_migrating_md_gives_a_signature_for_every_callable_it_lists() -> None:
     import service
 
     text = (ROOT / "docs" / "migrating.md").read_text()
-    block = text.split("## The API, with its signatures", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    section = text.split("## The API, with its signatures", 1)[1]
+    block = section.split("```python", 1)[1].split("```", 1)[0]
     for name in (
         "ParallelProcessingConfig",
         "ParallelSpringFestivalEngine",
