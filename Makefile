@@ -37,8 +37,8 @@ demo: $(STAMP) ## Generate a synthetic market and replay it through the pipeline
 	$(BIN)/sfa replay $(DEMO_DIR)/bars.jsonl deploy/demo/bad-bars.jsonl --output $(DEMO_DIR)/results.jsonl --errors $(DEMO_DIR)/errors.jsonl --summary
 	$(BIN)/sfa plot --strongest $(DEMO_DIR)/results.jsonl --bars $(DEMO_DIR)/bars.jsonl --output $(DEMO_DIR)/strongest.png
 
-test: $(STAMP) ## Run unit and integration tests (starts a Kafka broker when KAFKA_BOOTSTRAP_SERVERS is unset; not tests/deploy)
-	$(BIN)/python -m pytest tests --ignore=tests/deploy
+test: $(STAMP) ## Run unit and integration tests (starts a Kafka broker when KAFKA_BOOTSTRAP_SERVERS is unset; not tests/deploy; the long drills are `make drills`)
+	$(BIN)/python -m pytest tests --ignore=tests/deploy -m 'not drills'
 
 test-secure-fresh: $(STAMP) ## The secure-broker tests against a newly formatted broker on its own ports (what a fresh clone meets)
 	@node=$$(mktemp -d /tmp/sfa-secure-fresh.XXXXXX); \

@@ -1,9 +1,9 @@
 """Fixtures for the deployment tests: the service image under podman, and the shared broker.
 
 These tests run what users run (the image, compose), so they need podman and the image;
-`make image-test` / `make deploy-test` build both first. A missing podman is a skip with
-one line (nothing to test on that machine); a missing image is built here once, because a
-test that silently skipped on a fresh clone would prove nothing.
+`make image-test` / `make deploy-test` build both first (`make image` installs podman). A
+missing podman is a failure with one line, and a missing image is built here once, because
+a test that silently skipped on a fresh clone would prove nothing.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def podman_env() -> dict[str, str]:
 def podman(podman_env: dict[str, str]) -> str:
     found = shutil.which("podman")
     if found is None:
-        pytest.skip("podman missing (bash scripts/image.sh tools installs it)")
+        pytest.fail("podman missing (bash scripts/image.sh tools installs it)", pytrace=False)
     return found
 
 
