@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from service.cli.interrupt import exit_on_interrupt
@@ -155,22 +155,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             render_summary(stats, pipeline.state, strongest_patterns(pipeline.state, limit=15)),
             file=sys.stderr if args.output == "-" else sys.stdout,
         )
-    if not stats.bars:
-        kept = " and ".join(f"{o.path}" for o in outputs)
-        print(
-            f"replay: INCOMPLETE: no valid bar in {len(args.files)} input file(s)"
-            + (f"; {kept} left as it was" if kept else ""),
-            file=sys.stderr,
-        )
-        return EXIT_INCOMPLETE
-    if stats.failures:
-        print(
-            f"replay: INCOMPLETE: {len(stats.failures)} of {len(args.files)} input file(s) "
-            "could not be read to the end (results of what was read are written)",
-            file=sys.stderr,
-        )
-        return EXIT_INCOMPLETE
-    return 0
+    return _exit_code(stats.bars, len(stats.failures), len(args.files), outputs)
 
 
 def _progress(enabled: bool) -> tuple[Callable[[int, int, int, int], None] | None, Any]:
@@ -255,17 +240,23 @@ def _run_partitioned(args: argparse.Namespace, settings: Settings) -> int:
         f"partitions={done.partitions}, blocks={done.blocks}",
         file=sys.stderr,
     )
-    if not t.bars:
-        kept = " and ".join(f"{getattr(o, 'path', '')}" for o in outputs)
+    return _exit_code(t.bars, len(t.failures), len(args.files), outputs)
+
+
+def _exit_code(bars: int, failed: int, files: int, outputs: Sequence[object]) -> int:
+    """0, or 3 with one line: nothing valid read (no output replaced), or files that broke
+    part way (what was read is written). Both replay modes end here."""
+    if not bars:
+        kept = " and ".join(str(getattr(o, "path", "")) for o in outputs)
         print(
-            f"replay: INCOMPLETE: no valid bar in {len(args.files)} input file(s)"
+            f"replay: INCOMPLETE: no valid bar in {files} input file(s)"
             + (f"; {kept} left as it was" if kept else ""),
             file=sys.stderr,
         )
         return EXIT_INCOMPLETE
-    if t.failures:
+    if failed:
         print(
-            f"replay: INCOMPLETE: {len(t.failures)} of {len(args.files)} input file(s) "
+            f"replay: INCOMPLETE: {failed} of {files} input file(s) "
             "could not be read to the end (results of what was read are written)",
             file=sys.stderr,
         )
