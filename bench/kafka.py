@@ -4,7 +4,7 @@ Why a ratio: the machine is small (2 cores) and shared, so an absolute bars/s fi
 says more about the neighbours than about the service. Instead, one run measures the
 floor any Kafka consumer of this topic pays -- a bare `confluent_kafka` consumer that
 reads the whole topic in `consume(n, timeout)` batches and runs `decode_batch` on each
-(the service's own decoder) -- and then the real `Service` from `service.instance`, in
+(the service's own decoder) -- and then the real `Service` from `service.run`, in
 this process, on the same topic: decode, validate, state, Dask analyses, results, dead
 letters, state changelog and one Kafka transaction per batch (exactly_once, the
 default). The issue's goal: the service reaches at least 0.40 of the bare rate.
@@ -67,13 +67,13 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from service.batches import BatchOutput, KafkaOrigin
 from service.decode.batch import decode_batch
-from service.instance import Service
 from service.kafka.config import client_config
 from service.kafka.producer import AtLeastOnceProducer
 from service.market import generate_bars
 from service.ownership import owner
 from service.pipeline import Pipeline
 from service.registry import client_from_settings
+from service.run import Service
 from service.settings import Settings, load_settings
 from service.wireformat import BAR_SCHEMA_TEXT, AvroBarEncoder
 

@@ -32,6 +32,7 @@ __all__ = [
     "KafkaOrigin",
     "Origin",
     "Payload",
+    "ServiceCompute",
 ]
 
 #: A batch's messages: one bytes object per message; or the messages joined by b"\n"
@@ -170,3 +171,15 @@ class Compute(Protocol):
     async def run_chunks(
         self, chunks: list[list[SymbolWindows]], params: EngineParams
     ) -> list[ChunkResult]: ...
+
+
+class ServiceCompute(Compute, Protocol):
+    """The compute handle as `sfa run` holds it: the pipeline's `Compute`, plus what
+    the service reports (fallback, workers) and closes."""
+
+    @property
+    def fallback_active(self) -> bool: ...
+    @property
+    def fallback_reason(self) -> str | None: ...
+    def worker_stats(self) -> dict[str, int]: ...
+    async def close(self) -> None: ...

@@ -224,6 +224,14 @@ class Metrics:
         self._results = Counter(
             "sfa_results_produced", "Results produced, by status.", ["status"], registry=reg
         )
+        self._rebalances = Counter(
+            "sfa_rebalances",
+            "Rebalances by kind (assigned, revoked, lost).",
+            ["kind"],
+            registry=reg,
+        )
+        for kind in ("assigned", "revoked", "lost"):
+            self._rebalances.labels(kind=kind)
         self._batches = Counter(
             "sfa_batches", "Finished batches, by outcome.", ["outcome"], registry=reg
         )
@@ -305,6 +313,10 @@ class Metrics:
         """Count a finished batch; `outcome` is one of `BATCH_OUTCOMES`."""
         _check(outcome, BATCH_OUTCOMES, "batch outcome")
         self._batches.labels(outcome=outcome).inc()
+
+    def rebalance(self, kind: str) -> None:
+        """Count a rebalance the instance took part in: assigned, revoked or lost."""
+        self._rebalances.labels(kind=kind).inc()
 
     def analyses(self, outcome: str, n: int = 1) -> None:
         """Count analyses; `outcome` is one of `ANALYSIS_OUTCOMES`. Feeds the success ratio."""

@@ -1,4 +1,4 @@
-"""`sfa run`: the Kafka service (`service.instance.Service`) until SIGTERM.
+"""`sfa run`: the Kafka service (`service.run.Service`) until SIGTERM.
 
 Everything is configured from the environment; exit 0 after a clean SIGTERM/SIGINT,
 3 when Kafka reports the instance fenced or fatally broken (its supervisor restarts
@@ -26,10 +26,10 @@ from types import FrameType
 from service.cli.interrupt import block_sigint
 from service.configdoc import help_epilog
 from service.errors import FatalError
-from service.instance import Service
 from service.kafka.config import check_client_configs
 from service.kafka.errors import FencedError
 from service.memtrace import start_from_env as start_memtrace
+from service.run import Service
 from service.settings import Settings
 
 __all__ = ["add_arguments", "run"]

@@ -39,17 +39,17 @@ _LEAVE_WAIT_S = 5.0
 
 
 class PartitionListener(Protocol):
-    """Told about partition changes synchronously, inside the rebalance.
+    """Told what librdkafka assigned, revoked or lost, synchronously, inside the rebalance.
 
-    `on_assigned` runs before the first message of those partitions is handed
-    out (restore their state there); `on_revoked` runs before another member
-    may read them (finish and commit in-flight work there). Both receive only
-    the partitions that changed. Lost partitions (session timeout) are
-    reported through `on_revoked`: their in-flight work can no longer commit.
+    Only reported: what to do about it (pair twins, pause, restore, drain, drop) is
+    decided by `service.run.core`. `on_assigned` runs after the partitions are assigned
+    and before anything of theirs is fetched, so pausing them there is in time;
+    `on_revoked` and `on_lost` run before another member may read them.
     """
 
     def on_assigned(self, partitions: list[TopicPartitionKey]) -> None: ...
     def on_revoked(self, partitions: list[TopicPartitionKey]) -> None: ...
+    def on_lost(self, partitions: list[TopicPartitionKey]) -> None: ...
 
 
 def to_batch(messages: Sequence[MessageLike]) -> Batch:
@@ -88,9 +88,7 @@ class BatchConsumer:
         listener: PartitionListener | None = None,
         group_id: str | None = None,
         timeout_s: float = 30.0,
-        twins: tuple[str, str] | None = None,
     ) -> None:
-        """`twins` = (input, repartition): see `_on_assign` (partitions held in pairs)."""
         conf = consumer_config(settings, group_id)
         # Statistics every second (unless KAFKA_STATISTICS_INTERVAL_MS says otherwise; 0
         # turns them and the check off): their per-connection receive times tell /healthz
@@ -104,13 +102,9 @@ class BatchConsumer:
         self._consumer = Consumer(conf)
         self._listener = listener
         self._timeout_s = timeout_s
-        self._paused = False
         self._group_meta: object | None = None
         self._closed = False
         self._last_lag: dict[TopicPartitionKey, int] = {}
-        self._twins = twins
-        self._paired: set[int] = set()  # partition numbers told to the listener, as pairs
-        self._held: set[TopicPartitionKey] = set()  # the assignment, as callbacks told it
 
     # --- membership ---
 
@@ -120,70 +114,30 @@ class BatchConsumer:
             list(topics),
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
+            on_lost=self._on_lost,
         )
 
     def assignment(self) -> list[TopicPartitionKey]:
         return _keys(self._consumer.assignment())
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Assign here rather than after the callback returns, so a paused
-        # consumer can pause the new partitions before anything is fetched.
+        # Assign here rather than after the callback returns, so the listener can pause
+        # the new partitions before anything is fetched.
         if self._incremental:
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
-        if self._paused and partitions:
-            consumer.pause(partitions)
-        if self._incremental:
-            self._held |= set(_keys(partitions))
-        else:
-            self._held = set(_keys(partitions))
-        if self._twins is not None:
-            self._repair(consumer)
-        elif self._listener is not None and partitions:
+        if self._listener is not None and partitions:
             self._listener.on_assigned(_keys(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Our own record of the assignment: asking the client here fails while it closes.
-        self._held -= set(_keys(partitions))
-        if self._twins is not None:
-            self._repair(consumer)
-        elif self._listener is not None and partitions:
+        # The library unassigns after we return.
+        if self._listener is not None and partitions:
             self._listener.on_revoked(_keys(partitions))
-        # The library unassigns after we return; nothing else to do.
 
-    def _repair(self, consumer: Consumer) -> None:
-        """Tell the listener about partition PAIRS only: input p with repartition p.
-
-        SPEC 7 wants both on one instance; the range assignor gives them together (same
-        partition count, same members), but a member subscribed to the input alone (an
-        older version during a rolling upgrade) or a server-side assignor that splits
-        them could hand one twin out alone. A lone twin is paused and not reported: its
-        symbols' state belongs with the pair, so processing it elsewhere would split it.
-        It starts (and is reported) once its twin arrives; a pair losing either twin is
-        reported revoked, so its state is dropped before the other twin could move.
-        """
-        assert self._twins is not None
-        source, repartition = self._twins
-        held = self._held
-        pairs = {p for t, p in held if t == source and (repartition, p) in held}
-        gone, new = sorted(self._paired - pairs), sorted(pairs - self._paired)
-        if gone and self._listener is not None:
-            self._listener.on_revoked([(t, p) for p in gone for t in self._twins])
-        self._paired -= set(gone)
-        lonely = sorted((t, p) for t, p in held if p not in pairs)
-        if lonely:
-            log.warning(
-                "holding partitions without their twin paused", extra={"partitions": lonely}
-            )
-            consumer.pause([TopicPartition(t, p) for t, p in lonely])
-        if new:
-            if self._listener is not None:
-                self._listener.on_assigned([(t, p) for p in new for t in self._twins])
-            self._paired |= set(new)
-            if not self._paused:
-                consumer.resume([TopicPartition(t, p) for p in new for t in self._twins])
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._listener is not None and partitions:
+            self._listener.on_lost(_keys(partitions))
 
     # --- reading ---
 
@@ -217,24 +171,18 @@ class BatchConsumer:
                 log.warning("consumer error event: %s", err)
         return to_batch(good) if good else None
 
-    def pause_all(self) -> None:
-        """Stop fetching (backpressure) while still serving rebalances in `poll_batch`."""
-        self._paused = True
-        assigned = self._consumer.assignment()
-        if assigned:
-            self._consumer.pause(assigned)
+    def pause(self, p: Iterable[TopicPartitionKey]) -> None:
+        """Stop fetching these (backpressure, restore, a lone twin) while still serving
+        rebalances in `poll_batch`. Call it on the thread that polls: from any other
+        thread it blocks while a rebalance callback runs."""
+        tps = [TopicPartition(topic, n) for topic, n in sorted(p)]
+        if tps:
+            self._consumer.pause(tps)
 
-    def resume_all(self) -> None:
-        self._paused = False
-        assigned = self._consumer.assignment()
-        if self._twins is not None:  # a lone twin stays paused (see `_repair`)
-            assigned = [tp for tp in assigned if tp.partition in self._paired]
-        if assigned:
-            self._consumer.resume(assigned)
-
-    @property
-    def paused(self) -> bool:
-        return self._paused
+    def resume(self, p: Iterable[TopicPartitionKey]) -> None:
+        tps = [TopicPartition(topic, n) for topic, n in sorted(p)]
+        if tps:
+            self._consumer.resume(tps)
 
     # --- offsets ---
 

@@ -24,7 +24,7 @@ from service.kafka.config import restore_config
 from service.kafka.errors import KafkaRetriableError, classify
 from service.settings import Settings
 
-__all__ = ["read_state_partitions"]
+__all__ = ["read_state_by_partition", "read_state_partitions"]
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,27 @@ def read_state_partitions(
         return
     consumer = Consumer(restore_config(settings))
     try:
-        yield from _read(consumer, state_topic, sorted(set(partitions)), timeout_s)
+        for _, key, value in _read(consumer, state_topic, sorted(set(partitions)), timeout_s):
+            yield key, value
     finally:
         consumer.close()
+
+
+def read_state_by_partition(
+    settings: Settings, state_topic: str, partitions: Sequence[int], timeout_s: float = 60.0
+) -> dict[int, list[tuple[bytes, bytes | None]]]:
+    """`read_state_partitions`, kept apart per partition: `sfa run` loads only the
+    partitions it still holds when the read ends (a rebalance may come meanwhile)."""
+    records: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in partitions}
+    if not partitions:
+        return records
+    consumer = Consumer(restore_config(settings))
+    try:
+        for p, key, value in _read(consumer, state_topic, sorted(set(partitions)), timeout_s):
+            records[p].append((key, value))
+    finally:
+        consumer.close()
+    return records
 
 
 def _watermarks(consumer: Consumer, topic: str, p: int, deadline: float) -> tuple[int, int]:
@@ -72,7 +90,7 @@ def _watermarks(consumer: Consumer, topic: str, p: int, deadline: float) -> tupl
 
 def _read(
     consumer: Consumer, topic: str, partitions: list[int], timeout_s: float
-) -> Iterator[tuple[bytes, bytes | None]]:
+) -> Iterator[tuple[int, bytes, bytes | None]]:
     deadline = time.monotonic() + timeout_s
     ends: dict[int, int] = {}
     for p in partitions:
@@ -101,7 +119,7 @@ def _read(
             key = msg.key()
             if key is not None:
                 count += 1
-                yield key, msg.value()
+                yield msg.partition() or 0, key, msg.value()
         positions = consumer.position([TopicPartition(topic, p) for p in pending])
         for tp in positions:
             if tp.offset >= pending[tp.partition]:

@@ -16,6 +16,18 @@ from service.kafka.consumer import BatchConsumer
 from service.kafka.errors import MissingTopicError
 from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
 from service.kafka.restore import read_state_partitions
+from service.run.core import RunCore
+from service.run.events import (
+    Assigned,
+    Instruction,
+    Lost,
+    Pause,
+    Restore,
+    Restored,
+    Resume,
+    Revoked,
+    StepDone,
+)
 from service.settings import Settings, load_settings
 from tests.integration.conftest import NewTopicFactory
 
@@ -38,6 +50,48 @@ class Recorder:
     def on_revoked(self, partitions: list[TP]) -> None:
         self.events.append(("revoked", partitions))
         self.assigned.difference_update(partitions)
+
+    def on_lost(self, partitions: list[TP]) -> None:
+        self.events.append(("lost", partitions))
+        self.assigned.difference_update(partitions)
+
+
+class CoreDriver:
+    """The rebalance half of `sfa run`'s shell, on a real consumer: librdkafka's
+    callbacks go to a `RunCore`, whose pauses and resumes are carried out right there
+    (on the consumer's thread, inside the callback) and whose restores read nothing."""
+
+    def __init__(self, twins: tuple[str, str]) -> None:
+        self.core = RunCore(twins, max_inflight=4)
+        for step in ("listen", "reach", "topics", "dask", "producer", "subscribe"):
+            self.core.handle(StepDone(step))  # type: ignore[arg-type]
+        self.consumer: BatchConsumer | None = None
+        self.resumed: list[frozenset[TP]] = []
+
+    @property
+    def assigned(self) -> set[TP]:
+        """The partitions of the pairs the core processes."""
+        return {(t, p) for p in self.core.active for t in self.core.twins}
+
+    def on_assigned(self, partitions: list[TP]) -> None:
+        self._carry_out(self.core.handle(Assigned(frozenset(partitions))))
+
+    def on_revoked(self, partitions: list[TP]) -> None:
+        self._carry_out(self.core.handle(Revoked(frozenset(partitions))))
+
+    def on_lost(self, partitions: list[TP]) -> None:
+        self._carry_out(self.core.handle(Lost(frozenset(partitions))))
+
+    def _carry_out(self, instructions: list[Instruction]) -> None:
+        assert self.consumer is not None
+        for ins in instructions:
+            if isinstance(ins, Pause):
+                self.consumer.pause(ins.partitions)
+            elif isinstance(ins, Resume):
+                self.resumed.append(ins.partitions)
+                self.consumer.resume(ins.partitions)
+            elif isinstance(ins, Restore):
+                self._carry_out(self.core.handle(Restored(ins.token)))
 
 
 @pytest.fixture()
@@ -138,7 +192,7 @@ def test_subscribe_poll_commit_and_lag(
     assert consumer.committed() == {(topic, 0): 10, (topic, 1): 5}
 
 
-def test_pause_all_stops_delivery_until_resume(
+def test_pause_stops_delivery_until_resume(
     settings: Settings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
 ) -> None:
     topic = new_topic(partitions=1)
@@ -151,13 +205,13 @@ def test_pause_all_stops_delivery_until_resume(
     while not first and time.monotonic() < deadline:
         first = _records(consumer.poll_batch(10, 0.2))
     assert len(first) == 10  # the rest is prefetched locally by now
-    consumer.pause_all()
+    consumer.pause([(topic, 0)])
     held: list[Record] = []
     end = time.monotonic() + 1.5
     while time.monotonic() < end:
         held += _records(consumer.poll_batch(500, 0.1))
     assert held == []
-    consumer.resume_all()
+    consumer.resume([(topic, 0)])
     rest: list[Record] = []
     deadline = time.monotonic() + 20
     while len(rest) < 90 and time.monotonic() < deadline:
@@ -222,32 +276,41 @@ def test_two_members_split_four_partitions(
     assert set(consumers[0].assignment()) == first.assigned
 
 
-def test_twins_are_held_and_reported_in_pairs(
+def _driven(settings: Settings, twins: tuple[str, str]) -> tuple[BatchConsumer, CoreDriver]:
+    driver = CoreDriver(twins)
+    consumer = BatchConsumer(settings, listener=driver)
+    driver.consumer = consumer
+    return consumer, driver
+
+
+def test_twins_are_held_and_processed_in_pairs(
     settings: Settings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
 ) -> None:
     """SPEC 7: input p and repartition p on one member, through a rebalance; a member
-    subscribed to the input alone (an old version) gets lone twins, which stay paused
-    and unreported instead of being processed apart from their pair."""
+    subscribed to the input alone (an old version) gets lone twins, which the core keeps
+    paused instead of processing them apart from their pair."""
     source, repartition = new_topic(partitions=4), new_topic(partitions=4)
     twins = (source, repartition)
-    first, second = Recorder(), Recorder()
-    consumers.append(BatchConsumer(_member(settings, "a"), listener=first, twins=twins))
-    consumers[0].subscribe(list(twins))
-    _poll_until(consumers[:1], lambda _: len(first.assigned) == 8)
-    consumers.append(BatchConsumer(_member(settings, "b"), listener=second, twins=twins))
-    consumers[1].subscribe(list(twins))
+    drivers: list[CoreDriver] = []
+    for name, topics in (("a", list(twins)), ("b", list(twins))):
+        consumer, driver = _driven(_member(settings, name), twins)
+        consumers.append(consumer)
+        drivers.append(driver)
+        consumer.subscribe(topics)
+        _poll_until(consumers, lambda _: len(drivers[0].assigned) == 8 // len(drivers), 40)
+    first, second = drivers
     _poll_until(consumers, lambda _: len(first.assigned) == len(second.assigned) == 4, 40)
-    for held_pairs in (first.assigned, second.assigned):
-        numbers = {p for _, p in held_pairs}
-        assert held_pairs == {(t, p) for t in twins for p in numbers}
-    for kind, partitions in first.events + second.events:
-        numbers = {p for _, p in partitions}
-        assert sorted(partitions) == sorted((t, p) for t in twins for p in numbers), kind
+    for driver in drivers:
+        numbers = {p for _, p in driver.assigned}
+        assert driver.assigned == {(t, p) for t in twins for p in numbers}
+        for resumed in driver.resumed:  # only whole pairs ever fetch
+            assert resumed == {(t, p) for t in twins for p in {p for _, p in resumed}}
     # An input-only member joins: range splits the input three ways, the repartition
-    # topic two ways, so some twins are apart. Only pairs are reported, lone ones paused.
-    third = Recorder()
-    consumers.append(BatchConsumer(_member(settings, "c"), listener=third, twins=twins))
-    consumers[2].subscribe([source])
+    # topic two ways, so some twins are apart. Only pairs are processed, lone ones paused.
+    consumer, third = _driven(_member(settings, "c"), twins)
+    consumers.append(consumer)
+    drivers.append(third)
+    consumer.subscribe([source])
     _poll_until(consumers, lambda _: len(consumers[2].assignment()) >= 1, 40)
     time.sleep(1.0)
     _poll_until(consumers, lambda _: True)  # the rebalance settles
@@ -257,14 +320,14 @@ def test_twins_are_held_and_reported_in_pairs(
     _produce(settings, source, [b"y%d" % i for i in range(8)], partition=3)
     time.sleep(1.0)
     got = _poll_until(consumers, lambda _: True)
-    for recorder, consumer in zip((first, second, third), consumers, strict=True):
-        held = set(consumer.assignment())
+    for driver, member in zip(drivers, consumers, strict=True):
+        held = set(member.assignment())
         pairs = {p for t, p in held if t == source and (repartition, p) in held}
-        assert recorder.assigned == {(t, p) for t in twins for p in pairs}
+        assert driver.assigned == {(t, p) for t in twins for p in pairs}
     assert consumers[2].assignment() and not third.assigned  # it holds lone twins only
-    reported = first.assigned | second.assigned | third.assigned
+    processed = first.assigned | second.assigned | third.assigned
     read = {(source, p) for _, p, _ in got}
-    assert read <= reported  # nothing was read off a lone twin
+    assert read <= processed  # nothing was read off a lone twin
 
 
 def test_ensure_topics_shapes_and_is_idempotent(

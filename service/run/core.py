@@ -1,0 +1,331 @@
+"""Every decision `sfa run` makes about its partitions and its life, as a pure machine.
+
+`RunCore.handle(event)` returns the instructions to carry out, in order; nothing here
+does I/O, reads a clock or starts a thread (the model is dask/distributed's
+`WorkerState`: the shell, `service.run.shell`, carries instructions out and reports
+what happened as further events). That makes each decision a millisecond unit test
+(tests/unit/run/) instead of a broker round trip.
+
+What it owns:
+- **Twin pairing** (SPEC 7, docs/ownership.md). Input partition p and repartition
+  partition p are processed together or not at all. A lone twin (a member subscribed
+  to the input only, during a rolling upgrade, or an assignor that splits them) stays
+  paused; a pair losing either twin is given up before the other could move.
+- **Restore** is a phase of the main loop, not work inside librdkafka's callback
+  (as quix-streams does it): new partitions are paused inside the callback, their state
+  is read in the background, and they start fetching once it is loaded. A restore
+  that comes back for pairs no longer held loads nothing (`Apply` names what to keep).
+- **Backpressure**: at `max_inflight` batches in flight every partition is paused
+  (the member stays in the group), and resumed as batches commit.
+- **Drain before drop**: partitions leaving while batches are in flight are dropped
+  only after `Drained`.
+- **The failure policy** (SPEC 7): a retriable batch failure aborts, drops the state,
+  restores it, rewinds to the committed offsets and starts a new pipeline, in that
+  order, while rebalances go on being served; anything else, or a failed restore, exits
+  with the error. A stop finishes in-flight batches (bounded) and exits 0; a stop
+  before anything was submitted exits at once, having committed nothing.
+- **Readiness**: the stage /readyz shows and the pairs held.
+
+Invariants (property-tested): a batch is submitted, which is what commits its offsets,
+only when every partition it read is held and its pair is restored; a pair is never
+dropped while a batch is in flight; after a stop, the machine ends in `Exit`.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Iterable
+
+from service.run.events import (
+    TP,
+    Abort,
+    Apply,
+    Assigned,
+    Committed,
+    Count,
+    Discard,
+    Drain,
+    Drained,
+    Drop,
+    Event,
+    Exit,
+    Failed,
+    Instruction,
+    Lost,
+    NewPipeline,
+    Note,
+    Pause,
+    Polled,
+    Restore,
+    Restored,
+    Resume,
+    Revoked,
+    Rewind,
+    SetHeld,
+    SetStage,
+    StartStep,
+    Step,
+    StepDone,
+    StopRequested,
+    Submit,
+)
+
+__all__ = ["RUNNING", "Phase", "RunCore"]
+
+#: The stage of an instance that has started (the same word /readyz reports).
+RUNNING = "running"
+STOPPING = "stopping"
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RECOVERING = "recovering"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+class RunCore:
+    """The state of one `sfa run` instance and its transitions."""
+
+    def __init__(
+        self, twins: tuple[str, str], *, max_inflight: int, with_registry: bool = False
+    ) -> None:
+        if max_inflight < 1:
+            raise ValueError(f"max_inflight must be >= 1, got {max_inflight}")
+        self.twins = twins
+        self.max_inflight = max_inflight
+        self.phase = Phase.STARTING
+        steps: list[Step] = ["listen", "reach", "registry", "topics", "dask", "producer"]
+        self._steps: list[Step] = [s for s in steps if with_registry or s != "registry"]
+        self._steps.append("subscribe")
+        self.held: set[TP] = set()  # what librdkafka assigned
+        self.fetching: set[TP] = set()  # held and not paused, as we last told the consumer
+        self.active: set[int] = set()  # pairs restored and being processed
+        self.inflight: dict[int, frozenset[int]] = {}  # submitted batch -> its pairs
+        self._restores: dict[int, set[int]] = {}  # token -> pairs it may still load
+        self._tokens = itertools.count(1)
+        self._recovery: int | None = None  # the token whose Restored ends a recovery
+        self._pending_drop: set[int] = set()  # left while batches were in flight
+        self._stage = ""
+        self._held_told: frozenset[int] = frozenset()
+
+    # --- what the shell asks between events ---
+
+    @property
+    def backpressured(self) -> bool:
+        return len(self.inflight) >= self.max_inflight
+
+    @property
+    def polling(self) -> bool:
+        """Whether the shell should call `consume` (which also serves rebalances)."""
+        return self.phase in (Phase.RUNNING, Phase.RECOVERING)
+
+    def pairs(self) -> set[int]:
+        source, repartition = self.twins
+        return {p for t, p in self.held if t == source and (repartition, p) in self.held}
+
+    def restoring(self) -> set[int]:
+        return set().union(*self._restores.values()) if self._restores else set()
+
+    # --- transitions ---
+
+    def begin(self) -> list[Instruction]:
+        """The first instructions: the first start-up step."""
+        return [SetStage("starting"), StartStep(self._steps[0])]
+
+    def handle(self, event: Event) -> list[Instruction]:
+        if self.phase is Phase.EXITED:
+            return []
+        out: list[Instruction] = []
+        match event:
+            case StepDone(step):
+                self._step_done(step, out)
+            case Assigned(partitions):
+                out.append(Count("rebalance", "assigned"))
+                self._assigned(partitions, out)
+            case Revoked(partitions):
+                out.append(Count("rebalance", "revoked"))
+                self._revoked(partitions, out)
+            case Lost(partitions):
+                out.append(Count("rebalance", "lost"))
+                self._revoked(partitions, out)
+            case Polled(batch, partitions):
+                self._polled(batch, partitions, out)
+            case Committed(batch):
+                self.inflight.pop(batch, None)
+            case Restored(token):
+                self._restored(token, out)
+            case Drained():
+                self._drained(out)
+            case Failed(error, retriable, during):
+                self._failed(error, retriable and during == "batch", out)
+            case StopRequested():
+                self._stop(out)
+        self._reconcile(out)
+        return out
+
+    def _step_done(self, step: Step, out: list[Instruction]) -> None:
+        if self.phase is not Phase.STARTING or not self._steps or self._steps[0] != step:
+            return
+        self._steps.pop(0)
+        if self._steps:
+            out.append(StartStep(self._steps[0]))
+        else:
+            self.phase = Phase.RUNNING
+            self._set_stage(RUNNING, out)
+
+    def _assigned(self, partitions: frozenset[TP], out: list[Instruction]) -> None:
+        new_tps = partitions - self.held
+        self.held |= partitions
+        self.fetching |= new_tps  # librdkafka fetches what it assigns: paused below
+        if self.phase not in (Phase.RUNNING, Phase.RECOVERING):
+            return
+        new = self.pairs() - self.active - self.restoring()
+        if new:
+            if not self.active and self.phase is Phase.RUNNING:
+                self._set_stage(f"restoring state of partitions {sorted(new)}", out)
+            token = next(self._tokens)
+            self._restores[token] = set(new)
+            out.append(Restore(token, frozenset(new)))
+        self._note_lonely(out)
+
+    def _revoked(self, partitions: frozenset[TP], out: list[Instruction]) -> None:
+        self.held -= partitions
+        self.fetching -= partitions  # librdkafka unassigns them when the callback returns
+        pairs = self.pairs()
+        for wanted in self._restores.values():
+            wanted &= pairs  # a restore still running for them will load nothing
+        gone = self.active - pairs
+        if gone:
+            if self.inflight:
+                self._pending_drop |= gone
+                out.append(Drain())
+            else:
+                self._drop(gone, out)
+        self._note_lonely(out)
+
+    def _polled(self, batch: int, partitions: frozenset[TP], out: list[Instruction]) -> None:
+        numbers = frozenset(p for _, p in partitions)
+        if self.phase is not Phase.RUNNING:
+            out.append(Discard(batch))  # recovering: read again after the rewind
+            return
+        if partitions <= self.held and numbers <= self.active - self._pending_drop:
+            self.inflight[batch] = numbers
+            out.append(Submit(batch))
+            return
+        # Records of a partition that is paused or gone: cannot happen while librdkafka
+        # honours pause and unassign, and if it ever does, the batch's other records are
+        # read past already, so only a rewind of everything gets them back.
+        out.append(Discard(batch))
+        out.append(Note("warning", "polled partitions not held; recovering", tuple(partitions)))
+        self._recover(out)
+
+    def _restored(self, token: int, out: list[Instruction]) -> None:
+        wanted = self._restores.pop(token, None)
+        if wanted is None:
+            return
+        if self.phase not in (Phase.RUNNING, Phase.RECOVERING):
+            out.append(Apply(token, frozenset()))  # stopping: nothing more is processed
+            return
+        keep = frozenset(wanted & self.pairs())
+        out.append(Apply(token, keep))
+        self.active |= keep
+        self._tell_held(out)
+        if token == self._recovery:
+            self._recovery = None
+            self.phase = Phase.RUNNING
+            if self.active:
+                out.append(Rewind(frozenset(self._tps(self.active))))
+            out.append(NewPipeline())
+        if not self._restores and self.phase is Phase.RUNNING:
+            self._set_stage(RUNNING, out)
+
+    def _drained(self, out: list[Instruction]) -> None:
+        self.inflight.clear()
+        if self._pending_drop:
+            self._drop(self._pending_drop, out)
+            self._pending_drop = set()
+        if self.phase is Phase.STOPPING:
+            self._exit(out)
+
+    def _failed(self, error: BaseException, retriable: bool, out: list[Instruction]) -> None:
+        if self.phase is Phase.STOPPING:
+            return  # the stop's drain reports it, and ends in Exit
+        if retriable and self.phase is Phase.RUNNING:
+            out.append(Count("batch", "retried"))
+            self._recover(out)
+            return
+        out.append(Count("batch", "failed"))
+        self._exit(out, error)
+
+    def _recover(self, out: list[Instruction]) -> None:
+        """Abort, drop, restore; `_restored` then rewinds and starts a new pipeline."""
+        self.phase = Phase.RECOVERING
+        self.inflight.clear()  # aborted: none of them will commit
+        out.append(Abort())
+        pairs = self.active | self._pending_drop
+        self._pending_drop = set()
+        if pairs:
+            self._drop(pairs, out)
+        keep = pairs & self.pairs()
+        token = next(self._tokens)
+        self._restores[token] = set(keep)
+        self._recovery = token
+        out.append(Restore(token, frozenset(keep)))
+
+    def _stop(self, out: list[Instruction]) -> None:
+        if self.phase is Phase.STOPPING:
+            return
+        if self.phase is Phase.RUNNING and self.inflight:
+            self.phase = Phase.STOPPING
+            self._set_stage(STOPPING, out)
+            out.append(Drain(grace=True))
+            return
+        self._exit(out)  # nothing in flight (starting, restoring, recovering): exit now
+
+    # --- helpers ---
+
+    def _drop(self, pairs: Iterable[int], out: list[Instruction]) -> None:
+        pairs = frozenset(pairs)
+        self.active -= pairs
+        out.append(Drop(pairs))
+        self._tell_held(out)
+
+    def _exit(self, out: list[Instruction], error: BaseException | None = None) -> None:
+        self.phase = Phase.EXITED
+        out.append(Exit(error))
+
+    def _set_stage(self, stage: str, out: list[Instruction]) -> None:
+        if stage != self._stage:
+            self._stage = stage
+            out.append(SetStage(stage))
+
+    def _tell_held(self, out: list[Instruction]) -> None:
+        held = frozenset(self.active)
+        if held != self._held_told:
+            self._held_told = held
+            out.append(SetHeld(held))
+
+    def _note_lonely(self, out: list[Instruction]) -> None:
+        pairs = self.pairs()
+        lonely = tuple(sorted(tp for tp in self.held if tp[1] not in pairs))
+        if lonely:
+            out.append(Note("warning", "holding partitions without their twin paused", lonely))
+
+    def _tps(self, pairs: Iterable[int]) -> set[TP]:
+        return {(t, p) for p in pairs for t in self.twins if (t, p) in self.held}
+
+    def _reconcile(self, out: list[Instruction]) -> None:
+        """Pause and resume so that exactly the restored pairs fetch, unless full."""
+        if self.phase in (Phase.STARTING, Phase.EXITED):
+            return
+        fetch = self.phase is Phase.RUNNING and not self.backpressured
+        wanted = self._tps(self.active - self._pending_drop) if fetch else set()
+        pause, resume = self.fetching - wanted, wanted - self.fetching
+        if pause:
+            out.append(Pause(frozenset(pause)))
+        if resume:
+            out.append(Resume(frozenset(resume)))
+        self.fetching = wanted
