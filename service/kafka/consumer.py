@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from confluent_kafka import (
@@ -20,6 +20,7 @@ from confluent_kafka import (
     Consumer,
     KafkaError,
     KafkaException,
+    Message,
     TopicPartition,
 )
 
@@ -30,7 +31,7 @@ from service.kafka.errors import classify
 from service.kafka.message import KeyedKafkaOrigin, MessageLike, TopicPartitionKey
 from service.settings import Settings
 
-__all__ = ["BatchConsumer", "PartitionListener", "to_batch"]
+__all__ = ["BatchConsumer", "PartitionListener", "only_partitions", "to_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,28 @@ def to_batch(messages: Sequence[MessageLike]) -> Batch:
     mixed = topics if topics.count(topic) != len(topics) else None
     origin = KeyedKafkaOrigin(topic, partitions, offsets, stamps, keys, topics=mixed)
     return Batch.of_values(values, origin)
+
+
+def only_partitions(batch: Batch, keep: frozenset[TopicPartitionKey]) -> Batch:
+    """The batch's records of the `keep` partitions only (the rest came from partitions
+    given up, or paused too late, while the batch was being polled)."""
+    origin = batch.origin
+    assert isinstance(origin, KeyedKafkaOrigin)
+    index = [
+        i for i in range(batch.n_messages) if (origin.topic_of(i), origin.partitions[i]) in keep
+    ]
+    values = batch.messages()
+    topics = [origin.topic_of(i) for i in index]
+    topic = topics[0] if topics else origin.topic
+    subset = KeyedKafkaOrigin(
+        topic,
+        [origin.partitions[i] for i in index],
+        [origin.offsets[i] for i in index],
+        [origin.timestamps_ms[i] for i in index],
+        [origin.keys[i] for i in index],
+        topics=topics if topics.count(topic) != len(topics) else None,
+    )
+    return Batch.of_values([values[i] for i in index], subset)
 
 
 def _keys(partitions: Iterable[TopicPartition]) -> list[TopicPartitionKey]:
@@ -141,18 +164,37 @@ class BatchConsumer:
 
     # --- reading ---
 
-    def poll_batch(self, max_messages: int, timeout_s: float) -> Batch | None:
-        """Up to `max_messages` records as one `Batch`, waiting at most `timeout_s` for the
-        first; None when nothing came.
+    def poll_batch(
+        self,
+        max_messages: int,
+        timeout_s: float,
+        *,
+        between: Callable[[], None] | None = None,
+        slice_s: float = 0.1,
+    ) -> Batch | None:
+        """Up to `max_messages` records as one `Batch`, waiting at most `timeout_s` for
+        them; None when nothing came.
+
+        With `between`, the wait is cut into `slice_s` slices and `between` runs before
+        each: pause, resume and seek take effect only between `consume` calls, and
+        `sfa run` must not make a partition whose state just loaded wait a whole
+        SFA_BATCH_MAX_WAIT_MS for its first fetch.
 
         Error events (a broker went away, a partition was deleted) are logged and
         skipped: librdkafka recovers from them itself, and a batch should not fail
         because of an event that carries no record. Fatal consumer errors raise.
         """
-        try:
-            messages = self._consumer.consume(num_messages=max_messages, timeout=timeout_s)
-        except KafkaException as exc:
-            raise classify(exc, "consume") from exc
+        if between is None:
+            messages = self._consume(max_messages, timeout_s)
+        else:
+            messages = []
+            deadline = time.monotonic() + timeout_s
+            while True:
+                between()
+                left = deadline - time.monotonic()
+                messages += self._consume(max_messages - len(messages), min(slice_s, left))
+                if len(messages) >= max_messages or left <= slice_s:
+                    break
         self._last_lag = self.lag()  # for scrapes, which must never wait on this client
         if messages or self._group_meta is None:
             # Refreshed here, on the consumer's own thread: called from the producer's
@@ -170,6 +212,15 @@ class BatchConsumer:
             elif err.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error event: %s", err)
         return to_batch(good) if good else None
+
+    def _consume(self, n: int, timeout_s: float) -> list[Message]:
+        try:
+            messages: list[Message] = self._consumer.consume(
+                num_messages=n, timeout=max(timeout_s, 0.0)
+            )
+        except KafkaException as exc:
+            raise classify(exc, "consume") from exc
+        return messages
 
     def pause(self, p: Iterable[TopicPartitionKey]) -> None:
         """Stop fetching these (backpressure, restore, a lone twin) while still serving

@@ -108,6 +108,7 @@ class RunCore:
         self._tokens = itertools.count(1)
         self._recovery: int | None = None  # the token whose Restored ends a recovery
         self._pending_drop: set[int] = set()  # left while batches were in flight
+        self._rewind_later: set[TP] = set()  # read past while not processing them
         self._stage = ""
         self._held_told: frozenset[int] = frozenset()
 
@@ -207,20 +208,31 @@ class RunCore:
         self._note_lonely(out)
 
     def _polled(self, batch: int, partitions: frozenset[TP], out: list[Instruction]) -> None:
-        numbers = frozenset(p for _, p in partitions)
         if self.phase is not Phase.RUNNING:
             out.append(Discard(batch))  # recovering: read again after the rewind
             return
-        if partitions <= self.held and numbers <= self.active - self._pending_drop:
-            self.inflight[batch] = numbers
-            out.append(Submit(batch))
-            return
-        # Records of a partition that is paused or gone: cannot happen while librdkafka
-        # honours pause and unassign, and if it ever does, the batch's other records are
-        # read past already, so only a rewind of everything gets them back.
-        out.append(Discard(batch))
-        out.append(Note("warning", "polled partitions not held; recovering", tuple(partitions)))
-        self._recover(out)
+        processing = self.active - self._pending_drop
+        keep = frozenset(tp for tp in partitions if tp in self.held and tp[1] in processing)
+        # Records of a partition given up while the batch was polled are not ours (its
+        # new owner reads them from the committed offset). Records of a held partition
+        # that is not processing (fetched before its pause took effect, or of a pair
+        # being given up) were read past: rewind it, once nothing of it is in flight.
+        late = frozenset(tp for tp in partitions if tp in self.held and tp not in keep)
+        if late:
+            self._rewind_later |= late
+            if not self._pending_drop:
+                self._rewind_late(out)
+        if keep:
+            self.inflight[batch] = frozenset(p for _, p in keep)
+            out.append(Submit(batch, keep))
+        else:
+            out.append(Discard(batch))
+
+    def _rewind_late(self, out: list[Instruction]) -> None:
+        late = frozenset(self._rewind_later & self.held)
+        self._rewind_later = set()
+        if late:
+            out.append(Rewind(late))
 
     def _restored(self, token: int, out: list[Instruction]) -> None:
         wanted = self._restores.pop(token, None)
@@ -247,6 +259,7 @@ class RunCore:
         if self._pending_drop:
             self._drop(self._pending_drop, out)
             self._pending_drop = set()
+        self._rewind_late(out)
         if self.phase is Phase.STOPPING:
             self._exit(out)
 
@@ -267,6 +280,7 @@ class RunCore:
         out.append(Abort())
         pairs = self.active | self._pending_drop
         self._pending_drop = set()
+        self._rewind_later = set()  # the recovery rewinds every pair it keeps
         if pairs:
             self._drop(pairs, out)
         keep = pairs & self.pairs()

@@ -209,9 +209,11 @@ class NewPipeline:
 
 @dataclass(frozen=True, slots=True)
 class Submit:
-    """Process the polled batch; its sink commits its offsets with its output."""
+    """Process the polled batch's records of `partitions` (the others are not ours to
+    process now: see `RunCore._polled`); its sink commits their offsets with its output."""
 
     batch: int
+    partitions: frozenset[TP]
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ from service import __version__
 from service.batches import Batch, BatchOutput, KafkaOrigin, ServiceCompute
 from service.decode.pool import Decoder, decode_processes
 from service.errors import SfaError
-from service.kafka.consumer import BatchConsumer
+from service.kafka.consumer import BatchConsumer, only_partitions
 from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
 from service.kafka.restore import read_state_by_partition
 from service.kafka.sink import KafkaSink, SinkTopics
@@ -204,10 +204,11 @@ class Service:
         self._apply_consumer_ops()  # before returning: nothing new is fetched unpaused
 
     def _apply_consumer_ops(self) -> None:
-        """Pause and resume, on the consumer's lane only. librdkafka blocks them from any
-        other thread while a rebalance callback runs (measured: until it returns), so
-        they are queued in the order the core gave them and applied here, at the end of
-        each callback and before each poll."""
+        """Pause, resume and rewind, on the consumer's lane only: librdkafka blocks them
+        from any other thread while a rebalance callback runs (measured: until it
+        returns), and a rewind awaited from the loop inside a callback would deadlock.
+        So they are queued in the order the core gave them and applied here, at the end
+        of each callback and between the slices of each poll."""
         consumer = self.consumer
         while self._consumer_ops:
             op = self._consumer_ops.popleft()
@@ -261,14 +262,18 @@ class Service:
                     with contextlib.suppress(Exception):
                         await self.in_producer_thread(self.producer.abort)
             case ev.Rewind(partitions):
-                consumer = self.consumer
-                if consumer is not None:
-                    rewind = functools.partial(consumer.rewind_to_committed, sorted(partitions))
-                    await self.in_kafka_thread(rewind)
+                self._consumer_ops.append(
+                    functools.partial(
+                        BatchConsumer.rewind_to_committed, partitions=sorted(partitions)
+                    )
+                )
             case ev.NewPipeline():
                 self.pipeline = self.new_pipeline()
-            case ev.Submit(number):
-                await self._submit(number, self._polled.pop(number))
+            case ev.Submit(number, partitions):
+                batch = self._polled.pop(number)
+                if partitions != _partitions(batch):
+                    batch = only_partitions(batch, partitions)
+                await self._submit(number, batch)
             case ev.Discard(number):
                 self._polled.pop(number, None)
             case ev.SetStage(stage):
@@ -436,8 +441,9 @@ class Service:
         wait_s = 0.05 if full else s.batch_max_wait_ms / 1e3
 
         def poll() -> Batch | None:
-            self._apply_consumer_ops()
-            return consumer.poll_batch(s.batch_max_messages, wait_s)
+            return consumer.poll_batch(
+                s.batch_max_messages, wait_s, between=self._apply_consumer_ops
+            )
 
         try:
             batch = await self.unless_stopped(self.in_kafka_thread(poll))
