@@ -64,7 +64,7 @@ class CoreDriver:
     def __init__(self, twins: tuple[str, str]) -> None:
         self.core = RunCore(twins, max_inflight=4)
         for step in ("listen", "reach", "topics", "dask", "producer", "subscribe"):
-            self.core.handle(StepDone(step))  # type: ignore[arg-type]
+            self.core.handle(StepDone(step))
         self.consumer: BatchConsumer | None = None
         self.resumed: list[frozenset[TP]] = []
 

@@ -57,7 +57,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.core = RunCore(("in", "re"), max_inflight=2)
         self.core.begin()
         for step in ("listen", "reach", "topics", "dask", "producer", "subscribe"):
-            self.core.handle(StepDone(step))  # type: ignore[arg-type]
+            self.core.handle(StepDone(step))
         self.held: set[TP] = set()
         self.loaded: set[int] = set()  # pairs whose restore was applied, not dropped since
         self.inflight: dict[int, frozenset[int]] = {}
