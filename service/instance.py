@@ -80,7 +80,9 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.params = settings.engine_params()
-        self.metrics = Metrics(__version__)
+        self.metrics = Metrics(
+            __version__, topics=(settings.input_topic, settings.effective_repartition_topic)
+        )
         self.health = Health(stall_seconds=settings.stall_seconds)
         # A helper process: a thread here cannot answer within 100 ms (service.probes).
         self.server = ProbeProcess(
@@ -179,6 +181,7 @@ class Service:
     def on_assigned(self, partitions: list[tuple[str, int]]) -> None:
         numbers = [p for t, p in partitions if t == self.settings.input_topic]
         log.info("partitions assigned", extra={"partitions": numbers})
+        self.metrics.rebalance("assigned")
         stage = self.health.stage
         if not self._assigned:
             self.health.set_stage(f"restoring state of partitions {numbers}")
@@ -205,6 +208,7 @@ class Service:
     def on_revoked(self, partitions: list[tuple[str, int]]) -> None:
         numbers = [p for t, p in partitions if t == self.settings.input_topic]
         log.info("partitions revoked", extra={"partitions": numbers})
+        self.metrics.rebalance("revoked")
 
         async def finish_and_drop() -> None:
             if self.pipeline is not None:
