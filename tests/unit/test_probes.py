@@ -69,10 +69,21 @@ def _scrape(port: int, accept: str | None = None) -> tuple[str, str]:
         return r.read().decode(), r.headers["Content-Type"]
 
 
-@pytest.fixture()
-def probes() -> Iterator[tuple[ProbeProcess, _Counting, _Beats]]:
+@pytest.fixture(params=[30.0], ids=["waiting"])
+def probes(request: pytest.FixtureRequest) -> Iterator[tuple[ProbeProcess, _Counting, _Beats]]:
+    """The real helper; a scrape waits `request.param` s at most for a fresh rendering
+    (long by default, so that a slow test host cannot turn a fresh answer stale), and
+    never reuses one, so every scrape takes the asking path."""
     exposition, health = _Counting(), _Beats()
-    server = ProbeProcess(exposition, health, port=_free_port(), host="127.0.0.1", interval_s=0.01)
+    server = ProbeProcess(
+        exposition,
+        health,
+        port=_free_port(),
+        host="127.0.0.1",
+        interval_s=0.01,
+        fresh_wait_s=request.param,
+        reuse_s=0.0,
+    )
     server.start()
     yield server, exposition, health
     exposition.gate.set()
@@ -114,3 +125,14 @@ def test_a_service_too_busy_to_render_costs_freshness_not_the_answer(
     exposition.gate.set()
     health.wait_beats(2)  # the held rendering went out
     assert _scrape(server.port)[0].startswith("rendering ")
+
+
+def test_a_young_rendering_is_served_again_without_asking() -> None:
+    exposition = _Counting()
+    # an hour: the rendering made at start stays young for every scrape of this test
+    with ProbeProcess(
+        exposition, Health(), port=_free_port(), host="127.0.0.1", reuse_s=3600
+    ) as server:
+        for _ in range(3):
+            assert _scrape(server.port)[0] == "rendering 1\n"
+        assert exposition.renders == [None]
