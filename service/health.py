@@ -18,7 +18,9 @@ is the client's business: it is logged at DEBUG, never as an error with a traceb
 
 `GET /symbols/{symbol}` is served when a `SymbolSource` is given: the path is checked
 here (400 for anything but a SPEC 1 symbol, without asking anyone), the answer comes
-from the source (`service.queries.SymbolQueries`, or the probe helper's channel to it).
+from the source (`service.queries.SymbolQueries`, or, in the probe helper, a loopback
+request to the service process). A server given no metrics or no probes leaves those
+routes out (the service's loopback server answers `/symbols/` only).
 """
 
 from __future__ import annotations
@@ -269,8 +271,8 @@ class _Server(ThreadingHTTPServer):
     def __init__(
         self,
         address: tuple[str, int],
-        metrics: Exposition,
-        health: ProbeSource,
+        metrics: Exposition | None,
+        health: ProbeSource | None,
         symbols: SymbolSource | None = None,
     ) -> None:
         super().__init__(address, _Handler)
@@ -307,12 +309,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.BAD_REQUEST, reason, head)
             return
         try:
-            if path == "/metrics":
+            if path == "/metrics" and server.metrics is not None:
                 body, content_type = server.metrics.render_for(self.headers.get("Accept"))
                 self._send(HTTPStatus.OK, body, content_type, head)
-            elif path == "/healthz":
+            elif path == "/healthz" and server.health is not None:
                 self._send_probe(server.health.liveness(), head)
-            elif path == "/readyz":
+            elif path == "/readyz" and server.health is not None:
                 self._send_probe(server.health.readiness(), head)
             elif path.startswith(_SYMBOLS) and server.symbols is not None:
                 self._send_symbol(server.symbols, path[len(_SYMBOLS) :], head)

@@ -14,6 +14,15 @@ The histograms are kept here as numpy bucket counts rather than prometheus-clien
 `Histogram`s because end-to-end latency arrives as one value per message (up to 100k per
 batch): `observe_end_to_end_many` bins a whole array in one `searchsorted` call.
 
+Every family the dashboard (deploy/grafana/dashboard.py) and the alert rules
+(deploy/prometheus/alerts.yaml) query is on the first scrape, at zero where nothing has
+happened yet: a counter born at its first increment has no "before", so `rate()` and
+`increase()` miss that first step, and a panel stays blank. Label values known up front
+(outcomes, statuses, rebalance kinds, SPEC 1 reasons, the topics the service reads) are
+created at start; only series whose labels are learnt later (a partition's lag, a Dask
+worker's memory) wait for them. `tests/unit/test_metrics_first_scrape.py` holds this to the
+dashboard and the rules.
+
 Callers only see plain Python types; no Prometheus type leaks out of this module. The
 probes and the HTTP endpoint live in `service.health` and are re-exported here, so the
 service wires everything from one import.
@@ -24,7 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -48,8 +57,10 @@ __all__ = [
     "BATCH_OUTCOMES",
     "BATCH_SIZE_BUCKETS",
     "CONTENT_TYPE",
+    "DEAD_LETTER_REASONS",
     "END_TO_END_BUCKETS",
     "LATENCY_BUCKETS",
+    "REBALANCE_KINDS",
     "DaskProvider",
     "Health",
     "InflightProvider",
@@ -57,6 +68,7 @@ __all__ = [
     "Metrics",
     "MetricsServer",
     "Probe",
+    "RebalanceKind",
     "StateProvider",
     "StateStats",
 ]
@@ -70,6 +82,24 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 BATCH_OUTCOMES = ("ok", "retried", "failed")
 ANALYSIS_OUTCOMES = ("ok", "insufficient_history", "error")
 _RESULT_STATUSES = ("ok", "insufficient_history")  # pre-created so rate() works from the start
+#: What a rebalance did to this member: partitions given, taken back in order, or lost
+#: (taken without a chance to commit: the session expired or the member was fenced).
+RebalanceKind = Literal["assigned", "revoked", "lost"]
+REBALANCE_KINDS: tuple[RebalanceKind, ...] = get_args(RebalanceKind)
+#: SPEC 1's reason codes, pre-created at zero; other reasons (the wire formats') are
+#: created by their first dead letter.
+DEAD_LETTER_REASONS = (
+    "invalid_json",
+    "not_an_object",
+    "too_large",
+    *(f"missing_field:{name}" for name in ("symbol", "date", "close")),
+    *(
+        f"invalid_field:{name}"
+        for name in ("symbol", "date", "close", "open", "high", "low", "volume")
+    ),
+    "date_out_of_range",
+    "invalid_forward",
+)
 
 #: 1 .. 100k messages, roughly 1-2-5 per decade.
 BATCH_SIZE_BUCKETS: tuple[float, ...] = (
@@ -197,12 +227,15 @@ class Metrics:
     """The metric families of SPEC 10 on a registry of their own, behind a plain API.
 
     Counter methods take plain strings and ints; `render()` returns the exposition bytes.
-    Live-state gauges come from providers set with `set_providers`; until a provider is
-    set (or while it fails) its family is exposed without samples, which Prometheus treats
-    as "unknown" rather than a misleading zero.
+    Live-state gauges come from providers set with `set_providers`. Before the first one
+    is set they read zero (nothing held, nothing in flight, no Dask worker yet: true of a
+    service that has just started); while a provider fails, and after `clear_providers`,
+    its family is exposed without samples, which Prometheus treats as "unknown" rather
+    than a misleading value. `topics` are the topics the service will read, so their
+    consumed counters exist before the first message.
     """
 
-    def __init__(self, version: str) -> None:
+    def __init__(self, version: str, *, topics: Iterable[str] = ()) -> None:
         self._registry = CollectorRegistry(auto_describe=True)
         reg = self._registry
         ProcessCollector(registry=reg)
@@ -224,14 +257,6 @@ class Metrics:
         self._results = Counter(
             "sfa_results_produced", "Results produced, by status.", ["status"], registry=reg
         )
-        self._rebalances = Counter(
-            "sfa_rebalances",
-            "Rebalances by kind (assigned, revoked, lost).",
-            ["kind"],
-            registry=reg,
-        )
-        for kind in ("assigned", "revoked", "lost"):
-            self._rebalances.labels(kind=kind)
         self._batches = Counter(
             "sfa_batches", "Finished batches, by outcome.", ["outcome"], registry=reg
         )
@@ -257,6 +282,18 @@ class Metrics:
             self._batches.labels(outcome=outcome)
         for outcome in ANALYSIS_OUTCOMES:
             self._analyses.labels(outcome=outcome)
+        self._rebalances = Counter(
+            "sfa_rebalances",
+            "Rebalance events of this group member, by kind (assigned, revoked, lost).",
+            ["kind"],
+            registry=reg,
+        )
+        for kind in REBALANCE_KINDS:
+            self._rebalances.labels(kind=kind)
+        for reason in DEAD_LETTER_REASONS:
+            self._dead.labels(reason=reason)
+        for topic in topics:
+            self._consumed.labels(topic=topic)
 
         self._batch_size = _Histogram(
             "sfa_batch_size_messages", "Messages per batch.", BATCH_SIZE_BUCKETS
@@ -276,10 +313,11 @@ class Metrics:
         self._analysis_lock = threading.Lock()
         self._analyses_ok = 0
         self._analyses_all = 0
-        self._state: StateProvider | None = None
-        self._lag: LagProvider | None = None
-        self._dask: DaskProvider | None = None
-        self._inflight: InflightProvider | None = None
+        # Zero until the service hands over the real ones (see the class docstring).
+        self._state: StateProvider | None = _nothing_held
+        self._lag: LagProvider | None = _no_partitions
+        self._dask: DaskProvider | None = _no_workers
+        self._inflight: InflightProvider | None = _none_in_flight
         builders: list[tuple[str, _Builder]] = [
             ("state", self._state_families),
             ("inflight", self._inflight_families),
@@ -314,10 +352,6 @@ class Metrics:
         _check(outcome, BATCH_OUTCOMES, "batch outcome")
         self._batches.labels(outcome=outcome).inc()
 
-    def rebalance(self, kind: str) -> None:
-        """Count a rebalance the instance took part in: assigned, revoked or lost."""
-        self._rebalances.labels(kind=kind).inc()
-
     def analyses(self, outcome: str, n: int = 1) -> None:
         """Count analyses; `outcome` is one of `ANALYSIS_OUTCOMES`. Feeds the success ratio."""
         _check(outcome, ANALYSIS_OUTCOMES, "analysis outcome")
@@ -326,6 +360,11 @@ class Metrics:
             self._analyses_all += n
             if outcome == "ok":
                 self._analyses_ok += n
+
+    def rebalance(self, kind: RebalanceKind) -> None:
+        """Count one rebalance event of this member; `kind` is one of `REBALANCE_KINDS`."""
+        _check(kind, REBALANCE_KINDS, "rebalance kind")
+        self._rebalances.labels(kind=kind).inc()
 
     def observe_batch(self, size_messages: int, latency_s: float) -> None:
         """Record one committed batch: its size and the time from close to commit."""
@@ -460,6 +499,22 @@ class Metrics:
         with self._analysis_lock:
             ok, total = self._analyses_ok, self._analyses_all
         return 1.0 if total == 0 else ok / total
+
+
+def _nothing_held() -> tuple[int, int, int]:
+    return (0, 0, 0)
+
+
+def _no_partitions() -> Mapping[tuple[str, int], int]:
+    return {}
+
+
+def _no_workers() -> Mapping[str, float]:
+    return {}
+
+
+def _none_in_flight() -> int:
+    return 0
 
 
 def _check(value: str, allowed: Iterable[str], what: str) -> None:

@@ -6,9 +6,10 @@ symbol it holds); for any other symbol it says which input partition owns it (SP
 `owner(s) = P(s) mod N`), so the caller can find the instance holding that partition.
 
 `SymbolQueries` is the decision, with the map behind a `lookup` function, so it is
-tested without a broker or an HTTP server. It runs in the service process: the probe
-helper (`service.probes`) cannot hold every result, so it forwards the request over a
-socket pair and serves whatever this answers, or 503 when no answer comes in time.
+tested without a broker or an HTTP server. It runs in the service process, behind a
+loopback HTTP server: the probe helper (`service.probes`) owns the public port but
+cannot hold every result, so it forwards the request and serves whatever this answers,
+or 503 when no answer comes in time.
 
     200  the result's JSON, byte for byte as committed
     400  not a SPEC 1 symbol (1-32 chars of A-Za-z0-9._-)

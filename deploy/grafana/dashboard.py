@@ -29,7 +29,6 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models.dashboard import DashboardCursorSync, DataSourceRef, GridPos
 
 __all__ = [
-    "NOT_YET_EXPORTED",
     "PANELS",
     "PanelSpec",
     "Query",
@@ -41,13 +40,6 @@ __all__ = [
 UID = "sfa-service"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="prometheus")
 RATE = "$__rate_interval"
-
-#: Metrics the dashboard already queries that the service does not export yet (SPEC 10
-#: lists `sfa_bars_forwarded_total`; `sfa_rebalances_total` is proposed). Their panels stay
-#: empty until the service adds them; the unit test asserts this exact list so the day a
-#: metric lands, the list must shrink.
-NOT_YET_EXPORTED = ("sfa_rebalances_total",)
-
 
 @dataclass(frozen=True)
 class Query:
@@ -145,7 +137,7 @@ PANELS: tuple[PanelSpec, ...] = (
     PanelSpec(
         "Forwarded bars",
         "Bars read from a partition that does not own their symbol, sent to the "
-        "repartition topic (SPEC 7). Not exported yet.",
+        "repartition topic (SPEC 7).",
         (Query(f"sum by (instance) (rate(sfa_bars_forwarded_total[{RATE}]))", "{{instance}}"),),
         unit="ops",
     ),
@@ -203,7 +195,7 @@ PANELS: tuple[PanelSpec, ...] = (
     PanelSpec(
         "Rebalances",
         "Input partitions each instance holds (a step is a rebalance), and rebalance "
-        "events (sfa_rebalances_total: not exported yet).",
+        "events (assigned, revoked, lost).",
         (
             Query("count by (instance) (sfa_consumer_lag_messages)", "partitions {{instance}}"),
             Query(

@@ -6,7 +6,7 @@ pipeline half way: closed executors, a cluster already gone, chunks "lost", each
 so with an ERROR line and a traceback before `sfa: interrupted`. An interrupted `sfa
 replay` has nothing worth finishing (its outputs are discarded anyway), so the first
 SIGINT removes the partial outputs, prints one line and ends the process at once with
-130. Helper processes ignore SIGINT (`service.host.helper_process`) and end with their
+130. Helper processes ignore SIGINT (`service.helpers`) and end with their
 parent; a LocalCluster's workers are its children and end with it too.
 """
 

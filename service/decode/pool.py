@@ -9,22 +9,23 @@ batch order by the pipeline, so order and corrections are unaffected.
 
 With a schema registry (`SFA_SCHEMA_REGISTRY_URL`), the schemas a batch's wire-format
 messages name are looked up here, on the event loop, before the batch goes to a helper:
-the helpers stay pure (`service.decode.wire`) and the cache lives in one place.
+the helpers stay pure (`service.decode.wire`) and the cache lives in one place. The
+helpers start and end the way every helper does (`service.helpers.pool`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import multiprocessing
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
+from service import helpers
 from service.decode.batch import decode_batch, decode_lines
 from service.decode.types import DecodedBatch
 from service.decode.wire import InputFormat, WireSchema, decode_wire_batch, wire_ids
-from service.host import helper_process, usable_cores
+from service.host import usable_cores
 from service.settings import Settings
 
 __all__ = ["Decoder", "SchemaLookup", "decode_processes", "default_decode_processes"]
@@ -69,14 +70,7 @@ class Decoder:
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._processes = max(0, processes)
         if processes > 0:
-            # spawn, not fork: the parent runs an event loop and Dask threads.
-            ctx = multiprocessing.get_context("spawn")
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                processes,
-                mp_context=ctx,
-                initializer=helper_process,  # ignores Ctrl-C: the parent stops us
-                initargs=(os.getpid(),),
-            )
+            self._pool = helpers.pool(processes)  # signals are ours; they end with us
             self._pool.submit(_warm)  # start the interpreter now, while the input opens
 
     @property

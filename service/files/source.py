@@ -7,7 +7,8 @@ idle between batches. A helper that owns the whole read -> cut -> decode loop ne
 waits for the parent: it streams finished batches (compact columns, a few hundred
 KB) through a pipe, and the pipe's capacity is the backpressure.
 
-The parent receives on a thread (a blocking `recv` releases the GIL) and feeds the
+The helper starts and ends the way every helper does (`service.helpers`). The parent
+receives on a thread (a blocking `recv` releases the GIL) and feeds the
 same streamz pipeline as Kafka batches, with a decoded payload (`Batch.of_decoded`).
 """
 
@@ -16,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
-import subprocess
-import sys
 import threading
 from collections.abc import AsyncIterator, Sequence
 from multiprocessing.connection import Connection
@@ -25,21 +24,18 @@ from typing import Any
 
 import orjson
 
+from service import helpers
 from service.batches import Batch
 from service.decode.batch import decode_batch, decode_lines
 from service.errors import InputError
 from service.files.readers import FileFailure, read_batches
-from service.host import helper_process
 
 __all__ = ["FileSource"]
 
 
-def _serve(
-    paths: list[str], batch_lines: int, max_message_bytes: int, out: Connection, parent: int
-) -> None:
+def _serve(paths: list[str], batch_lines: int, max_message_bytes: int, out: Connection) -> None:
     """The helper's whole life: every batch in order, each broken file's `FileFailure`
     as soon as it is known, then None (or the error text)."""
-    helper_process(parent)  # Ctrl-C is the parent's; a SIGKILLed parent cannot stop us
     failures: list[FileFailure] = []
     try:
         for batch in read_batches(paths, batch_lines, failures):
@@ -81,16 +77,13 @@ class FileSource:
     ) -> None:
         read_batches(paths, batch_lines)  # validates the paths and batch size, reads nothing
         self.failures: list[FileFailure] = []
-        # A plain `python -m` child rather than multiprocessing's spawn: spawn re-imports
-        # the parent's __main__ (a benchmark, a test runner) before it can start work.
         read_fd, write_fd = os.pipe()
-        spec = orjson.dumps([list(paths), batch_lines, max_message_bytes, write_fd, os.getpid()])
+        spec = orjson.dumps([list(paths), batch_lines, max_message_bytes, write_fd])
         try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "service.files.source", spec.decode()],
-                pass_fds=(write_fd,),
-                stdin=subprocess.DEVNULL,
-            )
+            self._proc = helpers.start(__name__, [spec.decode()], pass_fds=(write_fd,))
+        except OSError:
+            os.close(read_fd)
+            raise
         finally:
             os.close(write_fd)
         self._conn = Connection(read_fd, writable=False)
@@ -130,12 +123,7 @@ class FileSource:
 
     def close(self) -> None:
         self._stop.set()
-        if self._proc.poll() is None:
-            self._proc.terminate()
-        try:
-            self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
+        helpers.stop(self._proc, grace_s=0)  # nothing in the reader is worth finishing
         self._conn.close()
         while True:  # unblock the receiver if it waits on a full queue
             try:
@@ -144,15 +132,8 @@ class FileSource:
                 break
 
 
-def _main(argv: list[str]) -> int:
-    """`python -m service.files.source SPEC`: the helper, started by `FileSource` only."""
-    paths, batch_lines, max_message_bytes, fd, parent = orjson.loads(argv[0])
-    _serve(paths, batch_lines, max_message_bytes, Connection(fd, readable=False), parent)
+def helper_main(argv: list[str]) -> int:
+    """The helper's entry (`service.helpers.start`), started by `FileSource` only."""
+    paths, batch_lines, max_message_bytes, fd = orjson.loads(argv[0])
+    _serve(paths, batch_lines, max_message_bytes, Connection(fd, readable=False))
     return 0
-
-
-if __name__ == "__main__":
-    # run the imported module's copy, so what gets pickled names service.files.source
-    from service.files import source
-
-    sys.exit(source._main(sys.argv[1:]))

@@ -43,7 +43,8 @@ from service.run.events import (
     Apply,
     Assigned,
     Committed,
-    Count,
+    CountBatch,
+    CountRebalance,
     Discard,
     Drain,
     Drained,
@@ -144,13 +145,13 @@ class RunCore:
             case StepDone(step):
                 self._step_done(step, out)
             case Assigned(partitions):
-                out.append(Count("rebalance", "assigned"))
+                out.append(CountRebalance("assigned"))
                 self._assigned(partitions, out)
             case Revoked(partitions):
-                out.append(Count("rebalance", "revoked"))
+                out.append(CountRebalance("revoked"))
                 self._revoked(partitions, out)
             case Lost(partitions):
-                out.append(Count("rebalance", "lost"))
+                out.append(CountRebalance("lost"))
                 self._revoked(partitions, out)
             case Polled(batch, partitions):
                 self._polled(batch, partitions, out)
@@ -267,10 +268,10 @@ class RunCore:
         if self.phase is Phase.STOPPING:
             return  # the stop's drain reports it, and ends in Exit
         if retriable and self.phase is Phase.RUNNING:
-            out.append(Count("batch", "retried"))
+            out.append(CountBatch("retried"))
             self._recover(out)
             return
-        out.append(Count("batch", "failed"))
+        out.append(CountBatch("failed"))
         self._exit(out, error)
 
     def _recover(self, out: list[Instruction]) -> None:

@@ -18,7 +18,8 @@ __all__ = [
     "Apply",
     "Assigned",
     "Committed",
-    "Count",
+    "CountBatch",
+    "CountRebalance",
     "Discard",
     "Drain",
     "Drained",
@@ -238,11 +239,17 @@ class SetHeld:
 
 
 @dataclass(frozen=True, slots=True)
-class Count:
-    """A metric to count: a rebalance by kind, or a batch outcome."""
+class CountRebalance:
+    """sfa_rebalances_total{kind}: what a rebalance did to this member."""
 
-    family: Literal["rebalance", "batch"]
-    label: str
+    kind: RebalanceKind
+
+
+@dataclass(frozen=True, slots=True)
+class CountBatch:
+    """sfa_batches_total{outcome} for a batch that failed: retried, or the end."""
+
+    outcome: Literal["retried", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +283,8 @@ Instruction = (
     | Discard
     | SetStage
     | SetHeld
-    | Count
+    | CountRebalance
+    | CountBatch
     | Note
     | Exit
 )

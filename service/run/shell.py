@@ -53,6 +53,7 @@ from service.run import events as ev
 from service.run.accounting import Accounting
 from service.run.core import RunCore
 from service.run.startup import Startup
+from service.run.stop import Stopped
 from service.settings import Settings
 from service.state import StateStore
 
@@ -65,16 +66,14 @@ CLOSE_WAIT_S = 10.0
 _Records = dict[int, list[tuple[bytes, bytes | None]]]
 
 
-class Stopped(Exception):
-    """A stop was requested while a start-up step, a restore or a poll was running."""
-
-
 class Service:
     """Wires consumer, pipeline, producer, metrics and health for one instance."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.metrics = Metrics(__version__)
+        self.metrics = Metrics(
+            __version__, topics=(settings.input_topic, settings.effective_repartition_topic)
+        )
         self.health = Health(stall_seconds=settings.stall_seconds)
         # A helper process: a thread here cannot answer within 100 ms (service.probes).
         self.server = ProbeProcess(
@@ -281,9 +280,9 @@ class Service:
             case ev.SetHeld(pairs):
                 self._held = pairs
                 self.health.set_assigned(bool(pairs))
-            case ev.Count("rebalance", kind):
+            case ev.CountRebalance(kind):
                 self.metrics.rebalance(kind)
-            case ev.Count(_, outcome):
+            case ev.CountBatch(outcome):
                 self.metrics.batch(outcome)
             case ev.Note(level, message, partitions):
                 getattr(log, level)(message, extra={"partitions": list(partitions)})

@@ -10,25 +10,61 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
+from service.batches import ServiceCompute
 from service.errors import ConfigError
 from service.kafka.admin import ensure_topics
 from service.kafka.consumer import BatchConsumer
 from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
 from service.kafka.reach import check_reachable
+from service.metrics import Health, Metrics
 from service.ownership import Routing
+from service.pipeline import Pipeline
+from service.probes import ProbeProcess
+from service.registry.client import RegistryClient
 from service.registry.schemas import wait_reachable
 from service.run import events as ev
+from service.run.stop import Stopped
+from service.settings import Settings
+from service.state import StateStore
 
-if TYPE_CHECKING:
-    from service.run.shell import Service
+__all__ = ["Host", "Startup"]
 
-__all__ = ["Startup"]
+T = TypeVar("T")
+
+
+class Host(Protocol):
+    """What the steps use of the shell (`service.run.shell.Service`), and what they set."""
+
+    settings: Settings
+    server: ProbeProcess
+    health: Health
+    metrics: Metrics
+    state: StateStore
+    registry: RegistryClient | None
+    routing: Routing | None
+    compute: ServiceCompute | None
+    producer: TransactionalProducer | AtLeastOnceProducer | None
+    consumer: BatchConsumer | None
+    pipeline: Pipeline | None
+
+    @property
+    def stopping(self) -> bool: ...
+    async def unless_stopped(self, step: Awaitable[T]) -> T: ...
+    async def in_kafka_thread(self, fn: Callable[[], T]) -> T: ...
+    async def in_producer_thread(self, fn: Callable[[], T]) -> T: ...
+    async def report(self, event: ev.Event) -> None: ...
+    def registry_state(self, problem: str | None) -> None: ...
+    def sync_fallback(self) -> None: ...
+    def new_pipeline(self) -> Pipeline: ...
+    def on_assigned(self, partitions: list[ev.TP]) -> None: ...
+    def on_revoked(self, partitions: list[ev.TP]) -> None: ...
+    def on_lost(self, partitions: list[ev.TP]) -> None: ...
 
 
 class Startup:
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Host) -> None:
         self._service = service
         self._steps: dict[ev.Step, Callable[[], Awaitable[None]]] = {
             "listen": self._listen,
@@ -41,8 +77,6 @@ class Startup:
         }
 
     async def run(self, step: ev.Step) -> None:
-        from service.run.shell import Stopped
-
         service = self._service
         try:
             await self._steps[step]()

@@ -358,20 +358,15 @@ def test_dashboard_and_alerts_on_a_real_prometheus(stack: tuple[Stack, Feed]) ->
         60,
     )
 
-    # Every metric the dashboard names is exposed, apart from the listed not-yet-exported.
+    # Every metric the dashboard names is exposed.
     queried = {n for p in board.PANELS for q in p.queries for n in board.metric_names(q.expr)}
     exposed = _exposed(f"http://{prom.sfa_http}/metrics") | _exposed(
         f"http://{prom.scheduler_http}/metrics"
     )
-    assert queried - exposed == set(board.NOT_YET_EXPORTED)
+    assert queried - exposed == set()
 
     # Every dashboard query returns data (once the stream has run through a few windows).
-    pending = [
-        (p.title, _dashboard_expr(q.expr))
-        for p in board.PANELS
-        for q in p.queries
-        if not board.metric_names(q.expr) & set(board.NOT_YET_EXPORTED)
-    ]
+    pending = [(p.title, _dashboard_expr(q.expr)) for p in board.PANELS for q in p.queries]
     _wait(
         "data for every dashboard query",
         lambda: all(_returns_data(prom, expr) for _, expr in pending),
@@ -439,7 +434,7 @@ def _plot_panels(
                 ax.plot(xs, ys, linewidth=1, label=_legend(query.legend, series["metric"])[:40])
                 drawn += 1
         if not drawn:
-            ax.text(0.5, 0.5, "no data (metric not exported yet)", ha="center",
+            ax.text(0.5, 0.5, "no data", ha="center",
                     va="center", transform=ax.transAxes, color="grey")  # fmt: skip
         ax.axvspan(stall[0] - start, stall[1] - start, color="tab:red", alpha=0.08)
         ax.set_xlim(0, end - start)

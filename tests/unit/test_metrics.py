@@ -51,6 +51,8 @@ SPEC_FAMILIES: dict[str, tuple[str, frozenset[str]]] = {
     "sfa_build_info": ("gauge", frozenset({"version"})),
     "sfa_schema_registry_up": ("gauge", frozenset()),
     "sfa_schema_registry_failures_total": ("counter", frozenset()),
+    # Beyond SPEC 10's table: the dashboard's rebalance panel reads it.
+    "sfa_rebalances_total": ("counter", frozenset({"kind"})),
 }
 
 
@@ -250,8 +252,21 @@ def test_scrape_time_gauges_follow_the_providers() -> None:
     assert _value(m, "sfa_dask_workers") == 2
 
 
-def test_unset_providers_expose_headers_only() -> None:
-    families = _families(Metrics("1"))
+def test_before_any_provider_the_gauges_read_nothing_held() -> None:
+    """A service that has just started holds nothing: zero, not "unknown" (the dashboard
+    shows a line from the first scrape); lag has no series until partitions arrive."""
+    m = Metrics("1")
+    for name in ("sfa_state_symbols", "sfa_state_bars", "sfa_state_bytes"):
+        assert _value(m, name) == 0
+    assert _value(m, "sfa_inflight_batches") == 0
+    assert _value(m, "sfa_dask_workers") == 0
+    assert _families(m)["sfa_consumer_lag_messages"].samples == []
+
+
+def test_cleared_providers_expose_headers_only() -> None:
+    m = Metrics("1")
+    m.clear_providers()
+    families = _families(m)
     for name in ("sfa_state_symbols", "sfa_consumer_lag_messages", "sfa_dask_workers"):
         assert families[name].samples == []
 

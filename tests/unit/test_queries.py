@@ -1,5 +1,5 @@
 """`GET /symbols/{symbol}`: the decision (`SymbolQueries` with a fake lookup) and the probe
-helper process answering through its channel to the service side."""
+helper process answering by forwarding to the service side's loopback server."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def test_the_endpoint_rule_is_the_decoders_rule(text: str) -> None:
     assert valid_symbol(text) == symbol_ok(text)
 
 
-# --- the probe helper process, through the channel --------------------------------------
+# --- the probe helper process, forwarding to the service side ---------------------------
 
 
 class _Gate:
@@ -164,8 +164,9 @@ def test_a_service_that_does_not_answer_in_time_is_503_and_probes_still_answer(
 def test_a_helper_without_its_service_side_says_503_at_once(helper: ProbeProcess) -> None:
     helper.set_queries(SymbolQueries(_Results({"AAA": RESULT}), lambda: 6))
     assert _get(helper.port, "/symbols/AAA")[0] == 200
-    channel = helper._channel
-    assert channel is not None
-    channel.shutdown(socket.SHUT_RDWR)  # the service side of the channel goes away
+    service_side = helper._symbols
+    assert service_side is not None
+    service_side.shutdown()  # the service side goes away: its port no longer answers
+    service_side.server_close()
     status, body = _get(helper.port, "/symbols/AAA")
     assert status == 503 and "does not answer" in body["reason"]

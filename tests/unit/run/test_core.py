@@ -16,7 +16,8 @@ from service.run.events import (
     Apply,
     Assigned,
     Committed,
-    Count,
+    CountBatch,
+    CountRebalance,
     Discard,
     Drain,
     Drained,
@@ -116,7 +117,7 @@ def scenario_a_new_pair_is_paused_restored_then_resumed() -> None:
     d = Driver().started()
     out = d(Assigned(pair(0)))
     assert out == [
-        Count("rebalance", "assigned"),
+        CountRebalance("assigned"),
         SetStage("restoring state of partitions [0]"),
         Restore(1, frozenset({0})),
         Pause(pair(0)),  # inside the callback: nothing is fetched before the state is in
@@ -134,7 +135,7 @@ def scenario_revoke_with_batches_in_flight_drains_before_dropping() -> None:
     d = Driver().running(0, 1)
     assert d(Polled(7, pair(0, 1))) == [Submit(7, pair(0, 1))]
     out = d(Revoked(pair(1)))
-    assert out == [Count("rebalance", "revoked"), Drain()]
+    assert out == [CountRebalance("revoked"), Drain()]
     assert not only(out, Drop)
     out = d(Drained())
     assert out[:2] == [Drop(frozenset({1})), SetHeld(frozenset({0}))]
@@ -144,13 +145,13 @@ def scenario_revoke_with_batches_in_flight_drains_before_dropping() -> None:
 def scenario_revoke_with_nothing_in_flight_drops_at_once() -> None:
     d = Driver().running(0, 1)
     out = d(Revoked(pair(0)))
-    assert out == [Count("rebalance", "revoked"), Drop(frozenset({0})), SetHeld(frozenset({1}))]
+    assert out == [CountRebalance("revoked"), Drop(frozenset({0})), SetHeld(frozenset({1}))]
 
 
 def scenario_lost_partitions_are_given_up_like_revoked_ones() -> None:
     d = Driver().running(0)
     d(Polled(1, pair(0)))
-    assert d(Lost(pair(0))) == [Count("rebalance", "lost"), Drain()]
+    assert d(Lost(pair(0))) == [CountRebalance("lost"), Drain()]
     assert only(d(Drained()), Drop) == [Drop(frozenset({0}))]
 
 
@@ -159,7 +160,7 @@ def scenario_a_retriable_failure_aborts_drops_restores_rewinds_and_restarts() ->
     d(Polled(1, pair(0)), Polled(2, pair(0)))
     out = d(Failed(KafkaRetriableError("abortable"), True))
     assert out == [
-        Count("batch", "retried"),
+        CountBatch("retried"),
         Abort(),
         Drop(frozenset({0})),
         SetHeld(frozenset()),
@@ -227,14 +228,14 @@ def scenario_a_fenced_producer_exits_with_its_error() -> None:
     d = Driver().running(0)
     d(Polled(1, pair(0)))
     fenced = FencedError("fenced by a newer instance")
-    assert d(Failed(fenced, False)) == [Count("batch", "failed"), Exit(fenced)]
+    assert d(Failed(fenced, False)) == [CountBatch("failed"), Exit(fenced)]
 
 
 def scenario_a_failed_restore_exits_even_when_retriable() -> None:
     d = Driver().started()
     d(Assigned(pair(0)))
     timeout = KafkaRetriableError("restore not done after 60 s")
-    assert d(Failed(timeout, True, "restore")) == [Count("batch", "failed"), Exit(timeout)]
+    assert d(Failed(timeout, True, "restore")) == [CountBatch("failed"), Exit(timeout)]
 
 
 def scenario_a_rebalance_during_recovery_restores_only_what_is_held() -> None:
