@@ -202,6 +202,18 @@ class Service:
         asyncio.run_coroutine_threadsafe(self.report(event), loop).result()
         self._apply_consumer_ops()  # before returning: nothing new is fetched unpaused
 
+    def _queue_consumer_op(self, ins: ev.Instruction) -> None:
+        match ins:
+            case ev.Pause(partitions):
+                self._consumer_ops.append(functools.partial(BatchConsumer.pause, p=partitions))
+            case ev.Resume(partitions):
+                self._consumer_ops.append(functools.partial(BatchConsumer.resume, p=partitions))
+            case ev.Rewind(partitions):
+                rewind = functools.partial(
+                    BatchConsumer.rewind_to_committed, partitions=sorted(partitions)
+                )
+                self._consumer_ops.append(rewind)
+
     def _apply_consumer_ops(self) -> None:
         """Pause, resume and rewind, on the consumer's lane only: librdkafka blocks them
         from any other thread while a rebalance callback runs (measured: until it
@@ -217,8 +229,17 @@ class Service:
     # --- events in, instructions out ---
 
     async def report(self, event: ev.Event) -> None:
-        """Tell the core, then carry out its answer, in order."""
-        for instruction in self.core.handle(event):
+        """Tell the core, then carry out its answer, in order.
+
+        Reports run concurrently (a commit's lands while a poll's batch is being
+        submitted), so the consumer operations are queued the moment the core gives
+        them, before anything is awaited: queued later, a pause decided first could
+        land after a resume decided since, and leave the consumer paused for good.
+        """
+        instructions = self.core.handle(event)
+        for instruction in instructions:
+            self._queue_consumer_op(instruction)
+        for instruction in instructions:
             await self._do(instruction)
         self._wake.set()  # the main loop may poll now, or exit
 
@@ -241,10 +262,8 @@ class Service:
         match ins:
             case ev.StartStep(step):
                 self._spawn(self.startup.run(step))
-            case ev.Pause(partitions):
-                self._consumer_ops.append(functools.partial(BatchConsumer.pause, p=partitions))
-            case ev.Resume(partitions):
-                self._consumer_ops.append(functools.partial(BatchConsumer.resume, p=partitions))
+            case ev.Pause() | ev.Resume() | ev.Rewind():
+                pass  # queued by `report`
             case ev.Restore(token, pairs):
                 self._spawn(self._restore(token, sorted(pairs)))
             case ev.Apply(token, pairs):
@@ -260,12 +279,6 @@ class Service:
                 if isinstance(self.producer, TransactionalProducer):
                     with contextlib.suppress(Exception):
                         await self.in_producer_thread(self.producer.abort)
-            case ev.Rewind(partitions):
-                self._consumer_ops.append(
-                    functools.partial(
-                        BatchConsumer.rewind_to_committed, partitions=sorted(partitions)
-                    )
-                )
             case ev.NewPipeline():
                 self.pipeline = self.new_pipeline()
             case ev.Submit(number, partitions):
