@@ -282,7 +282,11 @@ def test_a_zombie_with_the_same_transactional_id_is_fenced_and_exits(
     zombie = _start(sfa_run, kafka_bootstrap, env)
     _wait_done(zombie, kafka_bootstrap, topics["group"], topics["input"])
     successor = _start(sfa_run, kafka_bootstrap, env)
-    time.sleep(8)  # let it join (sharing the partitions) and fence the zombie
+    # It fences the zombie as it starts its producer, before it joins the group: once it
+    # has restored the state of the partitions it was given, both are done.
+    successor.wait_for(
+        "the successor's partitions", lambda: "state restored" in successor.text(), 60
+    )
     _produce(kafka_bootstrap, topics["input"], values[half:])
     try:
         code = zombie.wait(60)
