@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
+from tests.integration import registry
 from tests.integration.launcher import Launcher, launched
 from tests.integration.topics import create_topics, delete_topics, service_names
 
@@ -50,6 +51,16 @@ def _script(command: str, timeout: float) -> subprocess.CompletedProcess[str]:
         check=False,
         cwd=_REPO,
     )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The schema registry takes half a minute to start: begun now when a collected test
+    needs it, the tests before it hide the wait (tests/integration/registry.py)."""
+    registry.start_early(session)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    registry.finish_early()
 
 
 @pytest.fixture(scope="session")
