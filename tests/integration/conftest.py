@@ -4,24 +4,37 @@ The broker is shared by the whole session: `KAFKA_BOOTSTRAP_SERVERS` when set
 (CI starts one with `make kafka-up`), otherwise `scripts/kafka.sh up` starts the
 project's own one-node KRaft broker and the session stops it again at the end
 (set `SFA_KAFKA_KEEP=1` to keep it running for the next run). Isolation comes
-from names, not from brokers: every test gets uuid-named topics and groups.
+from names, not from brokers: every test gets uuid-named topics and groups, made
+and removed through tests/integration/topics.py. Every `sfa run` a test starts goes
+through the `sfa_run` fixture (tests/integration/launcher.py), which kills what a
+failed test left running.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
-__all__ = ["NewTopicFactory", "group_id", "kafka_admin", "kafka_bootstrap", "new_topic"]
+from tests.integration import registry
+from tests.integration.launcher import Launcher, launched
+from tests.integration.topics import create_topics, delete_topics, service_names
+
+__all__ = [
+    "NewTopicFactory",
+    "ServiceTopicsFactory",
+    "group_id",
+    "kafka_admin",
+    "kafka_bootstrap",
+    "new_topic",
+    "service_topics",
+    "sfa_run",
+]
 
 _REPO = Path(__file__).resolve().parents[2]
 _SCRIPT = _REPO / "scripts" / "kafka.sh"
@@ -38,6 +51,16 @@ def _script(command: str, timeout: float) -> subprocess.CompletedProcess[str]:
         check=False,
         cwd=_REPO,
     )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The schema registry takes half a minute to start: begun now when a collected test
+    needs it, the tests before it hide the wait (tests/integration/registry.py)."""
+    registry.start_early(session)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    registry.finish_early()
 
 
 @pytest.fixture(scope="session")
@@ -62,43 +85,20 @@ def kafka_admin(kafka_bootstrap: str) -> AdminClient:
     return AdminClient({"bootstrap.servers": kafka_bootstrap})
 
 
-def _wait_for_topic(admin: AdminClient, name: str, partitions: int, timeout_s: float) -> None:
-    """CreateTopics returns before every partition has a leader; producing earlier can fail."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        meta = admin.list_topics(topic=name, timeout=5).topics.get(name)
-        if (
-            meta is not None
-            and meta.error is None
-            and len(meta.partitions) == partitions
-            and all(p.leader >= 0 for p in meta.partitions.values())
-        ):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"topic {name} not ready after {timeout_s} s")
-        time.sleep(0.05)
-
-
 @pytest.fixture()
 def new_topic(kafka_admin: AdminClient) -> Iterator[NewTopicFactory]:
-    """Factory: `new_topic(partitions=1, config=None, prefix="t") -> name`; deleted afterwards."""
+    """Factory: `new_topic(partitions=1, config=None, prefix="t") -> name`, created with
+    a leader on every partition; deleted afterwards."""
     created: list[str] = []
 
     def make(partitions: int = 1, config: dict[str, str] | None = None, prefix: str = "t") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        spec = NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})
-        kafka_admin.create_topics([spec], operation_timeout=30)[name].result(timeout=30)
         created.append(name)
-        _wait_for_topic(kafka_admin, name, partitions, 30)
+        create_topics(kafka_admin, [name], partitions, config)
         return name
 
     yield make
-    if created:
-        futures = kafka_admin.delete_topics(created, operation_timeout=10)
-        for future in futures.values():
-            # Best effort: a leftover uuid-named topic harms nobody.
-            with contextlib.suppress(KafkaException, TimeoutError):
-                future.result(timeout=15)
+    delete_topics(kafka_admin, created)
 
 
 #: `service_topics(partitions) -> names`: an input topic made now, plus the names of
@@ -107,32 +107,27 @@ ServiceTopicsFactory = Callable[[int], dict[str, str]]
 
 
 @pytest.fixture()
-def service_topics(
-    new_topic: NewTopicFactory, kafka_admin: AdminClient
-) -> Iterator[ServiceTopicsFactory]:
-    """Everything the service creates for itself (output, dead letters, state and the
-    `<group>-repartition` topic) is deleted afterwards, best effort."""
+def service_topics(kafka_admin: AdminClient) -> Iterator[ServiceTopicsFactory]:
+    """The input is made here; everything the service creates for itself (output, dead
+    letters, state and the `<group>-repartition` topic) is deleted afterwards too."""
     made: list[str] = []
 
     def make(partitions: int) -> dict[str, str]:
-        tag = uuid.uuid4().hex[:10]
-        names = {
-            "input": new_topic(partitions=partitions, prefix="bars"),
-            "output": f"out-{tag}",
-            "dlq": f"dlq-{tag}",
-            "state": f"state-{tag}",
-            "group": f"g-{tag}",
-        }
-        made.extend([names["output"], names["dlq"], names["state"], f"g-{tag}-repartition"])
+        names = service_names()
+        made.extend([*(names[k] for k in ("input", "output", "dlq", "state"))])
+        made.append(f"{names['group']}-repartition")
+        create_topics(kafka_admin, [names["input"]], partitions)
         return names
 
     yield make
-    existing = set(kafka_admin.list_topics(timeout=10).topics)
-    doomed = [name for name in made if name in existing]
-    if doomed:
-        for future in kafka_admin.delete_topics(doomed, operation_timeout=10).values():
-            with contextlib.suppress(KafkaException, TimeoutError):
-                future.result(timeout=15)
+    delete_topics(kafka_admin, made)
+
+
+@pytest.fixture()
+def sfa_run(tmp_path: Path) -> Iterator[Launcher]:
+    """Factory: `sfa_run(env, **options) -> SfaProcess` (tests/integration/launcher.py);
+    every process still running at teardown is killed."""
+    yield from launched(tmp_path)
 
 
 @pytest.fixture()

@@ -24,10 +24,8 @@ each partition it was given. The figure is the slowest of those partitions.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -42,12 +40,14 @@ from typing import Any, Literal
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from service.feed import keyed_records, snapshot_records
 from service.market import generate_bars
 from service.ownership import Partitioner
 from tests.integration.kafka_io import comparable, read_committed
+from tests.integration.launcher import SfaProcess
+from tests.integration.topics import create_topics, delete_topics
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -340,71 +340,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Instance:
-    """One `sfa run` subprocess with its own SFA_INSTANCE_ID and metrics port; stderr
-    goes to a file (a pipe nobody reads would block it), one per start."""
+class Instance(SfaProcess):
+    """One `sfa run` subprocess with its own SFA_INSTANCE_ID and metrics port, started by
+    the shared launcher (stdout and stderr in one file, one per start)."""
 
     def __init__(self, instance_id: str, env: dict[str, str], log: Path) -> None:
-        self.instance_id, self.log_path = instance_id, log
+        self.instance_id = instance_id
         self.port = free_port()
-        self._log = log.open("wb")
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "run"],
-            env={**env, "SFA_INSTANCE_ID": instance_id, "SFA_METRICS_PORT": str(self.port)},
-            stdout=self._log,  # SPEC: every line `sfa run` prints is JSON, stdout too
-            stderr=self._log,
-            cwd=REPO,
-        )
-
-    def tail(self, n: int = 25) -> str:
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(line for line in lines if "librdkafka" not in line)[-n * 300 :]
-
-    def non_json_lines(self) -> list[str]:
-        """Lines of its output that are not one JSON object (Dask's, multiprocessing's
-        or librdkafka's own prints would be). A SIGKILL may cut the last line short."""
-        text = self.log_path.read_text(errors="replace")
-        lines = text.splitlines()
-        if lines and not text.endswith("\n"):
-            lines.pop()
-        bad = []
-        for line in lines:
-            try:
-                if not isinstance(orjson.loads(line), dict):
-                    bad.append(line)
-            except orjson.JSONDecodeError:
-                bad.append(line)
-        return bad
+        own = {"SFA_INSTANCE_ID": instance_id, "SFA_METRICS_PORT": str(self.port)}
+        super().__init__({**env, **own}, log)
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
             raise AssertionError(
                 f"{self.instance_id} exited {self.proc.returncode}:\n{self.tail()}"
             )
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-        self._log.close()
-
-    def term(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(30)
-            return -999  # did not stop within the timeout
-        finally:
-            self._log.close()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(30)
-        self._log.close()
 
 
 # --- watching the group ---------------------------------------------------------------
@@ -758,20 +708,7 @@ class DrillRun:
             time.sleep(0.2)
 
     def create_input(self) -> None:
-        name, n = self.topics["input"], self.drill.partitions
-        self.admin.create_topics([NewTopic(name, n, 1)])[name].result(timeout=30)
-        deadline = time.monotonic() + 30
-        while True:
-            meta = self.admin.list_topics(topic=name, timeout=10).topics.get(name)
-            if (
-                meta is not None
-                and meta.error is None
-                and len(meta.partitions) == n
-                and all(p.leader >= 0 for p in meta.partitions.values())
-            ):
-                return
-            assert time.monotonic() < deadline, f"topic {name} has no leaders"
-            time.sleep(0.05)
+        create_topics(self.admin, [self.topics["input"]], self.drill.partitions)
 
     def do(self, step: Step) -> None:
         now = time.monotonic()
@@ -813,11 +750,7 @@ class DrillRun:
             instance.close()
         self.monitor.halt.set()
         self.group.close()
-        names = [t for t in self.topics.values() if t in self.admin.list_topics(timeout=10).topics]
-        if names:
-            for future in self.admin.delete_topics(names, operation_timeout=10).values():
-                with contextlib.suppress(Exception):  # a leftover uuid topic harms nobody
-                    future.result(timeout=15)
+        delete_topics(self.admin, self.topics.values())
 
 
 def _resume(run: DrillRun, change: _Change) -> ChangeReport:

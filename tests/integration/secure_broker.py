@@ -14,7 +14,6 @@ through `SecureBroker`, so each test states only what the *service* user may do.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import time
@@ -38,10 +37,11 @@ from confluent_kafka.admin import (
     AclOperation,
     AclPermissionType,
     AdminClient,
-    NewTopic,
     ResourcePatternType,
     ResourceType,
 )
+
+from tests.integration.topics import create_topics, delete_topics
 
 __all__ = ["Acl", "SecureBroker", "secure_broker"]
 
@@ -145,34 +145,11 @@ class SecureBroker:
         return AdminClient(self.sasl_config("admin"))
 
     def create_topics(self, names: Iterable[str], partitions: int, **config: str) -> None:
-        admin = self.admin
-        specs = [NewTopic(n, num_partitions=partitions, config=dict(config)) for n in names]
-        for future in admin.create_topics(specs, operation_timeout=30).values():
-            future.result(timeout=30)
-        deadline = time.monotonic() + 30
-        pending = {s.topic for s in specs}
-        while pending:
-            meta = admin.list_topics(timeout=10).topics
-            pending = {
-                n
-                for n in pending
-                if n not in meta
-                or meta[n].error is not None
-                or any(p.leader < 0 for p in meta[n].partitions.values())
-            }
-            assert time.monotonic() < deadline, f"topics not ready: {sorted(pending)}"
-            if pending:
-                time.sleep(0.05)
+        create_topics(self.admin, names, partitions, dict(config))
 
     def delete_topics(self, names: Iterable[str]) -> None:
         """Best effort: a leftover uuid-named topic harms nobody."""
-        admin = self.admin
-        existing = set(admin.list_topics(timeout=10).topics)
-        doomed = [n for n in names if n in existing]
-        if doomed:
-            for future in admin.delete_topics(doomed, operation_timeout=10).values():
-                with contextlib.suppress(KafkaException, TimeoutError):
-                    future.result(timeout=15)
+        delete_topics(self.admin, names)
 
     def grant(self, principal: str, acls: Iterable[Acl]) -> list[AclBinding]:
         bindings = [acl.binding(principal) for acl in acls]

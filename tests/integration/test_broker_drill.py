@@ -14,17 +14,17 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
 from tests.integration.kafka_io import produce_keyed
+from tests.integration.launcher import Launcher
 from tests.integration.test_service import (
     _assert_once_and_as_replayed,
     _env,
@@ -33,6 +33,7 @@ from tests.integration.test_service import (
     expected,  # noqa: F401  (fixture)
     market,  # noqa: F401  (fixture)
 )
+from tests.integration.topics import create_topics
 
 pytestmark = pytest.mark.integration
 
@@ -135,29 +136,12 @@ def _base_env(bootstrap: str) -> dict[str, str]:
     }
 
 
-def _tail(log: Path) -> str:
-    lines = log.read_text(errors="replace").splitlines()
-    return "\n".join(line for line in lines if "librdkafka" not in line)[-4000:]
-
-
-def _wait_for(
-    proc: subprocess.Popen[bytes], done: Callable[[], bool], seconds: float, log: Path
-) -> None:
-    deadline = time.time() + seconds
-    while not done():
-        if proc.poll() is not None:
-            raise AssertionError(f"the service exited {proc.returncode}:\n{_tail(log)}")
-        if time.time() > deadline:
-            proc.kill()
-            raise AssertionError(f"no progress in time; service log:\n{_tail(log)}")
-        time.sleep(0.5)
-
-
 def test_the_service_rides_out_a_killed_broker(
     broker: Broker,
     tmp_path: Path,
     market: Path,  # noqa: F811
     expected: dict[str, dict],  # noqa: F811
+    sfa_run: Launcher,
 ) -> None:
     names = {
         "input": f"in-{uuid.uuid4().hex[:8]}",
@@ -167,8 +151,7 @@ def test_the_service_rides_out_a_killed_broker(
         "group": f"g-{uuid.uuid4().hex[:8]}",
     }
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    for future in admin.create_topics([NewTopic(names["input"], 3, 1)]).values():
-        future.result(30)
+    create_topics(admin, [names["input"]], 3)
     values = _values(market)
     half = len(values) // 2
     produce_keyed(broker.bootstrap, names["input"], values[:half])
@@ -179,30 +162,29 @@ def test_the_service_rides_out_a_killed_broker(
         KAFKA_SESSION_TIMEOUT_MS="6000",
         KAFKA_HEARTBEAT_INTERVAL_MS="1000",
     )
-    log_path = tmp_path / "service.log"
-    with open(log_path, "wb") as log_file:  # a pipe nobody reads would block the service
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "run"],
-            env={**os.environ, **_base_env(broker.bootstrap), **env},
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-        )
+    proc = sfa_run({**os.environ, **_base_env(broker.bootstrap), **env})
     group, topic = names["group"], names["input"]
-    try:
-        _wait_for(proc, lambda: _progress(broker.bootstrap, group, topic)[0] >= half, 120, log_path)
+    proc.wait_for(
+        "half the input committed",
+        lambda: _progress(broker.bootstrap, group, topic)[0] >= half,
+        120,
+        poll=0.5,
+    )
 
-        broker.kill()
-        time.sleep(3)  # the service notices: connections refused, requests time out
-        assert proc.poll() is None, "the service died with the broker"
-        broker.script("up")  # same data directory: topics, offsets, transactions recover
-        produce_keyed(broker.bootstrap, names["input"], values[half:])
+    broker.kill()
+    time.sleep(3)  # the service notices: connections refused, requests time out
+    proc.check_alive()  # the service did not die with the broker
+    broker.script("up")  # same data directory: topics, offsets, transactions recover
+    produce_keyed(broker.bootstrap, names["input"], values[half:])
 
-        total = len(values)
-        everything = (total, total)
-        bootstrap = broker.bootstrap
-        _wait_for(proc, lambda: _progress(bootstrap, group, topic) == everything, 180, log_path)
-        assert _stop(proc) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    total = len(values)
+    everything = (total, total)
+    bootstrap = broker.bootstrap
+    proc.wait_for(
+        "the whole input committed",
+        lambda: _progress(bootstrap, group, topic) == everything,
+        180,
+        poll=0.5,
+    )
+    assert _stop(proc) == 0
     _assert_once_and_as_replayed(broker.bootstrap, names["output"], expected)

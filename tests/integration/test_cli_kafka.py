@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
 from tests.integration.conftest import NewTopicFactory
 from tests.integration.kafka_io import read_committed
+from tests.integration.topics import delete_topics
 
 pytestmark = pytest.mark.integration
 
@@ -101,9 +101,7 @@ def names(kafka_admin: AdminClient) -> Iterator[dict[str, str]]:
         "SFA_REPARTITION_TOPIC": f"{base}-repartition",
     }
     yield env
-    for future in kafka_admin.delete_topics(list(env.values()), operation_timeout=10).values():
-        with contextlib.suppress(Exception):  # best effort: a topic the test never made
-            future.result(timeout=15)
+    delete_topics(kafka_admin, env.values())
 
 
 def test_topics_create_is_idempotent_and_checks_the_shape(

@@ -28,6 +28,7 @@ from confluent_kafka.admin import AdminClient
 from service.ownership import owner
 from tests.integration.conftest import NewTopicFactory, ServiceTopicsFactory
 from tests.integration.kafka_io import read_committed
+from tests.integration.launcher import Launcher
 from tests.integration.test_service import (
     _assert_once_and_as_replayed,
     _start,
@@ -195,10 +196,14 @@ def _check(
 
 
 def test_a_mixed_feed_through_one_instance_matches_replay(
-    kafka_bootstrap: str, topics: dict[str, str], feed: Feed, expected: dict[str, dict]
+    kafka_bootstrap: str,
+    topics: dict[str, str],
+    feed: Feed,
+    expected: dict[str, dict],
+    sfa_run: Launcher,
 ) -> None:
     feed.produce(kafka_bootstrap, topics["input"])
-    proc = _start(kafka_bootstrap, _env(topics, "solo"))
+    proc = _start(sfa_run, kafka_bootstrap, _env(topics, "solo"))
     try:
         _wait_done(proc, kafka_bootstrap, topics["group"], topics["input"], timeout=150)
     finally:
@@ -212,8 +217,9 @@ def test_a_mixed_feed_through_two_instances_matches_replay(
     topics: dict[str, str],
     feed: Feed,
     expected: dict[str, dict],
+    sfa_run: Launcher,
 ) -> None:
-    procs = [_start(kafka_bootstrap, _env(topics, name)) for name in ("left", "right")]
+    procs = [_start(sfa_run, kafka_bootstrap, _env(topics, name)) for name in ("left", "right")]
     try:
         repartition = f"{topics['group']}-repartition"
         deadline = time.monotonic() + 60
@@ -245,7 +251,7 @@ def test_a_mixed_feed_through_two_instances_matches_replay(
 
 
 def test_a_well_keyed_feed_forwards_nothing(
-    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path
+    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path, sfa_run: Launcher
 ) -> None:
     bars = [
         orjson.dumps({"symbol": f"S{i}.SH", "date": f"2020-01-{d:02d}", "close": 1.0 + d})
@@ -262,7 +268,7 @@ def test_a_well_keyed_feed_forwards_nothing(
             "SFA_INPUT_TOPIC": topics["input"],
         },
     )
-    proc = _start(kafka_bootstrap, _env(topics, "keyed"))
+    proc = _start(sfa_run, kafka_bootstrap, _env(topics, "keyed"))
     try:
         _wait_done(proc, kafka_bootstrap, topics["group"], topics["input"])
     finally:

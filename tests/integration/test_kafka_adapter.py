@@ -30,6 +30,7 @@ from service.run.events import (
 )
 from service.settings import Settings, load_settings
 from tests.integration.conftest import NewTopicFactory
+from tests.integration.topics import delete_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -347,7 +348,7 @@ def test_ensure_topics_shapes_and_is_idempotent(
         with pytest.raises(MissingTopicError, match="SFA_INPUT_TOPIC"):
             ensure_topics(settings, f"missing-{suffix}", *names)
     finally:
-        kafka_admin.delete_topics(list(names))
+        delete_topics(kafka_admin, names)
 
 
 def test_read_state_partitions_after_transactions(

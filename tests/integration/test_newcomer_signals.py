@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from tests.integration.conftest import NewTopicFactory, ServiceTopicsFactory
 from tests.integration.kafka_io import produce_keyed
+from tests.integration.launcher import Launcher
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +87,7 @@ def _market(tmp_path: Path, symbols: int, first: int, last: int) -> Path:
 
 
 def test_ctrl_c_on_run_stops_it_gracefully_without_a_traceback(
-    kafka_bootstrap: str, service_topics: ServiceTopicsFactory, tmp_path: Path
+    kafka_bootstrap: str, service_topics: ServiceTopicsFactory, tmp_path: Path, sfa_run: Launcher
 ) -> None:
     names = service_topics(1)
     err = tmp_path / "run.err"
@@ -105,7 +106,7 @@ def test_ctrl_c_on_run_stops_it_gracefully_without_a_traceback(
     # Closed windows to analyse: the LocalCluster starts its worker for the first chunk.
     market = _market(tmp_path, 3, 2015, 2020)
     produce_keyed(kafka_bootstrap, names["input"], market.read_bytes().splitlines())
-    proc = _start(["run"], env, err)
+    proc = sfa_run({**os.environ, **env}, log_path=err, new_session=True)
 
     def running() -> bool:
         # the decode helper and the Dask worker (which renames itself: not _helpers)
@@ -115,7 +116,9 @@ def test_ctrl_c_on_run_stops_it_gracefully_without_a_traceback(
                 helpers += "resource_tracker" not in " ".join(child.cmdline())
         return "state restored" in err.read_text() and helpers >= 2
 
-    code = _interrupt_when(proc, running)
+    proc.wait_for("the service running with its helpers", running, 120, poll=0.05)
+    proc.interrupt()
+    code = proc.wait(60)
     text = err.read_text()
     assert code == 0, text[-2000:]  # SIGINT is SIGTERM's graceful stop for the service
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]

@@ -4,7 +4,6 @@ and a second `sfa run` on the same machine with only its own `SFA_METRICS_PORT`.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -16,7 +15,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.integration.test_service_ops import Service, _free_port
+from tests.integration.launcher import Launcher
+from tests.integration.test_service_ops import _free_port
+from tests.integration.topics import delete_topics
 
 pytestmark = pytest.mark.integration
 
@@ -44,10 +45,7 @@ def quickstart(kafka_bootstrap: str, kafka_admin: AdminClient) -> Iterator[dict[
     }
     yield env
     names = [f"in-{tag}", f"out-{tag}", f"dlq-{tag}", f"g-{tag}-state", f"g-{tag}-repartition"]
-    existing = [n for n in names if n in kafka_admin.list_topics(timeout=10).topics]
-    for future in (kafka_admin.delete_topics(existing).values()) if existing else []:
-        with contextlib.suppress(Exception):
-            future.result(timeout=15)
+    delete_topics(kafka_admin, names)
 
 
 def test_topics_are_per_group_and_delete_starts_again_clean(
@@ -78,15 +76,15 @@ def test_topics_are_per_group_and_delete_starts_again_clean(
 
 
 def test_a_second_instance_on_one_machine_needs_only_its_own_metrics_port(
-    quickstart: dict[str, str], kafka_admin: AdminClient, tmp_path: Path
+    quickstart: dict[str, str], kafka_admin: AdminClient, tmp_path: Path, sfa_run: Launcher
 ) -> None:
     made = _sfa(quickstart, "topics", "create", "--partitions", "2")
     assert made.returncode == 0, made.stderr
     group = quickstart["KAFKA_GROUP_ID"]
     base = {**os.environ, **quickstart, "DASK_ENABLE_DISTRIBUTED": "false"}
     base.pop("SFA_INSTANCE_ID", None)
-    first = Service({**base, "SFA_METRICS_PORT": str(_free_port())}, tmp_path / "a.log")
-    second = Service({**base, "SFA_METRICS_PORT": str(_free_port())}, tmp_path / "b.log")
+    first = sfa_run({**base, "SFA_METRICS_PORT": str(_free_port())}, log_path=tmp_path / "a.log")
+    second = sfa_run({**base, "SFA_METRICS_PORT": str(_free_port())}, log_path=tmp_path / "b.log")
     try:
         deadline = time.monotonic() + 90
         while True:

@@ -17,7 +17,8 @@ import pytest
 from confluent_kafka import Producer
 
 from tests.integration.conftest import ServiceTopicsFactory
-from tests.integration.test_service_ops import Service, _cli, _env, _free_port, _get, _value
+from tests.integration.launcher import Launcher
+from tests.integration.test_service_ops import _cli, _env, _free_port, _get, _value
 from tests.integration.test_service_ops import _scrape as scrape_families
 
 pytestmark = pytest.mark.integration
@@ -104,6 +105,7 @@ def test_healthz_and_metrics_answer_within_100ms_while_a_backlog_is_consumed(
     topics: dict[str, str],
     bars: list[tuple[bytes, bytes]],
     tmp_path: Path,
+    sfa_run: Launcher,
 ) -> None:
     _load(kafka_bootstrap, topics["input"], bars)
     port = _free_port()
@@ -117,7 +119,7 @@ def test_healthz_and_metrics_answer_within_100ms_while_a_backlog_is_consumed(
         SFA_BATCH_MAX_WAIT_MS="3000",
         SFA_MAX_MESSAGE_BYTES="1048576",
     )
-    service = Service(env, tmp_path / "run.log")
+    service = sfa_run(env, log_path=tmp_path / "run.log")
     # More input keeps arriving while we scrape, so the service is busy the whole time.
     # From another process: a producer thread here would hold this process's GIL and
     # slow down our own timing of the requests.
@@ -169,10 +171,11 @@ def test_the_progress_line_shows_life(
     topics: dict[str, str],
     bars: list[tuple[bytes, bytes]],
     tmp_path: Path,
+    sfa_run: Launcher,
 ) -> None:
     _load(kafka_bootstrap, topics["input"], bars[:5000])
     env = _env(kafka_bootstrap, topics, SFA_PROGRESS_SECONDS="0.5")
-    service = Service(env, tmp_path / "run.log")
+    service = sfa_run(env, log_path=tmp_path / "run.log")
     try:
         deadline = time.monotonic() + 120
 
@@ -198,6 +201,7 @@ def test_symbols_endpoint_answers_held_symbols_and_names_the_owner_otherwise(
     topics: dict[str, str],
     bars: list[tuple[bytes, bytes]],
     tmp_path: Path,
+    sfa_run: Launcher,
 ) -> None:
     """GET /symbols/{symbol} (issue 10): a held symbol's latest committed result; else 404
     with its owner partition; 400 for a name SPEC 1 rejects. The port binds loopback only
@@ -210,7 +214,7 @@ def test_symbols_endpoint_answers_held_symbols_and_names_the_owner_otherwise(
     port = _free_port()
     env = _env(kafka_bootstrap, topics, SFA_METRICS_PORT=str(port))
     symbol = orjson.loads(bars[0][1])["symbol"]
-    service = Service(env, tmp_path / "run.log")
+    service = sfa_run(env, log_path=tmp_path / "run.log")
     try:
         deadline = time.monotonic() + 120
         while (got := _get(port, f"/symbols/{symbol}"))[0] != 200:

@@ -23,7 +23,8 @@ from confluent_kafka.admin import AdminClient
 
 from tests.integration.conftest import ServiceTopicsFactory
 from tests.integration.kafka_io import produce_keyed, read_committed
-from tests.integration.test_service_ops import Service, _cli, _env, _free_port, _get
+from tests.integration.launcher import Launcher, SfaProcess
+from tests.integration.test_service_ops import _cli, _env, _free_port, _get
 
 pytestmark = pytest.mark.integration
 
@@ -96,13 +97,13 @@ def test_an_unreachable_broker_is_one_line_with_librdkafkas_reason(
 # --- signals --------------------------------------------------------------------------
 
 
-def _start_unreachable(tmp_path: Path, port: int) -> Service:
+def _start_unreachable(sfa_run: Launcher, tmp_path: Path, port: int) -> SfaProcess:
     env = _base(
         f"127.0.0.1:{_closed_port()}",
         SFA_KAFKA_CONNECT_SECONDS="300",
         SFA_METRICS_PORT=str(port),
     )
-    return Service(env, tmp_path / "run.log")
+    return sfa_run(env, log_path=tmp_path / "run.log")
 
 
 def _wait_for(what: str, condition: Callable[[], bool], timeout: float = 60) -> None:
@@ -114,10 +115,10 @@ def _wait_for(what: str, condition: Callable[[], bool], timeout: float = 60) -> 
 
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_start_up_stops_at_once_and_readyz_said_why(
-    tmp_path: Path, number: signal.Signals
+    tmp_path: Path, sfa_run: Launcher, number: signal.Signals
 ) -> None:
     port = _free_port()
-    service = _start_unreachable(tmp_path, port)
+    service = _start_unreachable(sfa_run, tmp_path, port)
     try:
         _wait_for("/readyz", lambda: "connecting to Kafka" in _get(port, "/readyz")[1])
         status, text = _get(port, "/readyz")
@@ -139,9 +140,11 @@ def test_a_signal_during_start_up_stops_at_once_and_readyz_said_why(
     assert service.records()[-1]["msg"] == "stopped"
 
 
-def test_a_second_signal_exits_at_once_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+def test_a_second_signal_exits_at_once_with_one_line_and_no_traceback(
+    tmp_path: Path, sfa_run: Launcher
+) -> None:
     port = _free_port()
-    service = _start_unreachable(tmp_path, port)
+    service = _start_unreachable(sfa_run, tmp_path, port)
     try:
         _wait_for("/readyz", lambda: _get(port, "/readyz")[0] == 503)
         # The first signal starts a shutdown; a second one, right behind it, ends it now.
@@ -219,7 +222,7 @@ def _listening(pid: int) -> set[tuple[str, int]]:
 
 
 def test_service_links_are_ignored_dead_letters_keep_their_key_secrets_stay_masked(
-    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path
+    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path, sfa_run: Launcher
 ) -> None:
     good = orjson.dumps({"symbol": "A.SH", "date": "2020-01-02", "close": 1.0})
     bad = orjson.dumps({"symbol": "B.SH", "date": "2020/01/02", "close": 1.0})
@@ -246,7 +249,7 @@ def test_service_links_are_ignored_dead_letters_keep_their_key_secrets_stay_mask
         SFA_DASK_PROCESSES="false",
         DASK_N_WORKERS="1",
     )
-    service = Service(env, tmp_path / "run.log")
+    service = sfa_run(env, log_path=tmp_path / "run.log")
     try:
         deadline = time.monotonic() + 120
 
@@ -293,7 +296,7 @@ def _dlq_exists(bootstrap: str, topic: str) -> bool:
 
 
 def test_a_fenced_instance_says_to_give_each_instance_its_own_id(
-    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path
+    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path, sfa_run: Launcher
 ) -> None:
     env = _env(
         kafka_bootstrap,
@@ -307,15 +310,15 @@ def test_a_fenced_instance_says_to_give_each_instance_its_own_id(
     bar = b'{"symbol":"%s","date":"2020-01-%02d","close":1.0}'
     values = [bar % (f"S{i % 40}".encode(), 2 + i % 20) for i in range(400)]
     produce_keyed(kafka_bootstrap, topics["input"], values)
-    first = Service(env, tmp_path / "first.log")
-    second: Service | None = None
+    first = sfa_run(env, log_path=tmp_path / "first.log")
+    second: SfaProcess | None = None
     try:
         _wait_for(
             "the first instance to commit",
             lambda: any(r["msg"] == "partitions assigned" for r in first.records()),
             120,
         )
-        second = Service(env, tmp_path / "second.log")
+        second = sfa_run(env, log_path=tmp_path / "second.log")
         deadline = time.monotonic() + 120
         while first.proc.poll() is None:
             produce_keyed(kafka_bootstrap, topics["input"], values[:50])

@@ -11,7 +11,6 @@ every test has its own uuid-prefixed topics, group, transactional id and ACLs.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from confluent_kafka.admin import AclBinding, AclOperation, ResourceType
 
 from service.ownership import owner
 from tests.integration.kafka_io import comparable
+from tests.integration.launcher import Launcher, SfaProcess
 from tests.integration.secure_broker import Acl, SecureBroker, secure_broker
 from tests.integration.test_service import (
     _values,
@@ -157,50 +157,15 @@ def service_env(n: Names, kafka: dict[str, str], **extra: str) -> dict[str, str]
     }
 
 
-class Service:
-    """One `sfa run`; stdout and stderr go to one file, so it can be read while it runs."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [str(SFA), "run"], env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    def text(self) -> str:
-        return self.log_path.read_text()
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            tail = "\n".join(self.text().splitlines()[-30:])
-            raise AssertionError(f"sfa run exited with {self.proc.returncode}:\n{tail}")
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(60)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
+#: `services(env) -> SfaProcess`: `sfa run` started as the installed `sfa` script.
+Services = Callable[[dict[str, str]], SfaProcess]
 
 
 @pytest.fixture()
-def services(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Service]]:
-    started: list[Service] = []
-
-    def start(env: dict[str, str]) -> Service:
-        service = Service(env, tmp_path / f"sfa-{len(started)}.log")
-        started.append(service)
-        return service
-
-    yield start
-    for service in started:
-        service.close()
+def services(sfa_run: Launcher) -> Services:
+    """`sfa run` through the shared launcher, as the installed `sfa` script: the way an
+    operator starts it, configured by its environment alone."""
+    return lambda env: sfa_run(env, executable=(str(SFA),))
 
 
 # --- Kafka as the test sees it (admin and producer users) ---------------------------
@@ -256,7 +221,7 @@ def end_offsets(broker: SecureBroker, topic: str) -> dict[int, int]:
         consumer.close()
 
 
-def wait_done(broker: SecureBroker, service: Service, n: Names, timeout: float = 120) -> None:
+def wait_done(broker: SecureBroker, service: SfaProcess, n: Names, timeout: float = 120) -> None:
     """Until the group has committed the whole input."""
     ends = end_offsets(broker, n.input)
     deadline = time.monotonic() + timeout
@@ -295,7 +260,7 @@ def test_exactly_once_over_scram_and_tls_from_kafka_variables_alone(
     secure_broker: SecureBroker,
     names: Names,
     grant: Callable[[str, list[Acl]], list[AclBinding]],
-    services: Callable[[dict[str, str]], Service],
+    services: Services,
     market: Path,  # noqa: F811  (fixture)
     expected: dict[str, dict[str, Any]],  # noqa: F811  (fixture)
 ) -> None:
@@ -319,7 +284,7 @@ def test_exactly_once_over_scram_and_tls_from_kafka_variables_alone(
     wait_done(secure_broker, service, names)
     metrics = scrape(port)
     assert "sfa_results_produced_total" in metrics
-    assert service.stop() == 0
+    assert service.stop(60)[0] == 0
 
     assert_once_and_as_replayed(secure_broker, names, expected)
     assert len(read_committed(secure_broker, names.dlq)) == len(BAD)
@@ -386,7 +351,7 @@ def test_the_documented_acls_are_enough_for_exactly_once_through_a_restart(
     secure_broker: SecureBroker,
     names: Names,
     grant: Callable[[str, list[Acl]], list[AclBinding]],
-    services: Callable[[dict[str, str]], Service],
+    services: Services,
     market: Path,  # noqa: F811  (fixture)
     expected: dict[str, dict[str, Any]],  # noqa: F811  (fixture)
 ) -> None:
@@ -403,11 +368,11 @@ def test_the_documented_acls_are_enough_for_exactly_once_through_a_restart(
     produce(secure_broker, names.input, values[:half] + BAD)
     first = services(env)
     wait_done(secure_broker, first, names)
-    assert first.stop() == 0
+    assert first.stop(60)[0] == 0
     produce(secure_broker, names.input, values[half:])
     second = services(env)
     wait_done(secure_broker, second, names)
-    assert second.stop() == 0
+    assert second.stop(60)[0] == 0
 
     assert_once_and_as_replayed(secure_broker, names, expected)
     assert len(read_committed(secure_broker, names.dlq)) == len(BAD)
@@ -418,7 +383,7 @@ def test_the_documented_acls_restore_without_an_authorization_complaint(
     secure_broker: SecureBroker,
     names: Names,
     grant: Callable[[str, list[Acl]], list[AclBinding]],
-    services: Callable[[dict[str, str]], Service],
+    services: Services,
     market: Path,  # noqa: F811  (fixture)
 ) -> None:
     """Least privilege must not cost log noise: an operator who sees "authorization
@@ -430,14 +395,14 @@ def test_the_documented_acls_restore_without_an_authorization_complaint(
     produce(secure_broker, names.input, _values(market)[:300])
     first = services(env)
     wait_done(secure_broker, first, names)
-    assert first.stop() == 0
+    assert first.stop(60)[0] == 0
     second = services(env)
     deadline = time.monotonic() + 60
     while "state restored" not in second.text():
         second.check_alive()
         assert time.monotonic() < deadline, "no restore"
         time.sleep(0.2)
-    assert second.stop() == 0
+    assert second.stop(60)[0] == 0
 
     complaints = [
         line
@@ -454,9 +419,9 @@ def _start_without_output_write(
     broker: SecureBroker,
     n: Names,
     grant: Callable[[str, list[Acl]], list[AclBinding]],
-    services: Callable[[dict[str, str]], Service],
+    services: Services,
     bars: Path,
-) -> Service:
+) -> SfaProcess:
     """Everything least_privilege() grants except WRITE on the output topic, and input."""
     create_service_topics(broker, n)
     grant(SERVICE, least_privilege(n, write_output=False))
@@ -465,7 +430,7 @@ def _start_without_output_write(
     return services(service_env(n, broker.as_env(broker.sasl_config("sfa"))))
 
 
-def _wait_for_refusal(service: Service, timeout: float = 60) -> float:
+def _wait_for_refusal(service: SfaProcess, timeout: float = 60) -> float:
     """Until the broker has refused the service's first transaction; when that happened."""
     deadline = time.monotonic() + timeout
     while REFUSED not in service.text():
@@ -479,7 +444,7 @@ def test_no_write_on_the_output_topic_commits_nothing(
     secure_broker: SecureBroker,
     names: Names,
     grant: Callable[[str, list[Acl]], list[AclBinding]],
-    services: Callable[[dict[str, str]], Service],
+    services: Services,
     market: Path,  # noqa: F811  (fixture)
 ) -> None:
     """No partial commit: not the dead letters or state of the refused batch, not its
@@ -500,7 +465,7 @@ def test_no_write_on_the_output_topic_is_one_clear_line(
     secure_broker: SecureBroker,
     names: Names,
     grant: Callable[[str, list[Acl]], list[AclBinding]],
-    services: Callable[[dict[str, str]], Service],
+    services: Services,
     market: Path,  # noqa: F811  (fixture)
 ) -> None:
     """Retrying cannot grant a permission: the service stops (non-zero) with one line

@@ -4,7 +4,6 @@ crash recovery with durable state. The service runs as a real subprocess."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from tests.integration.conftest import ServiceTopicsFactory
 from tests.integration.kafka_io import comparable as _comparable
 from tests.integration.kafka_io import produce_keyed as _produce
 from tests.integration.kafka_io import read_committed as _read_all
+from tests.integration.launcher import Launcher, SfaProcess
 
 pytestmark = pytest.mark.integration
 
@@ -100,7 +100,7 @@ def _committed_all(bootstrap: str, group: str, topic: str) -> bool:
         consumer.close()
 
 
-def _start(bootstrap: str, env_extra: dict[str, str]) -> subprocess.Popen[bytes]:
+def _start(sfa_run: Launcher, bootstrap: str, env_extra: dict[str, str]) -> SfaProcess:
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -110,37 +110,27 @@ def _start(bootstrap: str, env_extra: dict[str, str]) -> subprocess.Popen[bytes]
         "SFA_MAX_MESSAGE_BYTES": "1000",
         **env_extra,
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "service", "run"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    return sfa_run(env)
 
 
 def _wait_done(
-    proc: subprocess.Popen[bytes], bootstrap: str, group: str, topic: str, timeout: float = 120.0
+    proc: SfaProcess, bootstrap: str, group: str, topic: str, timeout: float = 120.0
 ) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
-        # The input first: once it is committed, every forwarded bar is in the
-        # repartition topic (same transactions), and then that one must be read too.
-        if _committed_all(bootstrap, group, topic) and _committed_all(
-            bootstrap, group, f"{group}-repartition"
-        ):
-            return
-        time.sleep(1.0)
-    raise AssertionError("service did not commit the whole input in time")
+    # The input first: once it is committed, every forwarded bar is in the
+    # repartition topic (same transactions), and then that one must be read too.
+    proc.wait_for(
+        "commit of the whole input",
+        lambda: (
+            _committed_all(bootstrap, group, topic)
+            and _committed_all(bootstrap, group, f"{group}-repartition")
+        ),
+        timeout,
+        poll=0.5,
+    )
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+def _stop(proc: SfaProcess) -> int:
+    return proc.stop(30)[0]
 
 
 def _headers(message: Message) -> dict[str, bytes]:
@@ -190,12 +180,16 @@ def _env(t: dict[str, str], **extra: str) -> dict[str, str]:
 
 
 def test_exactly_once_matches_replay_and_dead_letters(
-    kafka_bootstrap: str, topics: dict[str, str], market: Path, expected: dict[str, dict]
+    kafka_bootstrap: str,
+    topics: dict[str, str],
+    market: Path,
+    expected: dict[str, dict],
+    sfa_run: Launcher,
 ) -> None:
     values = _values(market)
     mixed = values[:1000] + [v for v, _ in BAD] + values[1000:]
     _produce(kafka_bootstrap, topics["input"], mixed)
-    proc = _start(kafka_bootstrap, _env(topics))
+    proc = _start(sfa_run, kafka_bootstrap, _env(topics))
     _wait_done(proc, kafka_bootstrap, topics["group"], topics["input"])
     assert _stop(proc) == 0
 
@@ -216,7 +210,11 @@ def test_exactly_once_matches_replay_and_dead_letters(
 
 
 def test_sigkill_three_times_no_loss_no_duplicates(
-    kafka_bootstrap: str, topics: dict[str, str], market: Path, expected: dict[str, dict]
+    kafka_bootstrap: str,
+    topics: dict[str, str],
+    market: Path,
+    expected: dict[str, dict],
+    sfa_run: Launcher,
 ) -> None:
     values = _values(market)
     env = _env(
@@ -240,22 +238,21 @@ def test_sigkill_three_times_no_loss_no_duplicates(
     _produce(kafka_bootstrap, topics["input"], chunks[0])
     produced = len(chunks[0])
     for chunk in chunks[1:]:
-        proc = _start(kafka_bootstrap, env)
+        proc = _start(sfa_run, kafka_bootstrap, env)
         # Let it commit everything so far, then feed it more and kill it without warning
         # as soon as it has committed some of the new input: mid-stream, every time.
         deadline = time.time() + 60
         while committed() < produced:
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+            proc.check_alive()
             assert time.time() < deadline, "no progress before the kill"
             time.sleep(0.1)
         _produce(kafka_bootstrap, topics["input"], chunk)
         while committed() <= produced and time.time() < deadline:
             time.sleep(0.05)
         produced += len(chunk)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        proc.kill()
     watcher.close()
-    proc = _start(kafka_bootstrap, env)
+    proc = _start(sfa_run, kafka_bootstrap, env)
     _wait_done(proc, kafka_bootstrap, topics["group"], topics["input"])
     assert _stop(proc) == 0
 
@@ -263,7 +260,11 @@ def test_sigkill_three_times_no_loss_no_duplicates(
 
 
 def test_a_zombie_with_the_same_transactional_id_is_fenced_and_exits(
-    kafka_bootstrap: str, topics: dict[str, str], market: Path, expected: dict[str, dict]
+    kafka_bootstrap: str,
+    topics: dict[str, str],
+    market: Path,
+    expected: dict[str, dict],
+    sfa_run: Launcher,
 ) -> None:
     """Two processes claiming one instance id: the newer one's init_transactions fences
     the older, whose next commit fails; it must exit non-zero (for its supervisor) and
@@ -278,18 +279,21 @@ def test_a_zombie_with_the_same_transactional_id_is_fenced_and_exits(
         KAFKA_HEARTBEAT_INTERVAL_MS="1000",
     )
     _produce(kafka_bootstrap, topics["input"], values[:half])
-    zombie = _start(kafka_bootstrap, env)
+    zombie = _start(sfa_run, kafka_bootstrap, env)
     _wait_done(zombie, kafka_bootstrap, topics["group"], topics["input"])
-    successor = _start(kafka_bootstrap, env)
-    time.sleep(8)  # let it join (sharing the partitions) and fence the zombie
+    successor = _start(sfa_run, kafka_bootstrap, env)
+    # It fences the zombie as it starts its producer, before it joins the group: once it
+    # has restored the state of the partitions it was given, both are done.
+    successor.wait_for(
+        "the successor's partitions", lambda: "state restored" in successor.text(), 60
+    )
     _produce(kafka_bootstrap, topics["input"], values[half:])
     try:
         code = zombie.wait(60)
     finally:
-        if zombie.poll() is None:
-            zombie.kill()
+        zombie.close()
     assert code not in (0, None)
-    stderr = zombie.stderr.read().decode() if zombie.stderr else ""
+    stderr = zombie.text()
     assert "fenc" in stderr.lower(), stderr[-2000:]
     _wait_done(successor, kafka_bootstrap, topics["group"], topics["input"])
     assert _stop(successor) == 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -29,8 +28,10 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.ownership import owner
+from tests.integration.conftest import ServiceTopicsFactory
 from tests.integration.kafka_io import comparable as _comparable
 from tests.integration.kafka_io import read_committed as _read_all
+from tests.integration.launcher import Launcher, SfaProcess
 
 pytestmark = pytest.mark.integration
 
@@ -110,71 +111,6 @@ def _cli(
         timeout=timeout,
         check=False,
     )
-
-
-class Service:
-    """One `sfa run` subprocess; its stderr goes to a file so it can be read while it runs."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service", "run"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-        )
-
-    def lines(self) -> list[str]:
-        return self.log_path.read_text().splitlines()
-
-    def records(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.lines()]
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            tail = "\n".join(self.lines()[-30:])
-            raise AssertionError(f"sfa run exited with {self.proc.returncode}:\n{tail}")
-
-    def stop(self, timeout: float = 30.0) -> tuple[int, float]:
-        """SIGTERM; the exit code and how long the process took to exit."""
-        started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            raise AssertionError(f"no exit within {timeout} s of SIGTERM") from None
-        finally:
-            self._log.close()
-        return code, time.monotonic() - started
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self._log.close()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._log.close()
-
-
-@pytest.fixture()
-def launch(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Service]]:
-    """Factory for `sfa run` subprocesses; any still running at teardown is killed."""
-    started: list[Service] = []
-
-    def make(env: dict[str, str]) -> Service:
-        service = Service(env, tmp_path / f"sfa-run-{len(started)}.log")
-        started.append(service)
-        return service
-
-    yield make
-    for service in started:
-        service.close()
 
 
 # --- data ----------------------------------------------------------------------------
@@ -270,7 +206,7 @@ def progress(kafka_bootstrap: str) -> Iterator[Callable[[str, str], Progress]]:
 
 
 def _wait(
-    what: str, condition: Callable[[], bool], services: list[Service], timeout: float = 90.0
+    what: str, condition: Callable[[], bool], services: list[SfaProcess], timeout: float = 90.0
 ) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -362,31 +298,6 @@ def _value(families: dict[str, Any], sample: str, **labels: str) -> float:
 # --- topics and environment ----------------------------------------------------------
 
 
-@pytest.fixture()
-def names(new_topic: Callable[..., str], kafka_admin: AdminClient) -> Iterator[Callable[..., dict]]:
-    """Factory: uuid topics for one service group, the input created with `partitions`."""
-    owned: list[str] = []
-
-    def make(partitions: int) -> dict[str, str]:
-        tag = uuid.uuid4().hex[:10]
-        t = {
-            "input": new_topic(partitions=partitions, prefix="bars"),
-            "output": f"out-{tag}",
-            "dlq": f"dlq-{tag}",
-            "state": f"state-{tag}",
-            "group": f"g-{tag}",
-        }
-        owned.extend([t["output"], t["dlq"], t["state"]])
-        return t
-
-    yield make
-    existing = set(kafka_admin.list_topics(timeout=10).topics)
-    doomed = [name for name in owned if name in existing]
-    if doomed:
-        for future in kafka_admin.delete_topics(doomed, operation_timeout=10).values():
-            future.exception(timeout=15)  # best effort: a leftover uuid topic harms nobody
-
-
 def _env(bootstrap: str, t: dict[str, str], **extra: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -410,14 +321,14 @@ def _env(bootstrap: str, t: dict[str, str], **extra: str) -> dict[str, str]:
 
 def test_produce_loads_jsonl_and_csv_keyed_by_symbol_and_the_service_consumes_it(
     kafka_bootstrap: str,
-    names: Callable[..., dict],
-    launch: Callable[[dict[str, str]], Service],
+    service_topics: ServiceTopicsFactory,
+    sfa_run: Launcher,
     progress: Callable[[str, str], Progress],
     market: list[bytes],
     expected: dict[str, dict],
     tmp_path: Path,
 ) -> None:
-    t = names(4)
+    t = service_topics(4)
     first, second = _halves(market)
     jsonl = tmp_path / "first.jsonl"
     jsonl.write_bytes(b"\n".join(first) + b"\n")
@@ -448,7 +359,7 @@ def test_produce_loads_jsonl_and_csv_keyed_by_symbol_and_the_service_consumes_it
     assert all(len(p) == 1 for p in partitions_of.values()), "a symbol spans partitions"
     assert len(set().union(*partitions_of.values())) > 1, "everything landed on one partition"
 
-    service = launch(_env(kafka_bootstrap, t))
+    service = sfa_run(_env(kafka_bootstrap, t))
     watch = progress(t["group"], t["input"])
     _wait("the whole input committed", watch.done, [service])
     code, _ = service.stop()
@@ -464,18 +375,18 @@ def test_produce_loads_jsonl_and_csv_keyed_by_symbol_and_the_service_consumes_it
 def test_two_instances_share_partitions_and_state_moves_when_one_stops(
     kafka_bootstrap: str,
     kafka_admin: AdminClient,
-    names: Callable[..., dict],
-    launch: Callable[[dict[str, str]], Service],
+    service_topics: ServiceTopicsFactory,
+    sfa_run: Launcher,
     progress: Callable[[str, str], Progress],
     market: list[bytes],
     expected: dict[str, dict],
 ) -> None:
-    t = names(4)
+    t = service_topics(4)
     first, second = _halves(market)
     ports = {"a": _free_port(), "b": _free_port()}
     run_id = uuid.uuid4().hex[:6]
     services = {
-        name: launch(
+        name: sfa_run(
             _env(
                 kafka_bootstrap,
                 t,
@@ -539,13 +450,13 @@ def test_two_instances_share_partitions_and_state_moves_when_one_stops(
 
 def test_at_least_once_through_a_crash_misses_nothing(
     kafka_bootstrap: str,
-    names: Callable[..., dict],
-    launch: Callable[[dict[str, str]], Service],
+    service_topics: ServiceTopicsFactory,
+    sfa_run: Launcher,
     progress: Callable[[str, str], Progress],
     market: list[bytes],
     expected: dict[str, dict],
 ) -> None:
-    t = names(3)
+    t = service_topics(3)
     first, second = _halves(market)
     env = _env(
         kafka_bootstrap,
@@ -556,13 +467,13 @@ def test_at_least_once_through_a_crash_misses_nothing(
     )
     watch = progress(t["group"], t["input"])
     _produce(kafka_bootstrap, t["input"], first)
-    service = launch(env)
+    service = sfa_run(env)
     _wait("the first half committed", watch.done, [service])
     _produce(kafka_bootstrap, t["input"], second)
     time.sleep(0.3)
     service.kill()
 
-    service = launch(env)
+    service = sfa_run(env)
     _wait("the whole input committed", watch.done, [service])
     code, _ = service.stop()
     assert code == 0
@@ -581,17 +492,17 @@ def test_at_least_once_through_a_crash_misses_nothing(
 
 def test_metrics_and_health_of_a_running_service(
     kafka_bootstrap: str,
-    names: Callable[..., dict],
-    launch: Callable[[dict[str, str]], Service],
+    service_topics: ServiceTopicsFactory,
+    sfa_run: Launcher,
     progress: Callable[[str, str], Progress],
     market: list[bytes],
 ) -> None:
-    t = names(2)
+    t = service_topics(2)
     values = market[:3000] + [v for v, _ in BAD] + market[3000:]
     _produce(kafka_bootstrap, t["input"], values)
     port = _free_port()
     unreachable = f"tcp://127.0.0.1:{_free_port()}"
-    service = launch(
+    service = sfa_run(
         _env(
             kafka_bootstrap,
             t,
@@ -687,17 +598,17 @@ def test_metrics_and_health_of_a_running_service(
 
 def test_sigterm_mid_stream_exits_cleanly_and_a_restart_finishes_without_duplicates(
     kafka_bootstrap: str,
-    names: Callable[..., dict],
-    launch: Callable[[dict[str, str]], Service],
+    service_topics: ServiceTopicsFactory,
+    sfa_run: Launcher,
     progress: Callable[[str, str], Progress],
     market: list[bytes],
     expected: dict[str, dict],
 ) -> None:
-    t = names(3)
+    t = service_topics(3)
     _produce(kafka_bootstrap, t["input"], market)
     env = _env(kafka_bootstrap, t, SFA_BATCH_MAX_MESSAGES="100", SFA_BATCH_MAX_WAIT_MS="50")
     watch = progress(t["group"], t["input"])
-    service = launch(env)
+    service = sfa_run(env)
     _wait("a first commit", lambda: sum(watch.committed().values()) > 0, [service])
     code, seconds = service.stop()
     assert code == 0
@@ -715,7 +626,7 @@ def test_sigterm_mid_stream_exits_cleanly_and_a_restart_finishes_without_duplica
         assert where["offset"] < committed[where["partition"]], "output of uncommitted input"
 
     # Small batches above kept the first run mid-stream; the rest can go in big ones.
-    service = launch({**env, "SFA_BATCH_MAX_MESSAGES": "2000"})
+    service = sfa_run({**env, "SFA_BATCH_MAX_MESSAGES": "2000"})
     _wait("the whole input committed", watch.done, [service])
     code, _ = service.stop()
     assert code == 0

@@ -24,6 +24,7 @@ from service.registry import RegistryError
 from service.wireformat import BAR_SCHEMA, BAR_SCHEMA_TEXT, AvroBarEncoder, wire_header
 from tests.integration.conftest import NewTopicFactory, ServiceTopicsFactory
 from tests.integration.kafka_io import comparable, produce_keyed, read_committed
+from tests.integration.launcher import Launcher
 from tests.integration.registry import Registry, schema_registry
 from tests.integration.test_service import _env, _stop, _wait_done
 
@@ -88,15 +89,6 @@ def _service_env(kafka: str, topics: dict[str, str], url: str, **extra: str) -> 
     }
 
 
-def _run(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "service", "run"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
 def _last(kafka: str, topic: str) -> dict[str, dict]:
     results = (orjson.loads(m.value() or b"") for m in read_committed(kafka, topic))
     return {r["symbol"]: r for r in results}
@@ -123,6 +115,7 @@ def test_json_avro_protobuf_and_json_schema_in_one_topic_equal_replay(
     schema_registry: Registry,
     market: Path,
     expected: dict[str, dict],
+    sfa_run: Launcher,
 ) -> None:
     topics = service_topics(3)
     url = schema_registry.url
@@ -170,7 +163,7 @@ def test_json_avro_protobuf_and_json_schema_in_one_topic_equal_replay(
     assert sum(isinstance(v, str) for v in shown) == len(bad)
     assert {v["symbol"] for v in shown if isinstance(v, dict)} == set(expected)
 
-    proc = _run(env)
+    proc = sfa_run(env)
     _wait_done(proc, kafka_bootstrap, topics["group"], topics["input"])
     assert _stop(proc) == 0
     got = _last(kafka_bootstrap, topics["output"])
@@ -248,6 +241,7 @@ def test_a_registry_outage_of_20_s_loses_nothing_and_healthz_says_so(
     schema_registry: Registry,
     market: Path,
     expected: dict[str, dict],
+    sfa_run: Launcher,
 ) -> None:
     if not schema_registry.ours:
         pytest.skip("the registry was not started by this session: not stopping it")
@@ -261,7 +255,7 @@ def test_a_registry_outage_of_20_s_loses_nothing_and_healthz_says_so(
     plain, avro = _split(market, 2)
     done = _sfa("produce", str(plain), "--no-progress", env=env)
     assert done.returncode == 0, done.stderr
-    proc = _run(env)
+    proc = sfa_run(env)
     try:
         _wait_done(proc, kafka_bootstrap, topics["group"], topics["input"])
         schema_registry.stop()
@@ -271,7 +265,7 @@ def test_a_registry_outage_of_20_s_loses_nothing_and_healthz_says_so(
         produce_keyed(kafka_bootstrap, topics["input"], [v for v in values if isinstance(v, bytes)])
         seen_down = False
         while time.monotonic() - stopped < 20:
-            assert proc.poll() is None
+            proc.check_alive()
             body = _healthz(port)
             seen_down = seen_down or body.get("schema_registry", "").startswith("unreachable")
             time.sleep(0.5)
