@@ -79,20 +79,27 @@ class Service:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.params = settings.engine_params()
+        self.params = settings.engine.engine_params()
         self.metrics = Metrics(__version__)
-        self.health = Health(stall_seconds=settings.stall_seconds)
+        self.health = Health(stall_seconds=settings.monitor.stall_seconds)
         # A helper process: a thread here cannot answer within 100 ms (service.probes).
         self.server = ProbeProcess(
-            self.metrics, self.health, port=settings.metrics_port, host=settings.metrics_address
+            self.metrics,
+            self.health,
+            port=settings.monitor.metrics_port,
+            host=settings.monitor.metrics_address,
         )
         self.state = StateStore(self.params)
         # Wire-format input: schemas by id, cached, retried while the registry is down.
-        self.registry = client_from_settings(settings) if settings.input_format != "json" else None
+        self.registry = (
+            client_from_settings(settings.registry)
+            if settings.registry.input_format != "json"
+            else None
+        )
         self.decoder = Decoder(
-            settings.max_message_bytes,
-            decode_processes(settings),
-            input_format=settings.input_format,
+            settings.batching.max_message_bytes,
+            decode_processes(settings.batching),
+            input_format=settings.registry.input_format,
             schemas=Schemas(self.registry, self._registry_state) if self.registry else None,
         )
         # Two threads: the consumer's runs `consume`, inside which librdkafka calls our
@@ -111,7 +118,7 @@ class Service:
             SymbolQueries(
                 self.latest.get,
                 partitions=lambda: self.routing.partitions if self.routing is not None else None,
-                partitioner=settings.partitioner,
+                partitioner=settings.kafka.partitioner,
                 held=lambda: self._assigned,
             )
         )
@@ -177,13 +184,15 @@ class Service:
     # --- rebalance listener (called on the Kafka thread inside consume) ---
 
     def on_assigned(self, partitions: list[tuple[str, int]]) -> None:
-        numbers = [p for t, p in partitions if t == self.settings.input_topic]
+        numbers = [p for t, p in partitions if t == self.settings.kafka.input_topic]
         log.info("partitions assigned", extra={"partitions": numbers})
         stage = self.health.stage
         if not self._assigned:
             self.health.set_stage(f"restoring state of partitions {numbers}")
         records = list(
-            read_state_partitions(self.settings, self.settings.state_topic, numbers, timeout_s=60.0)
+            read_state_partitions(
+                self.settings.kafka, self.settings.kafka.state_topic, numbers, timeout_s=60.0
+            )
         )
 
         async def apply() -> None:
@@ -195,15 +204,15 @@ class Service:
 
         self._on_loop(apply)
         log.info("state restored", extra={"records": len(records), "symbols": len(self.state)})
-        if self.settings.progress_seconds > 0:  # a quiet input says nothing until then
+        if self.settings.monitor.progress_seconds > 0:  # a quiet input says nothing until then
             log.info(
                 "consuming %s; a progress line every %g s (SFA_PROGRESS_SECONDS)",
-                self.settings.input_topic,
-                self.settings.progress_seconds,
+                self.settings.kafka.input_topic,
+                self.settings.monitor.progress_seconds,
             )
 
     def on_revoked(self, partitions: list[tuple[str, int]]) -> None:
-        numbers = [p for t, p in partitions if t == self.settings.input_topic]
+        numbers = [p for t, p in partitions if t == self.settings.kafka.input_topic]
         log.info("partitions revoked", extra={"partitions": numbers})
 
         async def finish_and_drop() -> None:
@@ -230,7 +239,9 @@ class Service:
             for topic, n in Counter(origin.topics).items():
                 m.messages_consumed(topic, n)
         else:
-            topic = origin.topic if isinstance(origin, KafkaOrigin) else self.settings.input_topic
+            topic = (
+                origin.topic if isinstance(origin, KafkaOrigin) else self.settings.kafka.input_topic
+            )
             m.messages_consumed(topic, batch.n_messages)
         m.bars_processed(out.n_bars)
         self.latest.update(out.results)
@@ -285,7 +296,7 @@ class Service:
                 "native": native_versions(),
             },
         )
-        for name in self.settings.kafka_ignored:
+        for name in self.settings.kafka.kafka_ignored:
             log.debug("ignoring %s: a Kubernetes service link, not a librdkafka property", name)
         progress: asyncio.Task[None] | None = None
         try:
@@ -310,13 +321,13 @@ class Service:
             self.server.start()
         except OSError as exc:  # port taken or not ours to bind: a config error, not a crash
             raise ConfigError(
-                f"SFA_METRICS_PORT: cannot listen on port {s.metrics_port}: "
+                f"SFA_METRICS_PORT: cannot listen on port {s.monitor.metrics_port}: "
                 f"{exc.strerror or exc} (another sfa run on this machine? give each its "
                 "own SFA_METRICS_PORT, or 0 for none)"
             ) from None
-        stage(f"connecting to Kafka at {s.kafka_bootstrap_servers}")
+        stage(f"connecting to Kafka at {s.kafka.kafka_bootstrap_servers}")
         await self._unless_stopped(
-            self.in_kafka_thread(lambda: check_reachable(s, stopped=lambda: self.stopping))
+            self.in_kafka_thread(lambda: check_reachable(s.kafka, stopped=lambda: self.stopping))
         )
         registry = self.registry
         if registry is not None:
@@ -325,7 +336,7 @@ class Service:
                 asyncio.to_thread(
                     wait_reachable,
                     registry,
-                    s.schema_registry_connect_seconds,
+                    s.registry.schema_registry_connect_seconds,
                     lambda: self.stopping,
                 )
             )
@@ -334,20 +345,23 @@ class Service:
         partitions = await self._unless_stopped(
             self.in_kafka_thread(
                 lambda: ensure_topics(
-                    s,
-                    s.input_topic,
-                    s.output_topic,
-                    s.dlq_topic,
-                    s.state_topic,
-                    repartition_topic=s.effective_repartition_topic,
+                    s.kafka,
+                    s.kafka.input_topic,
+                    s.kafka.output_topic,
+                    s.kafka.dlq_topic,
+                    s.kafka.state_topic,
+                    repartition_topic=s.kafka.effective_repartition_topic,
                 )
             )
         )
         self.routing = Routing(
-            s.input_topic, s.effective_repartition_topic, partitions, s.partitioner
+            s.kafka.input_topic,
+            s.kafka.effective_repartition_topic,
+            partitions,
+            s.kafka.partitioner,
         )
         stage("connecting to Dask")
-        self.compute = await self._unless_stopped(open_async(s))
+        self.compute = await self._unless_stopped(open_async(s.dask))
         self._sync_fallback()
         self.metrics.set_providers(
             state=lambda: (self.state.n_symbols, self.state.n_bars, self.state.nbytes),
@@ -358,17 +372,17 @@ class Service:
         self.health.set_lag_provider(self._lag)
         self.health.set_contact_provider(self._contact_age)
         stage("starting the producer")
-        if s.processing_guarantee == "exactly_once":
+        if s.kafka.processing_guarantee == "exactly_once":
             self.producer = await self._unless_stopped(
-                self.in_producer_thread(lambda: TransactionalProducer(s))
+                self.in_producer_thread(lambda: TransactionalProducer(s.kafka))
             )
         else:
-            self.producer = AtLeastOnceProducer(s)
+            self.producer = AtLeastOnceProducer(s.kafka)
         stage("joining the consumer group")
         # Input partition p and repartition partition p travel as a pair (SPEC 7,
         # docs/ownership.md): the consumer reports and runs pairs only.
-        twins = (s.input_topic, s.effective_repartition_topic)
-        consumer = BatchConsumer(s, listener=self, twins=twins)
+        twins = (s.kafka.input_topic, s.kafka.effective_repartition_topic)
+        consumer = BatchConsumer(s.kafka, listener=self, twins=twins)
         self.consumer = consumer
         await self._unless_stopped(self.in_kafka_thread(lambda: consumer.subscribe(list(twins))))
 
@@ -382,7 +396,7 @@ class Service:
         return consumer.contact.seconds_since() if consumer is not None else None
 
     async def _report_progress(self) -> None:
-        every = self.settings.progress_seconds
+        every = self.settings.monitor.progress_seconds
         if every <= 0:
             return
         while True:
@@ -399,10 +413,10 @@ class Service:
     def _new_sink(self) -> KafkaSink:
         s = self.settings
         topics = SinkTopics(
-            output=s.output_topic,
-            dlq=s.dlq_topic,
-            state=s.state_topic,
-            repartition=s.effective_repartition_topic,
+            output=s.kafka.output_topic,
+            dlq=s.kafka.dlq_topic,
+            state=s.kafka.state_topic,
+            repartition=s.kafka.effective_repartition_topic,
         )
         options: dict[str, Any] = {
             "state_partition": self.state.partition_of_record,
@@ -431,14 +445,14 @@ class Service:
         consumer = self.consumer
         assert consumer is not None
         self.pipeline = self._new_pipeline()
-        wait_s = s.batch_max_wait_ms / 1000.0
+        wait_s = s.batching.batch_max_wait_ms / 1000.0
         paused = False
         while not self._stop.is_set():
             pipeline = self.pipeline
             if pipeline.failure is not None:
                 await self._after_failure(pipeline.failure)
                 continue
-            full = pipeline.inflight >= s.max_inflight_batches
+            full = pipeline.inflight >= s.batching.max_inflight_batches
             if full != paused:  # backpressure: stay in the group, stop fetching
                 await self.in_kafka_thread(consumer.pause_all if full else consumer.resume_all)
                 paused = full
@@ -446,7 +460,9 @@ class Service:
             try:
                 batch = await self._unless_stopped(
                     self.in_kafka_thread(
-                        functools.partial(consumer.poll_batch, s.batch_max_messages, timeout)
+                        functools.partial(
+                            consumer.poll_batch, s.batching.batch_max_messages, timeout
+                        )
                     )
                 )
             except _Stopped:
@@ -481,7 +497,9 @@ class Service:
             self.state.drop_partition(p)
         records = await self.in_kafka_thread(
             lambda: list(
-                read_state_partitions(self.settings, self.settings.state_topic, partitions, 60.0)
+                read_state_partitions(
+                    self.settings.kafka, self.settings.kafka.state_topic, partitions, 60.0
+                )
             )
         )
         for key, value in records:

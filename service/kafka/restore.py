@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from service.kafka.config import restore_config
 from service.kafka.errors import KafkaRetriableError, classify
-from service.settings import Settings
+from service.settings import KafkaSettings
 
 __all__ = ["read_state_partitions"]
 
@@ -32,7 +32,7 @@ _BATCH = 10_000
 
 
 def read_state_partitions(
-    settings: Settings,
+    settings: KafkaSettings,
     state_topic: str,
     partitions: Sequence[int],
     timeout_s: float = 60.0,

@@ -16,7 +16,7 @@ from service.kafka.consumer import BatchConsumer
 from service.kafka.errors import MissingTopicError
 from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
 from service.kafka.restore import read_state_partitions
-from service.settings import Settings, load_settings
+from service.settings import KafkaSettings, load_settings
 from tests.integration.conftest import NewTopicFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -41,14 +41,14 @@ class Recorder:
 
 
 @pytest.fixture()
-def settings(kafka_bootstrap: str, group_id: str) -> Settings:
+def settings(kafka_bootstrap: str, group_id: str) -> KafkaSettings:
     return load_settings(
         {
             "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "KAFKA_GROUP_ID": group_id,
             "SFA_INSTANCE_ID": f"test-{uuid.uuid4().hex[:8]}",
         }
-    )
+    ).kafka
 
 
 @pytest.fixture()
@@ -59,7 +59,7 @@ def consumers() -> Iterator[list[BatchConsumer]]:
         consumer.close()
 
 
-def _produce(settings: Settings, topic: str, values: list[bytes], partition: int = 0) -> None:
+def _produce(settings: KafkaSettings, topic: str, values: list[bytes], partition: int = 0) -> None:
     producer = AtLeastOnceProducer(settings)
     for i, value in enumerate(values):
         producer.produce(topic, value, key=b"k%d" % i, partition=partition)
@@ -118,7 +118,7 @@ def _read_committed(bootstrap: str, topic: str, partitions: int = 1) -> list[byt
 
 
 def test_subscribe_poll_commit_and_lag(
-    settings: Settings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
+    settings: KafkaSettings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
 ) -> None:
     topic = new_topic(partitions=2)
     _produce(settings, topic, [b"a%d" % i for i in range(10)], partition=0)
@@ -139,7 +139,7 @@ def test_subscribe_poll_commit_and_lag(
 
 
 def test_pause_all_stops_delivery_until_resume(
-    settings: Settings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
+    settings: KafkaSettings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
 ) -> None:
     topic = new_topic(partitions=1)
     _produce(settings, topic, [b"x%d" % i for i in range(100)])
@@ -167,7 +167,7 @@ def test_pause_all_stops_delivery_until_resume(
 
 def test_transaction_commit_is_visible_abort_is_not_and_rewind(
     kafka_bootstrap: str,
-    settings: Settings,
+    settings: KafkaSettings,
     new_topic: NewTopicFactory,
     consumers: list[BatchConsumer],
 ) -> None:
@@ -199,13 +199,13 @@ def test_transaction_commit_is_visible_abort_is_not_and_rewind(
     assert [offset for _, _, offset in again] == [3, 4, 5]
 
 
-def _member(settings: Settings, name: str) -> Settings:
+def _member(settings: KafkaSettings, name: str) -> KafkaSettings:
     """Another instance of the same group: static members need their own instance ids."""
     return settings.model_copy(update={"instance_id": f"{settings.instance_id}-{name}"})
 
 
 def test_two_members_split_four_partitions(
-    settings: Settings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
+    settings: KafkaSettings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
 ) -> None:
     topic = new_topic(partitions=4)
     first, second = Recorder(), Recorder()
@@ -223,7 +223,7 @@ def test_two_members_split_four_partitions(
 
 
 def test_twins_are_held_and_reported_in_pairs(
-    settings: Settings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
+    settings: KafkaSettings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
 ) -> None:
     """SPEC 7: input p and repartition p on one member, through a rebalance; a member
     subscribed to the input alone (an old version) gets lone twins, which stay paused
@@ -268,7 +268,7 @@ def test_twins_are_held_and_reported_in_pairs(
 
 
 def test_ensure_topics_shapes_and_is_idempotent(
-    settings: Settings, new_topic: NewTopicFactory, kafka_admin: AdminClient
+    settings: KafkaSettings, new_topic: NewTopicFactory, kafka_admin: AdminClient
 ) -> None:
     source = new_topic(partitions=3)
     suffix = uuid.uuid4().hex[:8]
@@ -288,7 +288,7 @@ def test_ensure_topics_shapes_and_is_idempotent(
 
 
 def test_read_state_partitions_after_transactions(
-    settings: Settings, new_topic: NewTopicFactory
+    settings: KafkaSettings, new_topic: NewTopicFactory
 ) -> None:
     state = new_topic(partitions=2, config={"cleanup.policy": "compact"})
     producer = TransactionalProducer(settings)
