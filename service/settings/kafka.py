@@ -114,7 +114,7 @@ class KafkaSettings(Part):
         not_empty=True,
     )
     state_topic: str = Field(
-        "sfa-service-state",
+        default="sfa-service-state",
         alias="SFA_STATE_TOPIC",
         min_length=1,
         description="Compacted changelog of the per-symbol state (created when missing); "
@@ -172,7 +172,7 @@ class KafkaSettings(Part):
     # SecretStr, unwrapped only where a client config is built (service.kafka.config).
     kafka_extra: dict[str, str | SecretStr] = Field(default_factory=dict, alias="_kafka_extra")
     # Service-link variables seen and ignored, logged at DEBUG by the service.
-    kafka_ignored: tuple[str, ...] = Field((), alias="_kafka_ignored")
+    kafka_ignored: tuple[str, ...] = Field(default=(), alias="_kafka_ignored")
 
     @classmethod
     def extra_sources(
