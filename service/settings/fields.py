@@ -36,6 +36,7 @@ __all__ = [
     "Part",
     "check_memory_limit",
     "env",
+    "environ",
     "reading",
 ]
 
@@ -87,7 +88,9 @@ def _extra(info: FieldInfo) -> dict[str, Any]:
 
 
 class _Environment(EnvSettingsSource):
-    """The variables of one part, stripped; blank ones unset (or refused, when not_empty)."""
+    """The variables of one part, stripped; blank ones unset (or refused, when not_empty).
+    pydantic-settings' own source reads `os.environ` as it is, where a templated manifest
+    leaves `SFA_YEARS=` or `KAFKA_GROUP_ID=` blank; and tests hand in a mapping."""
 
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
         self._environ = environ()
