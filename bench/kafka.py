@@ -86,7 +86,7 @@ _FLUSH_EVERY = 50_000
 
 
 def create_input_topic(settings: Settings, topic: str, partitions: int) -> None:
-    admin = AdminClient(client_config(settings))
+    admin = AdminClient(client_config(settings.kafka))
     futures = admin.create_topics([NewTopic(topic, num_partitions=partitions)])
     for future in futures.values():
         future.result(timeout=30)
@@ -111,7 +111,7 @@ def load_market(
     """Produce the synthetic market (not timed); return the number of bars. `keyed`: one
     bar per message keyed by symbol on its owner (as `sfa produce`); `snapshot`: one
     unkeyed array per date (as `sfa produce --snapshot`), spread by the client."""
-    producer = AtLeastOnceProducer(settings)
+    producer = AtLeastOnceProducer(settings.kafka)
     dumps = orjson.dumps
     encode = _avro_encoder(settings, topic) if feed == "avro" else None
     n = 0
@@ -125,7 +125,7 @@ def load_market(
         for bar in generate_bars(args.symbols, args.start_year, args.end_year, args.seed):
             if feed in ("keyed", "avro"):
                 symbol = bar["symbol"]
-                where = owner(symbol, partitions, settings.partitioner)
+                where = owner(symbol, partitions, settings.kafka.partitioner)
                 value = dumps(bar) if encode is None else encode(dumps(bar))
                 producer.produce(topic, value, key=symbol.encode(), partition=where)
             else:
@@ -145,7 +145,7 @@ def load_market(
 
 def _avro_encoder(settings: Settings, topic: str) -> Any:
     """The bar schema registered as `sfa produce --format avro` does; its encoder."""
-    client = client_from_settings(settings)
+    client = client_from_settings(settings.registry)
     assert client is not None
     subject = f"{topic}-value"
     client.set_compatibility(subject, "BACKWARD")
@@ -160,7 +160,9 @@ def _avro_encoder(settings: Settings, topic: str) -> Any:
 
 
 def end_offsets(settings: Settings, topic: str, partitions: int) -> dict[int, int]:
-    consumer = Consumer({**client_config(settings), "group.id": f"sfa-bench-meta-{uuid.uuid4()}"})
+    consumer = Consumer(
+        {**client_config(settings.kafka), "group.id": f"sfa-bench-meta-{uuid.uuid4()}"}
+    )
     try:
         return {
             p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
@@ -188,7 +190,7 @@ class BareRun:
 def _bare_avro(settings: Settings) -> Any:
     """What a bare Avro consumer does per batch: the schema fetched once (by the id of
     the first value), then fastavro's schemaless reader on every value; no validation."""
-    client = client_from_settings(settings)
+    client = client_from_settings(settings.registry)
     assert client is not None
     schemas: dict[int, Any] = {}
     read, stream = fastavro.schemaless_reader, io.BytesIO
@@ -217,7 +219,7 @@ def bare_consume_decode(
     decode = _bare_avro(settings) if avro else _bare_json
     group = f"sfa-bench-bare-{uuid.uuid4()}"
     conf: dict[str, Any] = {
-        **client_config(settings),
+        **client_config(settings.kafka),
         "group.id": group,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
@@ -225,9 +227,9 @@ def bare_consume_decode(
         "enable.partition.eof": False,
     }
     n_max, wait_s, max_bytes = (
-        settings.batch_max_messages,
-        settings.batch_max_wait_ms / 1000.0,
-        settings.max_message_bytes,
+        settings.batching.batch_max_messages,
+        settings.batching.batch_max_wait_ms / 1000.0,
+        settings.batching.max_message_bytes,
     )
     t0 = time.perf_counter()
     consumer = Consumer(conf)
@@ -289,7 +291,7 @@ class BenchService(Service):
         self.run = run
         self._total = total_messages
         self._bars = total_bars
-        self._input = settings.input_topic
+        self._input = settings.kafka.input_topic
 
     def _new_pipeline(self) -> Pipeline:
         if self.run.ready is None:
@@ -385,7 +387,7 @@ def _profiled(svc: BenchService, timeout_s: float, path: str) -> None:
 
 
 def committed_offsets(settings: Settings, group: str, topic: str, n: int) -> dict[int, int]:
-    consumer = Consumer({**client_config(settings), "group.id": group})
+    consumer = Consumer({**client_config(settings.kafka), "group.id": group})
     try:
         tps = consumer.committed([TopicPartition(topic, p) for p in range(n)], timeout=30)
         return {tp.partition: tp.offset for tp in tps}
@@ -394,7 +396,7 @@ def committed_offsets(settings: Settings, group: str, topic: str, n: int) -> dic
 
 
 def cleanup(settings: Settings, topics: list[str], groups: list[str]) -> None:
-    admin = AdminClient(client_config(settings))
+    admin = AdminClient(client_config(settings.kafka))
     with contextlib.suppress(Exception):
         for future in admin.delete_topics(topics, operation_timeout=30).values():
             with contextlib.suppress(Exception):
@@ -448,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
 
     extra = " ".join(sys.argv[1:] if argv is None else argv)
     command = "make bench-kafka" + (f" (python -m bench.kafka {extra})" if extra else "")
-    registry = load_settings().schema_registry_url is not None
+    registry = load_settings().registry.schema_registry_url is not None
     feeds: tuple[str, ...] = (args.feed,)
     if args.feed == "all":
         feeds = ("keyed", "snapshot", "avro") if registry else ("keyed", "snapshot")
@@ -484,8 +486,13 @@ def _measure(args: argparse.Namespace, feed: str) -> float | None:
         processing_guarantee=args.guarantee,
         metrics_port=0,  # no HTTP endpoint to collide with a running service
     )
-    topics = [topic, settings.output_topic, settings.dlq_topic, settings.state_topic]
-    topics.append(settings.repartition_topic or f"sfa-bench-rep-{tag}")
+    topics = [
+        topic,
+        settings.kafka.output_topic,
+        settings.kafka.dlq_topic,
+        settings.kafka.state_topic,
+    ]
+    topics.append(settings.kafka.repartition_topic or f"sfa-bench-rep-{tag}")
     groups = [group]
     try:
         shape = {
@@ -493,7 +500,7 @@ def _measure(args: argparse.Namespace, feed: str) -> float | None:
             "snapshot": "an array per date",
             "avro": "one wire-format Avro bar per message on its owner",
         }[feed]
-        print(f"\n=== feed {feed}: {shape}; broker {settings.kafka_bootstrap_servers}")
+        print(f"\n=== feed {feed}: {shape}; broker {settings.kafka.kafka_bootstrap_servers}")
         create_input_topic(settings, topic, args.partitions)
         t0 = time.perf_counter()
         produced = load_market(settings, topic, args, args.partitions, feed)
@@ -528,13 +535,13 @@ def _measure(args: argparse.Namespace, feed: str) -> float | None:
         complete = run.done is not None and all(committed.get(p, -1) >= e for p, e in ends.items())
         mode = getattr(svc.compute, "mode", "?")
         if mode == "local_cluster":
-            mode += f" x{settings.dask_n_workers or 'default'} workers"
+            mode += f" x{settings.dask.dask_n_workers or 'default'} workers"
         if run.decode_processes is not None:
             mode += f", decode processes {run.decode_processes}"
         print(
             f"\n(b) sfa run in-process: {args.guarantee}, compute {mode}, "
-            f"batches of <= {settings.batch_max_messages} msgs, "
-            f"<= {settings.max_inflight_batches} in flight"
+            f"batches of <= {settings.batching.batch_max_messages} msgs, "
+            f"<= {settings.batching.max_inflight_batches} in flight"
         )
         if not complete or run.done is None:
             print(f"    !! incomplete: committed {committed}, wanted {ends}, exit {run.exit_code}")

@@ -91,11 +91,11 @@ def _main(argv: list[str], first: str | None) -> int:
             settings = load_settings()
             # The service logs JSON for collectors; at a terminal, text a person reads.
             json_logs = args.command == "run" and not sys.stderr.isatty()
-            setup_logging(settings.log_level, json=json_logs)
+            setup_logging(settings.monitor.log_level, json=json_logs)
             if args.command in _KAFKA_TOOLS:
                 from service.kafka.reach import check_tool
 
-                check_tool(settings)
+                check_tool(settings.kafka)
             return int(module.run(args, settings))
         return int(module.run(args))
     except ConfigError as exc:

@@ -1,5 +1,5 @@
-"""The configuration reference, generated from `Settings` (docs/configuration.md and the
-epilog of `sfa run --help`).
+"""The configuration reference, generated from the parts of the settings (docs/configuration.md
+and the epilog of `sfa run --help`).
 
 Written by hand, such a table drifts from the code the first time someone adds a knob;
 generated from the fields' aliases, defaults, constraints and descriptions, it cannot,
@@ -18,14 +18,14 @@ import annotated_types
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from service.settings import Settings
+from service.settings import PARTS
 
 __all__ = ["help_epilog", "markdown", "rows"]
 
 _HEADER = """\
 # Configuration
 
-Generated from `service/settings.py` by `python -m service.configdoc`; do not edit by hand
+Generated from `service/settings/` by `python -m service.configdoc`; do not edit by hand
 (`tests/unit/test_config_doc.py` fails when this file and the code disagree).
 
 Everything is read from the environment once, at start. A bad value stops every command
@@ -156,7 +156,12 @@ def _allowed(info: FieldInfo) -> str:
 
 
 def _field_name(info: FieldInfo) -> str:
-    return next(name for name, field in Settings.model_fields.items() if field is info)
+    return next(name for name, field in _fields() if field is info)
+
+
+def _fields() -> list[tuple[str, FieldInfo]]:
+    """Every field of every part, in the reference's order (Kafka first, Dask last)."""
+    return [item for part in PARTS.values() for item in part.model_fields.items()]
 
 
 def _flatten(annotation: Any) -> list[Any]:
@@ -179,7 +184,7 @@ def _num(value: Any) -> str:
 def rows() -> list[tuple[str, str, str, str]]:
     """(variable, default, allowed, meaning) for every environment variable, in field order."""
     table = []
-    for info in Settings.model_fields.values():
+    for _, info in _fields():
         alias = info.alias or ""
         if not alias or alias.startswith("_"):
             continue  # internal fields, filled by load_settings

@@ -125,7 +125,7 @@ class Pipeline:
         a symbol nothing about it changes; the patterns are computed once, not per
         closed year."""
         self.settings = settings
-        self.params = settings.engine_params()
+        self.params = settings.engine.engine_params()
         self._encoder = ResultEncoder(self.params.window_days, self.params.alignment)
         self.state = state if state is not None else StateStore(self.params)
         self._compute = compute
@@ -134,12 +134,14 @@ class Pipeline:
         self._on_delivered = on_delivered
         self._with_changelog = with_changelog
         self._routing = routing
-        self._decoder = decoder if decoder is not None else Decoder(settings.max_message_bytes)
+        self._decoder = (
+            decoder if decoder is not None else Decoder(settings.batching.max_message_bytes)
+        )
         self._signals: dict[str, tuple[PatternResult, str, bytes]] = {}
         self._emit_final = emit == "final"
         self._final: Batch | None = None  # the marker batch `finish` submits
         self._seq = 0
-        self._max_inflight = settings.max_inflight_batches
+        self._max_inflight = settings.batching.max_inflight_batches
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -286,7 +288,7 @@ class Pipeline:
         post = self._post_bars(touched_symbols, latest)
         touched = _Touched(touched_symbols, latest, bars, message_index, post)
         stale = [state.windows(s) for s in stale_symbols]
-        size = self.settings.dask_chunk_size
+        size = self.settings.dask.dask_chunk_size
         chunks = [stale[i : i + size] for i in range(0, len(stale), size)]
         records = state.changelog_records(outcome) if self._with_changelog else []
         return _Prepared(

@@ -174,14 +174,14 @@ def from_bars(
     from service.files.readers import read_batches
     from service.state.store import StateStore
 
-    params = settings.engine_params()
+    params = settings.engine.engine_params()
     store = StateStore(params)
     needle = orjson.dumps(symbol)[1:-1]
     for batch in read_batches(files):
         values = [v for v in batch.messages() if needle in v]
         if not values:
             continue
-        decoded = decode_batch(values, settings.max_message_bytes)
+        decoded = decode_batch(values, settings.batching.max_message_bytes)
         keep = np.asarray(decoded.symbols, dtype=object) == symbol
         if keep.any():
             store.apply([symbol] * int(keep.sum()), decoded.days[keep], decoded.closes[keep])

@@ -143,7 +143,7 @@ def _registry(args: argparse.Namespace, settings: Settings) -> RegistryClient | 
         return None
     if args.snapshot:
         raise ConfigError(f"--format {fmt} sends one bar per message; --snapshot is JSON only")
-    client = client_from_settings(settings)
+    client = client_from_settings(settings.registry)
     if client is None:
         raise ConfigError(f"SFA_SCHEMA_REGISTRY_URL: must be set for --format {fmt}")
     return client
@@ -167,8 +167,8 @@ def _encoder(
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     client = _registry(args, settings)  # its settings are checked before Kafka is asked
-    topic = args.topic or settings.input_topic
-    shape = require_topic(settings, topic)
+    topic = args.topic or settings.kafka.input_topic
+    shape = require_topic(settings.kafka, topic)
     encoder = _encoder(args, client, topic)
     with Interrupted() as stop:
         return _send(args, settings, topic, shape, encoder, stop)
@@ -185,12 +185,12 @@ def _send(
     """Count, then send; Ctrl-C (`stop.hit`) ends either pass between two records."""
     limit = shape.max_message_bytes
     total = 0
-    for _ in _records(args, shape.partitions, settings.partitioner, limit, []):
+    for _ in _records(args, shape.partitions, settings.kafka.partitioner, limit, []):
         total += 1
         if stop.hit:  # still counting: say so, as a later Ctrl-C says how far it got
             print(f"sfa: interrupted: nothing sent to {topic}", file=sys.stderr)
             return EXIT_INTERRUPTED
-    producer = AtLeastOnceProducer(settings, max_message_bytes=limit)
+    producer = AtLeastOnceProducer(settings.kafka, max_message_bytes=limit)
     skips = _Skips(limit)
     failures: list[FileFailure] = []
     bar = None
@@ -202,7 +202,7 @@ def _send(
     count = 0
     stamp = iter(stamps(total, int(time.time() * 1000)))
     try:
-        for m in _records(args, shape.partitions, settings.partitioner, limit, failures):
+        for m in _records(args, shape.partitions, settings.kafka.partitioner, limit, failures):
             if stop.hit:
                 break
             size = len(m.value) + len(m.key or b"")

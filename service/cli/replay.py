@@ -103,7 +103,7 @@ def _partitioned(args: argparse.Namespace, settings: Settings) -> bool:
         if args.partitions > 1 and args.summary:
             raise ConfigError("--summary needs the single-process replay (--partitions 1)")
         return args.partitions > 1
-    if args.summary or not settings.dask_enable_distributed:
+    if args.summary or not settings.dask.dask_enable_distributed:
         return False
     return _input_bytes(args.files) >= PARTITIONED_MIN_BYTES
 

@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     signals = _Signals()  # first: every thread and process started later inherits its mask
-    check_client_configs(settings)
+    check_client_configs(settings.kafka)
     start_memtrace()
     service = Service(settings)
     signals.take(service)  # kept until exit: a late signal must not raise a traceback
@@ -55,8 +55,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "fatal: fenced: %s. Another instance took over transactional id %r: give each "
             "instance its own SFA_INSTANCE_ID (now %r)",
             exc,
-            settings.effective_transactional_id,
-            settings.instance_id,
+            settings.kafka.effective_transactional_id,
+            settings.kafka.instance_id,
         )
         return 3
     except FatalError as exc:

@@ -75,11 +75,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print("sfa: --timeout must be > 0", file=sys.stderr)
         return 2
     out = sys.stdout.buffer
-    client = client_from_settings(settings)
+    client = client_from_settings(settings.registry)
     with Interrupted() as stop:
         try:
             for line in tail_records(
-                settings,
+                settings.kafka,
                 args.topic,
                 from_beginning=args.from_beginning,
                 max_records=args.max,

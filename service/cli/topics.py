@@ -75,8 +75,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.replication_factor is not None and args.replication_factor < 1:
         print("sfa: --replication-factor must be >= 1", file=sys.stderr)
         return 2
-    plans = topic_plans(settings, service_topics=args.all)
-    done = create_topics(settings, plans, args.partitions, args.replication_factor)
+    plans = topic_plans(settings.kafka, service_topics=args.all)
+    done = create_topics(settings.kafka, plans, args.partitions, args.replication_factor)
     for (name, status), plan in zip(done, plans, strict=True):
         print(f"topics: {name} ({plan.variable}): {status}, {args.partitions} partition(s)")
     return 0
@@ -84,11 +84,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 def _delete(args: argparse.Namespace, settings: Settings) -> int:
     """Deleting loses data, so it names what it would delete and asks for --yes."""
-    plans = topic_plans(settings, service_topics=args.all)
+    plans = topic_plans(settings.kafka, service_topics=args.all)
     if not args.yes:
         names = ", ".join(plan.name for plan in plans)
         print(f"sfa: would delete {names}; add --yes to delete them", file=sys.stderr)
         return 2
-    for (name, status), plan in zip(delete_topics(settings, plans), plans, strict=True):
+    for (name, status), plan in zip(delete_topics(settings.kafka, plans), plans, strict=True):
         print(f"topics: {name} ({plan.variable}): {status}")
     return 0

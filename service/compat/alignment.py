@@ -78,7 +78,7 @@ class SpringFestivalAlignmentEngine:
         settings = load_settings() if window_days is None or min_years is None else None
         if window_days is None:
             assert settings is not None
-            window_days = settings.window_days
+            window_days = settings.engine.window_days
         if not 1 <= int(window_days) <= 175:
             raise ValueError("window_days must lie in 1..175 (SPEC 3)")
         if alignment not in ("trading", "calendar"):
@@ -88,7 +88,7 @@ class SpringFestivalAlignmentEngine:
         self.chinese_calendar = ChineseCalendar()
         if min_years is None:
             assert settings is not None
-            min_years = settings.min_years
+            min_years = settings.engine.min_years
         self.min_years: int = min_years
         self._checked_min_years()
 

@@ -28,7 +28,7 @@ from service.compute.compat import (
     to_dask_dataframe,
 )
 from service.compute.sync import SyncCompute, SyncMode, open_sync
-from service.settings import Settings, load_settings
+from service.settings import DaskSettings, Settings, load_settings
 
 __all__ = [
     "DaskResourceManager",
@@ -159,10 +159,12 @@ def create_dask_dataframe_from_stock_data(
 
 
 def optimize_dask_config_for_spring_festival_analysis(
-    settings: Settings | None = None,
+    settings: Settings | DaskSettings | None = None,
 ) -> dict[str, Any]:
-    """Apply the DASK_* memory fractions and timeouts (from `settings`, else the
-    environment) to `dask.config` for the whole process; returns the keys set."""
-    values = apply_dask_config(settings if settings is not None else load_settings())
+    """Apply the DASK_* memory fractions and timeouts (from `settings`, the whole or its
+    Dask part, else the environment) to `dask.config` for the whole process; returns the
+    keys set."""
+    whole = settings if settings is not None else load_settings()
+    values = apply_dask_config(whole.dask if isinstance(whole, Settings) else whole)
     log.info("Dask configuration set for Spring Festival analysis: %s", values)
     return values

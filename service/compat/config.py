@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from service.compute.config import default_n_workers
-from service.settings import Settings, load_settings
+from service.settings import DaskSettings, Settings, load_settings
 
 __all__ = ["Execution", "ParallelProcessingConfig"]
 
@@ -40,7 +40,7 @@ class ParallelProcessingConfig:
     enable_distributed: bool = False
     scheduler_address: str | None = None
     execution: Execution = "auto"
-    settings: Settings | None = field(default=None, repr=False, compare=False)
+    settings: DaskSettings | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("n_workers", "threads_per_worker", "chunk_size"):
@@ -53,16 +53,20 @@ class ParallelProcessingConfig:
         return cls.from_settings(load_settings(env))
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None) -> ParallelProcessingConfig:
-        """The original's constructor: the knobs of `settings`, or of the environment
-        when none are given (what the original's `get_settings()` read)."""
-        s = settings if settings is not None else load_settings()
+    def from_settings(
+        cls, settings: Settings | DaskSettings | None = None
+    ) -> ParallelProcessingConfig:
+        """The original's constructor: the knobs of `settings` (the whole settings or their
+        Dask part), or of the environment when none are given (what the original's
+        `get_settings()` read)."""
+        whole = settings if settings is not None else load_settings()
+        s = whole.dask if isinstance(whole, Settings) else whole
         knobs = {knob: getattr(s, name) for knob, name in _KNOBS.items()}
         return cls(**{**knobs, "n_workers": s.dask_n_workers or default_n_workers()}, settings=s)
 
-    def to_settings(self) -> Settings:
-        """The service settings these knobs mean; fractions/timeouts from env if read there."""
-        base = self.settings if self.settings is not None else load_settings({})
+    def to_settings(self) -> DaskSettings:
+        """The Dask settings these knobs mean; fractions/timeouts from env if read there."""
+        base = self.settings if self.settings is not None else load_settings({}).dask
         update = {name: getattr(self, knob) for knob, name in _KNOBS.items()}
         return base.model_copy(
             update={**update, "dask_scheduler_address": self.scheduler_address or None}

@@ -16,7 +16,7 @@ import pandas as pd
 from distributed import Client
 
 from service.compute.config import dask_config, reason_of
-from service.settings import Settings
+from service.settings import DaskSettings
 
 __all__ = ["apply_dask_config", "cluster_info", "collect_garbage", "to_dask_dataframe"]
 
@@ -61,7 +61,7 @@ def to_dask_dataframe(frame: pd.DataFrame, npartitions: int) -> Any:
     return dd.from_pandas(frame, npartitions=max(1, int(npartitions)))
 
 
-def apply_dask_config(settings: Settings) -> dict[str, Any]:
+def apply_dask_config(settings: DaskSettings) -> dict[str, Any]:
     """Set the DASK_* memory fractions and comm timeouts in `dask.config` for the whole
     process (as the original did), so clusters started later by the caller get them."""
     values = dask_config(settings)

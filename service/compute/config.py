@@ -17,7 +17,7 @@ from distributed.scheduler import KilledWorker
 
 from service.host import usable_cores
 from service.logs import adopt_library_loggers
-from service.settings import Settings
+from service.settings import DaskSettings
 
 __all__ = [
     "LOST_WORK_ERRORS",
@@ -48,9 +48,9 @@ def default_n_workers() -> int:
     return max(1, min(usable_cores(), 4))
 
 
-def dask_config(settings: Settings) -> dict[str, Any]:
+def dask_config(settings: DaskSettings) -> dict[str, Any]:
     """The DASK_* settings as dask.config keys (workers read them at start)."""
-    # Settings refuse DASK_TCP_TIMEOUT below distributed's minimum (ge=11), so no clamp.
+    # The settings refuse DASK_TCP_TIMEOUT below distributed's minimum (ge=11), so no clamp.
     tcp = settings.dask_tcp_timeout
     return {
         "distributed.worker.memory.target": settings.dask_memory_target_fraction,
@@ -62,7 +62,7 @@ def dask_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def local_cluster_kwargs(settings: Settings, *, processes: bool = True) -> dict[str, Any]:
+def local_cluster_kwargs(settings: DaskSettings, *, processes: bool = True) -> dict[str, Any]:
     """LocalCluster arguments from the settings.
 
     No dashboard unless SFA_DASK_DASHBOARD_ADDRESS asks for one: distributed's default
@@ -89,7 +89,7 @@ def local_cluster_kwargs(settings: Settings, *, processes: bool = True) -> dict[
     }
 
 
-def adapt_range(settings: Settings) -> tuple[int, int] | None:
+def adapt_range(settings: DaskSettings) -> tuple[int, int] | None:
     """(minimum, maximum) workers of an adaptive LocalCluster, or None for a fixed size.
 
     Adaptive only when SFA_DASK_ADAPT_MAX is set; the floor defaults to one worker so an
@@ -101,7 +101,7 @@ def adapt_range(settings: Settings) -> tuple[int, int] | None:
     return floor, settings.dask_adapt_max
 
 
-def want_processes(settings: Settings) -> bool:
+def want_processes(settings: DaskSettings) -> bool:
     if settings.dask_processes is not None:
         return settings.dask_processes
     return default_n_workers() > 2

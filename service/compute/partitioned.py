@@ -85,27 +85,27 @@ class PartitionedRun:
 
 @contextlib.contextmanager
 def _client(settings: Settings, workers: int | None) -> Iterator[tuple[Client, str]]:
-    with dask.config.set(dask_config(settings)):
-        address = settings.dask_scheduler_address
+    with dask.config.set(dask_config(settings.dask)):
+        address = settings.dask.dask_scheduler_address
         if address:
             try:
-                client = Client(address, timeout=settings.dask_connect_timeout)
+                client = Client(address, timeout=settings.dask.dask_connect_timeout)
             except Exception as exc:  # OSError, TimeoutError, ...
                 raise SfaError(f"cannot reach scheduler {address}: {reason_of(exc)}") from None
             try:
                 try:
-                    client.wait_for_workers(1, timeout=settings.dask_connect_timeout)
+                    client.wait_for_workers(1, timeout=settings.dask.dask_connect_timeout)
                 except TimeoutError:
                     raise SfaError(
                         f"no Dask worker joined scheduler {address} within "
-                        f"DASK_CONNECT_TIMEOUT ({settings.dask_connect_timeout:g} s)"
+                        f"DASK_CONNECT_TIMEOUT ({settings.dask.dask_connect_timeout:g} s)"
                     ) from None
                 yield client, "remote"
             finally:
                 with contextlib.suppress(Exception):
                     client.close()
             return
-        kwargs = local_cluster_kwargs(settings, processes=True)
+        kwargs = local_cluster_kwargs(settings.dask, processes=True)
         if workers is not None:
             kwargs["n_workers"] = workers
         with (
@@ -190,15 +190,15 @@ def _run(
     size = block_bytes or pick_block_bytes(sum(sizes), n_workers)
     blocks = plan_blocks(paths, sizes, size, groups)
     token = uuid.uuid4().hex[:8]
-    retries = settings.dask_task_retries
-    params = settings.engine_params()
+    retries = settings.dask.dask_task_retries
+    params = settings.engine.engine_params()
     read: list[Future] = [
         client.submit(
             read_block,
             b,
             p,
-            settings.batch_max_messages,
-            settings.max_message_bytes,
+            settings.batching.batch_max_messages,
+            settings.batching.max_message_bytes,
             key=f"sfa-block-{token}-{b.index}",
             retries=retries,
         )
@@ -220,7 +220,7 @@ def _run(
             statuses,
             params,
             emit,
-            settings.dask_chunk_size,
+            settings.dask.dask_chunk_size,
             key=f"sfa-owner-{token}-{q}",
             retries=retries,
         )

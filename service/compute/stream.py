@@ -44,7 +44,7 @@ from service.compute.policy import ComputePolicy, EmptyClusterWatch, Step
 from service.compute.tasks import ChunkResult, analyze_chunk
 from service.engine import EngineParams, SymbolWindows
 from service.errors import FatalError, SfaError
-from service.settings import Settings
+from service.settings import DaskSettings
 
 __all__ = ["WORKERS_REFRESH_S", "ComputeHandle", "Mode", "open_async"]
 
@@ -74,7 +74,7 @@ class ComputeHandle:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: DaskSettings,
         mode: Mode,
         client: Client | None = None,
         cluster: LocalCluster | None = None,
@@ -322,7 +322,7 @@ async def _watching(handle: ComputeHandle) -> ComputeHandle:
     return handle
 
 
-async def open_async(settings: Settings) -> ComputeHandle:
+async def open_async(settings: DaskSettings) -> ComputeHandle:
     """Connect as configured; on failure fall back to local work or raise (SFA_DASK_FALLBACK)."""
     scope = contextlib.ExitStack()
     scope.enter_context(dask.config.set(dask_config(settings)))

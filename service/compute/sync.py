@@ -26,7 +26,7 @@ from service.compute.config import (
 from service.compute.policy import ComputePolicy, Step
 from service.compute.tasks import ChunkResult, analyze_chunk
 from service.engine import EngineParams, SymbolWindows
-from service.settings import Settings
+from service.settings import DaskSettings
 
 __all__ = ["SyncCompute", "SyncMode", "open_sync"]
 
@@ -43,7 +43,7 @@ class SyncCompute:
     """The compat API's compute for one `with` block; `client` is None when sequential."""
 
     def __init__(
-        self, settings: Settings, mode: SyncMode, client: Client | None, reasons: list[str]
+        self, settings: DaskSettings, mode: SyncMode, client: Client | None, reasons: list[str]
     ) -> None:
         self.settings = settings
         self.mode: SyncMode = mode
@@ -112,7 +112,7 @@ class SyncCompute:
         return failed
 
 
-def _start(settings: Settings, mode: SyncMode, stack: contextlib.ExitStack) -> Client | None:
+def _start(settings: DaskSettings, mode: SyncMode, stack: contextlib.ExitStack) -> Client | None:
     if mode == "remote":
         return stack.enter_context(
             Client(settings.dask_scheduler_address, timeout=settings.dask_connect_timeout)
@@ -128,7 +128,7 @@ def _start(settings: Settings, mode: SyncMode, stack: contextlib.ExitStack) -> C
 
 
 @contextlib.contextmanager
-def open_sync(settings: Settings, start: SyncMode | None = None) -> Iterator[SyncCompute]:
+def open_sync(settings: DaskSettings, start: SyncMode | None = None) -> Iterator[SyncCompute]:
     """remote (if an address is set) -> local_cluster (if enabled) -> threads -> sequential.
 
     Each step that cannot be had logs a WARNING and adds its reason to `fallback_reason`.

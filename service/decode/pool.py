@@ -26,7 +26,7 @@ from service.decode.batch import decode_batch, decode_lines
 from service.decode.types import DecodedBatch
 from service.decode.wire import InputFormat, WireSchema, decode_wire_batch, wire_ids
 from service.host import usable_cores
-from service.settings import Settings
+from service.settings import BatchSettings
 
 __all__ = ["Decoder", "SchemaLookup", "decode_processes", "default_decode_processes"]
 
@@ -42,7 +42,7 @@ def default_decode_processes() -> int:
     return 1 if usable_cores() >= 2 else 0
 
 
-def decode_processes(settings: Settings) -> int:
+def decode_processes(settings: BatchSettings) -> int:
     """SFA_DECODE_PROCESSES, or the default for this host when it is unset."""
     if settings.decode_processes is None:
         return default_decode_processes()

@@ -74,8 +74,9 @@ async def replay(
     """
     started = time.perf_counter()
     stats = ReplayStats()
-    if settings.dask_processes is None:
-        settings = settings.model_copy(update={"dask_processes": False})
+    if settings.dask.dask_processes is None:
+        threads = settings.dask.model_copy(update={"dask_processes": False})
+        settings = settings.model_copy(update={"dask": threads})
     compute_task: asyncio.Future[Any] | None = None
 
     def compute() -> asyncio.Future[Any]:
@@ -85,7 +86,7 @@ async def replay(
         if compute_task is None:
             from service.compute.stream import open_async
 
-            compute_task = asyncio.ensure_future(open_async(settings))
+            compute_task = asyncio.ensure_future(open_async(settings.dask))
         return compute_task
 
     bar = _progress_bar(paths) if progress else None
@@ -97,9 +98,9 @@ async def replay(
 
     # With a core to spare, a helper process reads and decodes (service.files.source);
     # otherwise the files are read here and decoded inline.
-    helper = decode_processes(settings) > 0
+    helper = decode_processes(settings.batching) > 0
     source = (
-        FileSource(paths, settings.batch_max_messages, settings.max_message_bytes)
+        FileSource(paths, settings.batching.batch_max_messages, settings.batching.max_message_bytes)
         if helper
         else None
     )
@@ -112,7 +113,9 @@ async def replay(
         emit=emit,
     )
     try:
-        async for batch in _batches(paths, settings.batch_max_messages, source, stats.failures):
+        async for batch in _batches(
+            paths, settings.batching.batch_max_messages, source, stats.failures
+        ):
             await pipeline.submit(batch)
         await pipeline.finish(FileOrigin(paths[-1] if paths else "-"))
         await pipeline.drain()

@@ -37,7 +37,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, Resourc
 from service.errors import SfaError
 from service.kafka.config import admin_config, restore_config
 from service.kafka.errors import KafkaFatalError, MissingTopicError, classify
-from service.settings import Settings
+from service.settings import KafkaSettings
 
 __all__ = [
     "TopicPlan",
@@ -58,7 +58,7 @@ _STATE_TOPIC_CONFIG = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"
 _REPARTITION_TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": str(24 * 3600 * 1000)}
 
 
-def missing_topic(settings: Settings, topic: str, variable: str = "") -> MissingTopicError:
+def missing_topic(settings: KafkaSettings, topic: str, variable: str = "") -> MissingTopicError:
     """The one wording of a missing topic, whichever command meets it."""
     return MissingTopicError(
         f"{variable + ': ' if variable else ''}topic {topic!r} does not exist on "
@@ -66,7 +66,7 @@ def missing_topic(settings: Settings, topic: str, variable: str = "") -> Missing
     )
 
 
-def _admin(settings: Settings) -> AdminClient:
+def _admin(settings: KafkaSettings) -> AdminClient:
     return AdminClient(admin_config(settings))
 
 
@@ -86,7 +86,7 @@ def partition_count(admin: AdminClient, topic: str, timeout_s: float = 30.0) -> 
 
 
 def ensure_topics(
-    settings: Settings,
+    settings: KafkaSettings,
     input_topic: str,
     output_topic: str,
     dlq_topic: str,
@@ -184,7 +184,7 @@ class TopicPlan:
     config: dict[str, str]
 
 
-def topic_plans(settings: Settings, service_topics: bool) -> list[TopicPlan]:
+def topic_plans(settings: KafkaSettings, service_topics: bool) -> list[TopicPlan]:
     """The input topic, and with `service_topics` every one `sfa run` would create
     (output, dead letters, the compacted state topic, the repartition topic), shaped as
     `ensure_topics` does: an operator whose service may not create topics makes them
@@ -205,7 +205,7 @@ def topic_plans(settings: Settings, service_topics: bool) -> list[TopicPlan]:
 
 
 def create_topics(
-    settings: Settings,
+    settings: KafkaSettings,
     plans: list[TopicPlan],
     partitions: int,
     replication_factor: int | None = None,
@@ -241,7 +241,7 @@ def create_topics(
 
 
 def delete_topics(
-    settings: Settings, plans: list[TopicPlan], timeout_s: float = 30.0
+    settings: KafkaSettings, plans: list[TopicPlan], timeout_s: float = 30.0
 ) -> list[tuple[str, str]]:
     """Delete the planned topics; `(name, "deleted" | "absent")` per plan, in order.
     Returns once the broker no longer lists them, so `sfa topics create` may follow at
@@ -273,7 +273,7 @@ class TopicShape:
     max_message_bytes: int | None  # None: not allowed to describe it
 
 
-def require_topic(settings: Settings, topic: str, timeout_s: float = 10.0) -> TopicShape:
+def require_topic(settings: KafkaSettings, topic: str, timeout_s: float = 10.0) -> TopicShape:
     """Check `topic` exists before writing to it (librdkafka would wait for it for
     `message.timeout.ms`); return its partition count and `max.message.bytes`."""
     admin = _admin(settings)
@@ -319,7 +319,7 @@ def _value(data: bytes | None) -> Any:
 
 
 def tail_records(
-    settings: Settings,
+    settings: KafkaSettings,
     topic: str,
     *,
     from_beginning: bool = False,

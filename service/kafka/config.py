@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 from service.errors import ConfigError
 from service.kafka.clientlog import with_logger
-from service.settings import Settings, kafka_variable
+from service.settings import KafkaSettings, kafka_variable
 
 __all__ = [
     "admin_config",
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 
-def _shared_defaults(settings: Settings, client: str) -> dict[str, Any]:
+def _shared_defaults(settings: KafkaSettings, client: str) -> dict[str, Any]:
     return {
         "client.id": f"{client}-{settings.instance_id}",
         # librdkafka 2.16 "re-bootstraps" when every broker connection is lost; after a
@@ -49,7 +49,7 @@ def _shared_defaults(settings: Settings, client: str) -> dict[str, Any]:
     }
 
 
-def _passthrough(settings: Settings) -> dict[str, Any]:
+def _passthrough(settings: KafkaSettings) -> dict[str, Any]:
     """Bootstrap plus every KAFKA_* property, secrets unwrapped."""
     conf: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers}
     for key, value in settings.kafka_extra.items():
@@ -58,7 +58,7 @@ def _passthrough(settings: Settings) -> dict[str, Any]:
 
 
 def client_config(
-    settings: Settings, client: str = "sfa", defaults: dict[str, Any] | None = None
+    settings: KafkaSettings, client: str = "sfa", defaults: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Shared defaults, then `defaults`, then the user's passthrough; with our logger."""
     conf = _shared_defaults(settings, client)
@@ -67,7 +67,7 @@ def client_config(
     return with_logger(conf)
 
 
-def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:
+def consumer_config(settings: KafkaSettings, group_id: str | None = None) -> dict[str, Any]:
     """The group member: read committed, sticky assignment, offsets only on request."""
     conf = client_config(
         settings,
@@ -107,7 +107,7 @@ def consumer_config(settings: Settings, group_id: str | None = None) -> dict[str
     return conf
 
 
-def producer_config(settings: Settings) -> dict[str, Any]:
+def producer_config(settings: KafkaSettings) -> dict[str, Any]:
     """Output: a short linger and lz4 for batch bursts; idempotent, acks=all always."""
     conf = client_config(
         settings,
@@ -125,7 +125,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     return conf
 
 
-def restore_config(settings: Settings) -> dict[str, Any]:
+def restore_config(settings: KafkaSettings) -> dict[str, Any]:
     """The state reader: assign, never subscribe; read committed; never commit."""
     conf = client_config(settings, client="sfa-restore")
     conf.update(
@@ -147,7 +147,7 @@ def restore_config(settings: Settings) -> dict[str, Any]:
     return conf
 
 
-def admin_config(settings: Settings) -> dict[str, Any]:
+def admin_config(settings: KafkaSettings) -> dict[str, Any]:
     return client_config(settings, client="sfa-admin")
 
 
@@ -157,7 +157,7 @@ _SILENT.propagate = False
 _PROPERTY_RE = re.compile(r'property "?([a-z0-9._]+)"?')
 
 
-def check_client_configs(settings: Settings) -> None:
+def check_client_configs(settings: KafkaSettings) -> None:
     """Create (and drop) every client the service will create, with no brokers to reach.
 
     Raises `ConfigError` naming the `KAFKA_*` variable librdkafka rejected.
@@ -194,7 +194,7 @@ def _rejected(make: Callable[[dict[str, Any]], object], conf: dict[str, Any]) ->
     return None
 
 
-def _culprit(settings: Settings, reason: str) -> str:
+def _culprit(settings: KafkaSettings, reason: str) -> str:
     """The variable behind a rejection: the user property librdkafka names (or whose value it
     quotes), else the first user property refused on its own (librdkafka may name an alias,
     e.g. queue.buffering.max.ms for linger.ms), else all the user's properties."""

@@ -29,7 +29,7 @@ from service.kafka.config import consumer_config
 from service.kafka.contact import BrokerContact
 from service.kafka.errors import classify
 from service.kafka.message import KeyedKafkaOrigin, MessageLike, TopicPartitionKey
-from service.settings import Settings
+from service.settings import KafkaSettings
 
 __all__ = ["BatchConsumer", "PartitionListener", "only_partitions", "to_batch"]
 
@@ -106,7 +106,7 @@ class BatchConsumer:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: KafkaSettings,
         *,
         listener: PartitionListener | None = None,
         group_id: str | None = None,

@@ -29,7 +29,7 @@ from service.kafka.errors import (
     classify,
 )
 from service.kafka.message import TopicPartitionKey
-from service.settings import Settings
+from service.settings import KafkaSettings
 
 __all__ = [
     "AtLeastOnceProducer",
@@ -116,7 +116,7 @@ class TransactionalProducer(_BaseProducer):
 
     def __init__(
         self,
-        settings: Settings,
+        settings: KafkaSettings,
         *,
         transactional_id: str | None = None,
         init_timeout_s: float = 60.0,
@@ -218,7 +218,7 @@ class AtLeastOnceProducer(_BaseProducer):
 
     _FRAMING_BYTES = 128  # record batch (61) and record headers, with room to spare
 
-    def __init__(self, settings: Settings, max_message_bytes: int | None = None) -> None:
+    def __init__(self, settings: KafkaSettings, max_message_bytes: int | None = None) -> None:
         conf = producer_config(settings)
         if max_message_bytes is not None:
             limit = max(1000, max_message_bytes - self._FRAMING_BYTES)  # librdkafka's minimum

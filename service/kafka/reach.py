@@ -26,7 +26,7 @@ from confluent_kafka.admin import AdminClient
 from service.errors import SfaError
 from service.kafka.clientlog import LIBRDKAFKA_LOGGER
 from service.kafka.config import admin_config, check_client_configs
-from service.settings import Settings
+from service.settings import KafkaSettings
 
 __all__ = ["TOOL_CONNECT_SECONDS", "BrokerUnreachableError", "check_reachable", "check_tool"]
 
@@ -46,7 +46,7 @@ class BrokerUnreachableError(SfaError):
 
 
 def check_reachable(
-    settings: Settings,
+    settings: KafkaSettings,
     timeout_s: float | None = None,
     stopped: Callable[[], bool] = lambda: False,
 ) -> None:
@@ -105,7 +105,7 @@ def _is_final(error: KafkaError) -> bool:
     return error.code() in _FINAL or any(marker in text for marker in _FINAL_TEXT)
 
 
-def _verdict(settings: Settings, errors: list[KafkaError], limit: float) -> str:
+def _verdict(settings: KafkaSettings, errors: list[KafkaError], limit: float) -> str:
     where = f"cannot reach Kafka at {settings.kafka_bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS)"
     if not errors:
         return f"{where}: no answer within {limit:g} s; is a broker running there?"
@@ -122,7 +122,7 @@ def _reason(error: KafkaError) -> str:
     return rest if sep and "/" in head and " " not in head else text
 
 
-def check_tool(settings: Settings) -> None:
+def check_tool(settings: KafkaSettings) -> None:
     """Before a Kafka command other than the service does anything: every client config
     (`ConfigError` naming the variable, exit 2), then the brokers
     (`BrokerUnreachableError`, exit 1) within `TOOL_CONNECT_SECONDS`."""

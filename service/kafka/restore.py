@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from service.kafka.config import restore_config
 from service.kafka.errors import KafkaRetriableError, classify
-from service.settings import Settings
+from service.settings import KafkaSettings
 
 __all__ = ["read_state_by_partition", "read_state_partitions"]
 
@@ -32,7 +32,7 @@ _BATCH = 10_000
 
 
 def read_state_partitions(
-    settings: Settings,
+    settings: KafkaSettings,
     state_topic: str,
     partitions: Sequence[int],
     timeout_s: float = 60.0,
@@ -54,7 +54,7 @@ def read_state_partitions(
 
 
 def read_state_by_partition(
-    settings: Settings, state_topic: str, partitions: Sequence[int], timeout_s: float = 60.0
+    settings: KafkaSettings, state_topic: str, partitions: Sequence[int], timeout_s: float = 60.0
 ) -> dict[int, list[tuple[bytes, bytes | None]]]:
     """`read_state_partitions`, kept apart per partition: `sfa run` loads only the
     partitions it still holds when the read ends (a rebalance may come meanwhile)."""

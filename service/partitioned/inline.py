@@ -36,13 +36,15 @@ def run_inline(
         raise InputError(problems[0])
     blocks = plan_blocks(paths, sizes, block_bytes, groups)
     outs = [
-        read_block(b, partitions, settings.batch_max_messages, settings.max_message_bytes)
+        read_block(
+            b, partitions, settings.batching.batch_max_messages, settings.batching.max_message_bytes
+        )
         for b in blocks
     ]
     statuses = [o["status"] for o in outs]
-    params = settings.engine_params()
+    params = settings.engine.engine_params()
     owners = [
-        run_owner(p, [o[p] for o in outs], statuses, params, emit, settings.dask_chunk_size)
+        run_owner(p, [o[p] for o in outs], statuses, params, emit, settings.dask.dask_chunk_size)
         for p in range(partitions)
     ]
     return merge_outputs([o["meta"] for o in outs], owners, emit, results, errors)

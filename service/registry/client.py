@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from service.decode.wire import SchemaKind, WireSchema
 from service.errors import RetriableError, SfaError
-from service.settings import Settings
+from service.settings import RegistrySettings
 
 __all__ = ["RegistryClient", "RegistryError", "RegistryUnavailableError", "client_from_settings"]
 
@@ -131,7 +131,7 @@ def _error_body(exc: urllib.error.HTTPError) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def client_from_settings(settings: Settings) -> RegistryClient | None:
+def client_from_settings(settings: RegistrySettings) -> RegistryClient | None:
     """The client SFA_SCHEMA_REGISTRY_URL (and its credentials) describe; None when unset."""
     if settings.schema_registry_url is None:
         return None

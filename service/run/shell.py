@@ -72,25 +72,33 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics(
-            __version__, topics=(settings.input_topic, settings.effective_repartition_topic)
+            __version__,
+            topics=(settings.kafka.input_topic, settings.kafka.effective_repartition_topic),
         )
-        self.health = Health(stall_seconds=settings.stall_seconds)
+        self.health = Health(stall_seconds=settings.monitor.stall_seconds)
         # A helper process: a thread here cannot answer within 100 ms (service.probes).
         self.server = ProbeProcess(
-            self.metrics, self.health, port=settings.metrics_port, host=settings.metrics_address
+            self.metrics,
+            self.health,
+            port=settings.monitor.metrics_port,
+            host=settings.monitor.metrics_address,
         )
-        self.state = StateStore(settings.engine_params())
+        self.state = StateStore(settings.engine.engine_params())
         # Wire-format input: schemas by id, cached, retried while the registry is down.
-        self.registry = client_from_settings(settings) if settings.input_format != "json" else None
+        self.registry = (
+            client_from_settings(settings.registry)
+            if settings.registry.input_format != "json"
+            else None
+        )
         self.decoder = Decoder(
-            settings.max_message_bytes,
-            decode_processes(settings),
-            input_format=settings.input_format,
+            settings.batching.max_message_bytes,
+            decode_processes(settings.batching),
+            input_format=settings.registry.input_format,
             schemas=Schemas(self.registry, self.registry_state) if self.registry else None,
         )
         self.core = RunCore(
-            (settings.input_topic, settings.effective_repartition_topic),
-            max_inflight=settings.max_inflight_batches,
+            (settings.kafka.input_topic, settings.kafka.effective_repartition_topic),
+            max_inflight=settings.batching.max_inflight_batches,
             with_registry=self.registry is not None,
         )
         # The consumer's lane runs `consume`, inside which librdkafka calls the rebalance
@@ -112,12 +120,12 @@ class Service:
             SymbolQueries(
                 self.latest.get,
                 partitions=lambda: self.routing.partitions if self.routing is not None else None,
-                partitioner=settings.partitioner,
+                partitioner=settings.kafka.partitioner,
                 held=lambda: self._held,
             )
         )
         self.progress = Progress()
-        self.accounting = Accounting(self.metrics, self.progress, settings.input_topic)
+        self.accounting = Accounting(self.metrics, self.progress, settings.kafka.input_topic)
         self._registry_problem: str | None = None
         self.pipeline: Pipeline | None = None
         self._failure_told: BaseException | None = None
@@ -192,7 +200,7 @@ class Service:
         self._from_callback(ev.Lost(frozenset(partitions)))
 
     def _log_rebalance(self, what: str, partitions: list[ev.TP]) -> None:
-        numbers = sorted(p for t, p in partitions if t == self.settings.input_topic)
+        numbers = sorted(p for t, p in partitions if t == self.settings.kafka.input_topic)
         log.info(what, extra={"partitions": numbers})
 
     def _from_callback(self, event: ev.Event) -> None:
@@ -307,7 +315,7 @@ class Service:
 
     async def _restore(self, token: int, pairs: list[int]) -> None:
         s = self.settings
-        read = functools.partial(read_state_by_partition, s, s.state_topic, pairs, 60.0)
+        read = functools.partial(read_state_by_partition, s.kafka, s.kafka.state_topic, pairs, 60.0)
         loop = asyncio.get_running_loop()
         try:
             records = await self.unless_stopped(loop.run_in_executor(self._restoring, read))
@@ -328,11 +336,11 @@ class Service:
         if not pairs:
             return
         log.info("state restored", extra={"records": count, "symbols": len(self.state)})
-        if self.settings.progress_seconds > 0:  # a quiet input says nothing until then
+        if self.settings.monitor.progress_seconds > 0:  # a quiet input says nothing until then
             log.info(
                 "consuming %s; a progress line every %g s (SFA_PROGRESS_SECONDS)",
-                self.settings.input_topic,
-                self.settings.progress_seconds,
+                self.settings.kafka.input_topic,
+                self.settings.monitor.progress_seconds,
             )
 
     async def _submit(self, number: int, batch: Batch) -> None:
@@ -420,7 +428,7 @@ class Service:
                 "native": native_versions(),
             },
         )
-        for name in self.settings.kafka_ignored:
+        for name in self.settings.kafka.kafka_ignored:
             log.debug("ignoring %s: a Kubernetes service link, not a librdkafka property", name)
         progress = asyncio.ensure_future(self._report_progress())
         self._spawn(self._watch_stop())
@@ -450,11 +458,11 @@ class Service:
         assert consumer is not None
         await self._tell_failure()
         full = self.core.backpressured
-        wait_s = 0.05 if full else s.batch_max_wait_ms / 1e3
+        wait_s = 0.05 if full else s.batching.batch_max_wait_ms / 1e3
 
         def poll() -> Batch | None:
             return consumer.poll_batch(
-                s.batch_max_messages, wait_s, between=self._apply_consumer_ops
+                s.batching.batch_max_messages, wait_s, between=self._apply_consumer_ops
             )
 
         try:
@@ -473,7 +481,7 @@ class Service:
         await self.report(ev.Polled(number, _partitions(batch)))
 
     async def _report_progress(self) -> None:
-        every = self.settings.progress_seconds
+        every = self.settings.monitor.progress_seconds
         if every <= 0:
             return
         while True:
@@ -488,10 +496,10 @@ class Service:
     def new_pipeline(self) -> Pipeline:
         s = self.settings
         topics = SinkTopics(
-            output=s.output_topic,
-            dlq=s.dlq_topic,
-            state=s.state_topic,
-            repartition=s.effective_repartition_topic,
+            output=s.kafka.output_topic,
+            dlq=s.kafka.dlq_topic,
+            state=s.kafka.state_topic,
+            repartition=s.kafka.effective_repartition_topic,
         )
         producer, consumer, compute = self.producer, self.consumer, self.compute
         assert producer is not None and consumer is not None and compute is not None

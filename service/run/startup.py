@@ -94,7 +94,7 @@ class Startup:
             service.server.start()
         except OSError as exc:  # port taken or not ours to bind: a config error, not a crash
             raise ConfigError(
-                f"SFA_METRICS_PORT: cannot listen on port {s.metrics_port}: "
+                f"SFA_METRICS_PORT: cannot listen on port {s.monitor.metrics_port}: "
                 f"{exc.strerror or exc} (another sfa run on this machine? give each its "
                 "own SFA_METRICS_PORT, or 0 for none)"
             ) from None
@@ -102,9 +102,11 @@ class Startup:
     async def _reach(self) -> None:
         service = self._service
         s = service.settings
-        service.health.set_stage(f"connecting to Kafka at {s.kafka_bootstrap_servers}")
+        service.health.set_stage(f"connecting to Kafka at {s.kafka.kafka_bootstrap_servers}")
         await service.unless_stopped(
-            service.in_kafka_thread(lambda: check_reachable(s, stopped=lambda: service.stopping))
+            service.in_kafka_thread(
+                lambda: check_reachable(s.kafka, stopped=lambda: service.stopping)
+            )
         )
 
     async def _registry(self) -> None:
@@ -116,7 +118,7 @@ class Startup:
             asyncio.to_thread(
                 wait_reachable,
                 registry,
-                service.settings.schema_registry_connect_seconds,
+                service.settings.registry.schema_registry_connect_seconds,
                 lambda: service.stopping,
             )
         )
@@ -129,17 +131,20 @@ class Startup:
         partitions = await service.unless_stopped(
             service.in_kafka_thread(
                 lambda: ensure_topics(
-                    s,
-                    s.input_topic,
-                    s.output_topic,
-                    s.dlq_topic,
-                    s.state_topic,
-                    repartition_topic=s.effective_repartition_topic,
+                    s.kafka,
+                    s.kafka.input_topic,
+                    s.kafka.output_topic,
+                    s.kafka.dlq_topic,
+                    s.kafka.state_topic,
+                    repartition_topic=s.kafka.effective_repartition_topic,
                 )
             )
         )
         service.routing = Routing(
-            s.input_topic, s.effective_repartition_topic, partitions, s.partitioner
+            s.kafka.input_topic,
+            s.kafka.effective_repartition_topic,
+            partitions,
+            s.kafka.partitioner,
         )
 
     async def _dask(self) -> None:
@@ -147,7 +152,7 @@ class Startup:
 
         service = self._service
         service.health.set_stage("connecting to Dask")
-        compute = await service.unless_stopped(open_async(service.settings))
+        compute = await service.unless_stopped(open_async(service.settings.dask))
         service.compute = compute
         service.sync_fallback()
         state = service.state
@@ -164,21 +169,21 @@ class Startup:
         service = self._service
         s = service.settings
         service.health.set_stage("starting the producer")
-        if s.processing_guarantee == "exactly_once":
+        if s.kafka.processing_guarantee == "exactly_once":
             service.producer = await service.unless_stopped(
-                service.in_producer_thread(lambda: TransactionalProducer(s))
+                service.in_producer_thread(lambda: TransactionalProducer(s.kafka))
             )
         else:
-            service.producer = AtLeastOnceProducer(s)
+            service.producer = AtLeastOnceProducer(s.kafka)
 
     async def _subscribe(self) -> None:
         service = self._service
         s = service.settings
         service.health.set_stage("joining the consumer group")
-        consumer = BatchConsumer(s, listener=service)
+        consumer = BatchConsumer(s.kafka, listener=service)
         service.consumer = consumer
         service.pipeline = service.new_pipeline()
-        twins = [s.input_topic, s.effective_repartition_topic]
+        twins = [s.kafka.input_topic, s.kafka.effective_repartition_topic]
         await service.unless_stopped(service.in_kafka_thread(lambda: consumer.subscribe(twins)))
 
     def _lag(self) -> dict[tuple[str, int], int]:

@@ -93,7 +93,7 @@ def test_a_burst_scales_workers_up_idleness_down_and_results_do_not_change(
     loop: LoopThread,
 ) -> None:
     bursts = [chunks_of(60, 20, offset=2000 * b) for b in range(6)]
-    fixed = loop.run(open_async(load_settings({**BASE, "DASK_N_WORKERS": "2"})))
+    fixed = loop.run(open_async(load_settings({**BASE, "DASK_N_WORKERS": "2"}).dask))
     try:
         expected = [loop.run(fixed.run_chunks(chunks, PARAMS)) for chunks in bursts]
     finally:
@@ -101,7 +101,7 @@ def test_a_burst_scales_workers_up_idleness_down_and_results_do_not_change(
 
     env = {**BASE, "SFA_DASK_PROCESSES": "true", "SFA_DASK_ADAPT_MIN": "1"}
     with dask.config.set(FAST_ADAPT):
-        handle = loop.run(open_async(load_settings({**env, "SFA_DASK_ADAPT_MAX": "3"})))
+        handle = loop.run(open_async(load_settings({**env, "SFA_DASK_ADAPT_MAX": "3"}).dask))
     sampler = Sampler(handle, loop)
     try:
         assert handle.mode == "local_cluster" and handle.adaptive
@@ -135,9 +135,9 @@ def test_a_burst_scales_workers_up_idleness_down_and_results_do_not_change(
 
 
 def test_adaptive_only_with_a_maximum_and_the_floor_defaults_to_one() -> None:
-    assert adapt_range(load_settings({})) is None
-    assert adapt_range(load_settings({"SFA_DASK_ADAPT_MAX": "4"})) == (1, 4)
-    both = load_settings({"SFA_DASK_ADAPT_MIN": "0", "SFA_DASK_ADAPT_MAX": "4"})
+    assert adapt_range(load_settings({}).dask) is None
+    assert adapt_range(load_settings({"SFA_DASK_ADAPT_MAX": "4"}).dask) == (1, 4)
+    both = load_settings({"SFA_DASK_ADAPT_MIN": "0", "SFA_DASK_ADAPT_MAX": "4"}).dask
     assert adapt_range(both) == (0, 4)
     # the cluster starts at the floor, workers keep their own thread count
     kwargs = local_cluster_kwargs(
@@ -145,7 +145,7 @@ def test_adaptive_only_with_a_maximum_and_the_floor_defaults_to_one() -> None:
         processes=False,
     )
     assert (kwargs["n_workers"], kwargs["threads_per_worker"]) == (0, 2)
-    fixed = local_cluster_kwargs(load_settings({"DASK_N_WORKERS": "3"}), processes=True)
+    fixed = local_cluster_kwargs(load_settings({"DASK_N_WORKERS": "3"}).dask, processes=True)
     assert fixed["n_workers"] == 3
 
 

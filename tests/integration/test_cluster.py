@@ -30,7 +30,7 @@ from service.compute.tasks import ChunkResult, analyze_chunk
 from service.engine import EngineParams, SymbolWindows
 from service.errors import SfaError
 from service.metrics import Metrics
-from service.settings import Settings, load_settings
+from service.settings import DaskSettings, load_settings
 
 pytestmark = [
     pytest.mark.integration,
@@ -96,7 +96,7 @@ def loop() -> Iterator[LoopThread]:
     lt.stop()
 
 
-def settings(**overrides: Any) -> Settings:
+def settings(**overrides: Any) -> DaskSettings:
     env = {
         "DASK_N_WORKERS": "2",
         "DASK_THREADS_PER_WORKER": "1",
@@ -111,7 +111,7 @@ def settings(**overrides: Any) -> Settings:
         # Worker processes, as on a bigger machine: the settings must cross a process.
         "SFA_DASK_PROCESSES": "true",
     }
-    return load_settings(env, **overrides)
+    return load_settings(env, **overrides).dask
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from service.run.events import (
     Revoked,
     StepDone,
 )
-from service.settings import Settings, load_settings
+from service.settings import KafkaSettings, load_settings
 from tests.integration.conftest import NewTopicFactory
 from tests.integration.topics import delete_topics
 
@@ -96,14 +96,14 @@ class CoreDriver:
 
 
 @pytest.fixture()
-def settings(kafka_bootstrap: str, group_id: str) -> Settings:
+def settings(kafka_bootstrap: str, group_id: str) -> KafkaSettings:
     return load_settings(
         {
             "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "KAFKA_GROUP_ID": group_id,
             "SFA_INSTANCE_ID": f"test-{uuid.uuid4().hex[:8]}",
         }
-    )
+    ).kafka
 
 
 @pytest.fixture()
@@ -114,7 +114,7 @@ def consumers() -> Iterator[list[BatchConsumer]]:
         consumer.close()
 
 
-def _produce(settings: Settings, topic: str, values: list[bytes], partition: int = 0) -> None:
+def _produce(settings: KafkaSettings, topic: str, values: list[bytes], partition: int = 0) -> None:
     producer = AtLeastOnceProducer(settings)
     for i, value in enumerate(values):
         producer.produce(topic, value, key=b"k%d" % i, partition=partition)
@@ -173,7 +173,7 @@ def _read_committed(bootstrap: str, topic: str, partitions: int = 1) -> list[byt
 
 
 def test_subscribe_poll_commit_and_lag(
-    settings: Settings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
+    settings: KafkaSettings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
 ) -> None:
     topic = new_topic(partitions=2)
     _produce(settings, topic, [b"a%d" % i for i in range(10)], partition=0)
@@ -194,7 +194,7 @@ def test_subscribe_poll_commit_and_lag(
 
 
 def test_pause_stops_delivery_until_resume(
-    settings: Settings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
+    settings: KafkaSettings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
 ) -> None:
     topic = new_topic(partitions=1)
     _produce(settings, topic, [b"x%d" % i for i in range(100)])
@@ -222,7 +222,7 @@ def test_pause_stops_delivery_until_resume(
 
 def test_transaction_commit_is_visible_abort_is_not_and_rewind(
     kafka_bootstrap: str,
-    settings: Settings,
+    settings: KafkaSettings,
     new_topic: NewTopicFactory,
     consumers: list[BatchConsumer],
 ) -> None:
@@ -254,13 +254,13 @@ def test_transaction_commit_is_visible_abort_is_not_and_rewind(
     assert [offset for _, _, offset in again] == [3, 4, 5]
 
 
-def _member(settings: Settings, name: str) -> Settings:
+def _member(settings: KafkaSettings, name: str) -> KafkaSettings:
     """Another instance of the same group: static members need their own instance ids."""
     return settings.model_copy(update={"instance_id": f"{settings.instance_id}-{name}"})
 
 
 def test_two_members_split_four_partitions(
-    settings: Settings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
+    settings: KafkaSettings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
 ) -> None:
     topic = new_topic(partitions=4)
     first, second = Recorder(), Recorder()
@@ -277,7 +277,7 @@ def test_two_members_split_four_partitions(
     assert set(consumers[0].assignment()) == first.assigned
 
 
-def _driven(settings: Settings, twins: tuple[str, str]) -> tuple[BatchConsumer, CoreDriver]:
+def _driven(settings: KafkaSettings, twins: tuple[str, str]) -> tuple[BatchConsumer, CoreDriver]:
     driver = CoreDriver(twins)
     consumer = BatchConsumer(settings, listener=driver)
     driver.consumer = consumer
@@ -285,7 +285,7 @@ def _driven(settings: Settings, twins: tuple[str, str]) -> tuple[BatchConsumer, 
 
 
 def test_twins_are_held_and_processed_in_pairs(
-    settings: Settings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
+    settings: KafkaSettings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
 ) -> None:
     """SPEC 7: input p and repartition p on one member, through a rebalance; a member
     subscribed to the input alone (an old version) gets lone twins, which the core keeps
@@ -332,7 +332,7 @@ def test_twins_are_held_and_processed_in_pairs(
 
 
 def test_ensure_topics_shapes_and_is_idempotent(
-    settings: Settings, new_topic: NewTopicFactory, kafka_admin: AdminClient
+    settings: KafkaSettings, new_topic: NewTopicFactory, kafka_admin: AdminClient
 ) -> None:
     source = new_topic(partitions=3)
     suffix = uuid.uuid4().hex[:8]
@@ -352,7 +352,7 @@ def test_ensure_topics_shapes_and_is_idempotent(
 
 
 def test_read_state_partitions_after_transactions(
-    settings: Settings, new_topic: NewTopicFactory
+    settings: KafkaSettings, new_topic: NewTopicFactory
 ) -> None:
     state = new_topic(partitions=2, config={"cleanup.policy": "compact"})
     producer = TransactionalProducer(settings)

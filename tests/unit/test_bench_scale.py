@@ -59,7 +59,7 @@ def test_quick_row_holds_the_markets_bars(quick_run: tuple[str, dict[str, str], 
     _, row, tmp = quick_run
     quick = SIZES["quick"]
     days = trading_days(quick.start_year, quick.end_year)
-    in_window = int((window_year_of(days, load_settings().window_days) != 0).sum())
+    in_window = int((window_year_of(days, load_settings().engine.window_days) != 0).sum())
     assert row["size"] == "quick"
     assert _number(row["bars"]) == len(days) * quick.symbols  # every generated bar replayed
     assert _number(row["held bars"]) == in_window * quick.symbols  # those in windows held

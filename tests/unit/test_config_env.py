@@ -32,10 +32,10 @@ SERVICE_LINKS = {
 
 def test_kubernetes_service_links_are_ignored_not_passed_to_librdkafka() -> None:
     settings = load_settings(SERVICE_LINKS)
-    assert settings.kafka_extra == {}
-    assert set(settings.kafka_ignored) == set(SERVICE_LINKS)
-    check_client_configs(settings)  # librdkafka would refuse "service.host", "port", ...
-    assert "service.host" not in consumer_config(settings)
+    assert settings.kafka.kafka_extra == {}
+    assert set(settings.kafka.kafka_ignored) == set(SERVICE_LINKS)
+    check_client_configs(settings.kafka)  # librdkafka would refuse "service.host", "port", ...
+    assert "service.host" not in consumer_config(settings.kafka)
 
 
 @pytest.mark.parametrize(
@@ -61,7 +61,7 @@ def test_a_property_librdkafka_rejects_is_one_line_naming_the_variable(
     env: dict[str, str], variable: str
 ) -> None:
     with pytest.raises(ConfigError) as caught:
-        check_client_configs(load_settings(env))
+        check_client_configs(load_settings(env).kafka)
     message = str(caught.value)
     assert message.startswith(f"{variable}: ")
     assert "\n" not in message
@@ -71,7 +71,7 @@ def test_the_rejection_never_shows_a_secret() -> None:
     secret = "pw-that-must-not-show"
     env = {"KAFKA_SASL_PASSWORD": secret, "KAFKA_NO_SUCH_THING": secret}
     with pytest.raises(ConfigError) as caught:
-        check_client_configs(load_settings(env))
+        check_client_configs(load_settings(env).kafka)
     assert secret not in str(caught.value)
 
 
@@ -125,20 +125,22 @@ def test_memory_fractions_must_be_ordered(variable: str, bad: dict[str, str]) ->
 
 @pytest.mark.parametrize("value", ["2GB", "512MiB", "2e9", "1.5 GB", "auto", "AUTO", "4gib"])
 def test_memory_limits_dask_understands_are_accepted(value: str) -> None:
-    assert load_settings({"DASK_MEMORY_LIMIT": value}).dask_memory_limit.lower() == value.lower()
+    assert (
+        load_settings({"DASK_MEMORY_LIMIT": value}).dask.dask_memory_limit.lower() == value.lower()
+    )
 
 
 @pytest.mark.parametrize(
     ("value", "level"), [("info", "INFO"), ("Debug", "DEBUG"), ("warn", "WARNING")]
 )
 def test_log_levels_in_any_case(value: str, level: str) -> None:
-    assert load_settings({"SFA_LOG_LEVEL": value}).log_level == level
+    assert load_settings({"SFA_LOG_LEVEL": value}).monitor.log_level == level
 
 
 def test_empty_optional_values_mean_unset() -> None:
     settings = load_settings({"SFA_YEARS": "", "DASK_SCHEDULER_ADDRESS": " ", "SFA_LOG_LEVEL": ""})
-    assert settings.years is None and settings.dask_scheduler_address is None
-    assert settings.log_level == "INFO"
+    assert settings.engine.years is None and settings.dask.dask_scheduler_address is None
+    assert settings.monitor.log_level == "INFO"
 
 
 OAUTH = "principalClaimName=sub clientId=sfa clientSecret=oauth-s3cret-value scope=bars"
@@ -152,8 +154,9 @@ def test_a_secret_inside_a_composite_value_is_masked_in_every_rendering() -> Non
         assert "oauth-s3cret-value" not in rendering
     shown = settings.redacted()["kafka_extra"]["sasl.oauthbearer.config"]
     assert shown == "principalClaimName=sub clientId=sfa clientSecret=*** scope=bars"
-    assert consumer_config(settings)["sasl.oauthbearer.config"] == OAUTH  # in clear for librdkafka
-    assert producer_config(settings)["sasl.oauthbearer.config"] == OAUTH
+    # in clear for librdkafka
+    assert consumer_config(settings.kafka)["sasl.oauthbearer.config"] == OAUTH
+    assert producer_config(settings.kafka)["sasl.oauthbearer.config"] == OAUTH
 
 
 def test_secrets_are_masked_in_log_lines_and_errors_whoever_wrote_the_text() -> None:
@@ -187,10 +190,10 @@ def test_a_secret_in_a_url_is_masked() -> None:
 
 
 def test_no_dashboard_unless_asked_and_then_where_asked() -> None:
-    kwargs = local_cluster_kwargs(load_settings({}))
+    kwargs = local_cluster_kwargs(load_settings({}).dask)
     assert kwargs["dashboard_address"].startswith("127.0.0.1:")
     assert kwargs["worker_dashboard_address"].startswith("127.0.0.1:")
     assert kwargs["scheduler_kwargs"] == {"dashboard": False}
-    asked = local_cluster_kwargs(load_settings({"SFA_DASK_DASHBOARD_ADDRESS": "0.0.0.0:8787"}))
+    asked = local_cluster_kwargs(load_settings({"SFA_DASK_DASHBOARD_ADDRESS": "0.0.0.0:8787"}).dask)
     assert asked["dashboard_address"] == "0.0.0.0:8787"
     assert asked["scheduler_kwargs"] == {"dashboard": True}

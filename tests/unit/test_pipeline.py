@@ -182,7 +182,7 @@ def test_emit_final_matches_the_per_row_baseline() -> None:
     for value in [*values, *fixes]:
         bar = orjson.loads(value)
         bars[(bar["symbol"], bar["date"])] = bar["close"]
-    params = load_settings({}).engine_params()
+    params = load_settings({}).engine.engine_params()
     for symbol, result in final.items():
         rows = sorted((d, c) for (s, d), c in bars.items() if s == symbol)
         frame = pd.DataFrame(
@@ -206,7 +206,7 @@ def test_decoding_in_a_helper_process_changes_nothing() -> None:
     _, inline_sink = _run(values, 700)
     settings = load_settings({"SFA_MAX_INFLIGHT_BATCHES": "3"})
     sink = ListSink()
-    decoder = Decoder(settings.max_message_bytes, processes=1)
+    decoder = Decoder(settings.batching.max_message_bytes, processes=1)
 
     async def go() -> None:
         pipeline = Pipeline(settings, InlineCompute(), sink, decoder=decoder)

@@ -52,7 +52,7 @@ def test_avro_input_needs_a_registry_and_its_password_is_masked() -> None:
             "SFA_SCHEMA_REGISTRY_PASSWORD": "hunter2-secret",
         }
     )
-    assert s.input_format == "avro"
+    assert s.registry.input_format == "avro"
     shown = orjson.dumps(s.redacted(), default=str).decode()
     assert "hunter2-secret" not in shown and "hunter2-secret" not in repr(s)
     assert "hunter2-secret" in s.secret_values()

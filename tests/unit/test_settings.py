@@ -11,7 +11,7 @@ from service.kafka.config import (
     producer_config,
     restore_config,
 )
-from service.settings import Settings, load_settings
+from service.settings import KafkaSettings, load_settings
 
 SECRET = "hunter2-do-not-print"
 ENV = {
@@ -34,7 +34,7 @@ def test_secrets_never_show_in_a_rendering_of_the_settings() -> None:
 
 
 def test_secrets_given_in_code_are_wrapped_too() -> None:
-    settings = Settings(kafka_extra={"sasl.password": SECRET})  # type: ignore[call-arg]
+    settings = KafkaSettings(kafka_extra={"sasl.password": SECRET})  # type: ignore[call-arg]
     assert SECRET not in repr(settings)
     assert consumer_config(settings)["sasl.password"] == SECRET
 
@@ -42,7 +42,7 @@ def test_secrets_given_in_code_are_wrapped_too() -> None:
 @pytest.mark.parametrize("build", CONFIGS)
 def test_every_client_gets_the_secret_in_clear_and_the_shared_defaults(build: object) -> None:
     assert callable(build)
-    conf = build(load_settings({**ENV, "SFA_INSTANCE_ID": "i1"}))
+    conf = build(load_settings({**ENV, "SFA_INSTANCE_ID": "i1"}).kafka)
     assert conf["sasl.password"] == SECRET and conf["ssl.key.password"] == SECRET
     assert conf["security.protocol"] == "SASL_PLAINTEXT"
     assert conf["metadata.recovery.strategy"] == "none"  # the restore consumer lacked it
@@ -53,17 +53,17 @@ def test_every_client_gets_the_secret_in_clear_and_the_shared_defaults(build: ob
 @pytest.mark.parametrize("build", CONFIGS)
 def test_the_user_may_override_a_default(build: object) -> None:
     assert callable(build)
-    conf = build(load_settings({"KAFKA_METADATA_RECOVERY_STRATEGY": "rebootstrap"}))
+    conf = build(load_settings({"KAFKA_METADATA_RECOVERY_STRATEGY": "rebootstrap"}).kafka)
     assert conf["metadata.recovery.strategy"] == "rebootstrap"
 
 
 def test_what_correctness_needs_cannot_be_overridden() -> None:
     env = {"KAFKA_ENABLE_AUTO_COMMIT": "true", "KAFKA_ENABLE_IDEMPOTENCE": "false"}
     settings = load_settings(env)
-    assert consumer_config(settings)["enable.auto.commit"] is False
-    assert producer_config(settings)["enable.idempotence"] is True
-    assert producer_config(settings)["acks"] == "all"
-    assert restore_config(settings)["enable.auto.commit"] is False
+    assert consumer_config(settings.kafka)["enable.auto.commit"] is False
+    assert producer_config(settings.kafka)["enable.idempotence"] is True
+    assert producer_config(settings.kafka)["acks"] == "all"
+    assert restore_config(settings.kafka)["enable.auto.commit"] is False
 
 
 def test_a_bad_value_names_its_variable() -> None:
