@@ -73,7 +73,7 @@ from service.market import generate_bars
 from service.ownership import owner
 from service.pipeline import Pipeline
 from service.registry import client_from_settings
-from service.run import Service
+from service.run.shell import Service
 from service.settings import Settings, load_settings
 from service.wireformat import BAR_SCHEMA_TEXT, AvroBarEncoder
 

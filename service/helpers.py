@@ -1,7 +1,7 @@
 """One way to start a helper process, and the life every helper leads.
 
 Three parts of sfa do their work in helper processes: the probe server
-(`service.probes`), replay's file reader (`service.files.source`) and the decode pool
+(`service.run.probes`), replay's file reader (`service.files.source`) and the decode pool
 (`service.decode.pool`). They used to start in three ways; the rules they need are one
 set, so they live here:
 

@@ -4,7 +4,7 @@ Hand-edited dashboard JSON drifts from the metrics it queries and nobody notices
 panel goes blank in an incident. Here every panel is code next to the metric contract:
 `tests/unit/test_dashboard.py` rebuilds this module's output and fails when it differs from
 the committed `dashboards/sfa.json`, validates it against the Dashboard schema of
-`@grafana/schema` and checks every metric it names against `service/metrics.py`.
+`@grafana/schema` and checks every metric it names against `service/run/metrics.py`.
 
 Regenerate the committed JSON after a change:
 
@@ -40,6 +40,7 @@ __all__ = [
 UID = "sfa-service"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="prometheus")
 RATE = "$__rate_interval"
+
 
 @dataclass(frozen=True)
 class Query:

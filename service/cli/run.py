@@ -29,7 +29,7 @@ from service.errors import FatalError
 from service.kafka.config import check_client_configs
 from service.kafka.errors import FencedError
 from service.memtrace import start_from_env as start_memtrace
-from service.run import Service
+from service.run.shell import Service
 from service.settings import Settings
 
 __all__ = ["add_arguments", "run"]

@@ -1,7 +1,7 @@
 """What a committed batch adds to the metrics and the progress line.
 
 Kept out of the shell so the shell only carries out instructions; everything here is
-counting, read at scrape time by the probe helper (`service.metrics`).
+counting, read at scrape time by the probe helper (`service.run.metrics`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections import Counter
 import numpy as np
 
 from service.batches import BatchOutput, KafkaOrigin
-from service.metrics import Metrics
-from service.progress import Progress
+from service.run.metrics import Metrics
+from service.run.progress import Progress
 
 __all__ = ["Accounting"]
 

@@ -41,17 +41,17 @@ from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
 from service.kafka.restore import read_state_by_partition
 from service.kafka.sink import KafkaSink, SinkTopics
 from service.kafka.versions import native_versions
-from service.lanes import Lane
-from service.metrics import Health, Metrics
 from service.ownership import Routing
 from service.pipeline import Pipeline
-from service.probes import ProbeProcess
-from service.progress import Progress
-from service.queries import SymbolQueries
 from service.registry import Schemas, client_from_settings
 from service.run import events as ev
 from service.run.accounting import Accounting
 from service.run.core import RunCore
+from service.run.lanes import Lane
+from service.run.metrics import Health, Metrics
+from service.run.probes import ProbeProcess
+from service.run.progress import Progress
+from service.run.queries import SymbolQueries
 from service.run.startup import Startup
 from service.run.stop import Stopped
 from service.settings import Settings
@@ -76,7 +76,7 @@ class Service:
             topics=(settings.kafka.input_topic, settings.kafka.effective_repartition_topic),
         )
         self.health = Health(stall_seconds=settings.monitor.stall_seconds)
-        # A helper process: a thread here cannot answer within 100 ms (service.probes).
+        # A helper process: a thread here cannot answer within 100 ms (service.run.probes).
         self.server = ProbeProcess(
             self.metrics,
             self.health,

@@ -18,13 +18,13 @@ from service.kafka.admin import ensure_topics
 from service.kafka.consumer import BatchConsumer
 from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
 from service.kafka.reach import check_reachable
-from service.metrics import Health, Metrics
 from service.ownership import Routing
 from service.pipeline import Pipeline
-from service.probes import ProbeProcess
 from service.registry.client import RegistryClient
 from service.registry.schemas import wait_reachable
 from service.run import events as ev
+from service.run.metrics import Health, Metrics
+from service.run.probes import ProbeProcess
 from service.run.stop import Stopped
 from service.settings import Settings
 from service.state import StateStore

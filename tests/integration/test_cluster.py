@@ -29,7 +29,7 @@ from service.compute.stream import ComputeHandle, open_async
 from service.compute.tasks import ChunkResult, analyze_chunk
 from service.engine import EngineParams, SymbolWindows
 from service.errors import SfaError
-from service.metrics import Metrics
+from service.run.metrics import Metrics
 from service.settings import DaskSettings, load_settings
 
 pytestmark = [

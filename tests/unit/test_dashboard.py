@@ -22,7 +22,7 @@ from distributed import Scheduler
 from distributed.http.scheduler.prometheus.core import SchedulerMetricCollector
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.metrics import Metrics
+from service.run.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"

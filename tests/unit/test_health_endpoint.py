@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from service.health import RUNNING, Health, MetricsServer
+from service.run.health import RUNNING, Health, MetricsServer
 
 
 class _SlowExposition:
@@ -47,7 +47,7 @@ def test_an_abandoned_scrape_is_logged_at_debug_without_a_traceback(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     exposition = _SlowExposition()
-    caplog.set_level(logging.DEBUG, logger="service.health")
+    caplog.set_level(logging.DEBUG, logger="service.run.health")
     with MetricsServer(exposition, Health(), port=_free_port(), host="127.0.0.1") as server:
         for _ in range(3):
             exposition.rendered.clear()

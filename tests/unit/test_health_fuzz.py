@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.health import Health, MetricsServer
+from service.run.health import Health, MetricsServer
 
 
 class _Exposition:

@@ -8,8 +8,8 @@ import subprocess
 import sys
 import time
 
-from service.lanes import Lane
-from service.progress import Progress
+from service.run.lanes import Lane
+from service.run.progress import Progress
 from tests.unit.fakes import FakeClock
 
 
@@ -54,7 +54,7 @@ def test_a_lane_passes_errors_back() -> None:
 
 def test_a_call_stuck_on_a_lane_does_not_hold_up_exit() -> None:
     """What a ThreadPoolExecutor does (it joins its threads at exit) and a Lane must not."""
-    code = "import time\nfrom service.lanes import Lane\nLane('stuck').submit(time.sleep, 60)\n"
+    code = "import time\nfrom service.run.lanes import Lane\nLane('stuck').submit(time.sleep, 60)\n"
     started = time.monotonic()
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
     assert time.monotonic() - started < 15

@@ -9,8 +9,8 @@ import socket
 import urllib.request
 
 from service import helpers
-from service.health import Health
-from service.probes import ProbeProcess
+from service.run.health import Health
+from service.run.probes import ProbeProcess
 
 
 class _Exposition:

@@ -6,8 +6,8 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.health import Health
 from service.kafka.contact import BrokerContact, last_receive_age
+from service.run.health import Health
 
 
 def _stats(**brokers: tuple[int, int]) -> dict:

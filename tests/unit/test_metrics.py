@@ -18,8 +18,8 @@ import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.health import Health, MetricsServer
-from service.metrics import (
+from service.run.health import Health, MetricsServer
+from service.run.metrics import (
     BATCH_SIZE_BUCKETS,
     END_TO_END_BUCKETS,
     LATENCY_BUCKETS,
@@ -283,7 +283,7 @@ def test_a_raising_provider_costs_only_its_own_samples_and_logs_once(
         return StateStats(1, 2, 3)
 
     m.set_providers(state=state, inflight=lambda: 5)
-    with caplog.at_level(logging.WARNING, logger="service.metrics"):
+    with caplog.at_level(logging.WARNING, logger="service.run.metrics"):
         for _ in range(3):
             families = _families(m)
             assert "sfa_state_symbols" in families and families["sfa_state_symbols"].samples == []

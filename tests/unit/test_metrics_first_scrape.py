@@ -1,5 +1,5 @@
 """Every family the dashboard and the alert rules query is on a fresh service's first
-scrape, at zero where nothing has happened yet (SPEC 10; `service.metrics`' docstring).
+scrape, at zero where nothing has happened yet (SPEC 10; `service.run.metrics`' docstring).
 
 The names come from the dashboard's panels and deploy/prometheus/alerts.yaml themselves,
 so a panel or rule added for a family the service does not export fails here, not as a
@@ -18,7 +18,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from service.metrics import REBALANCE_KINDS, Metrics
+from service.run.metrics import REBALANCE_KINDS, Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Families whose label values are only learnt later: a placeholder series would be a lie

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.health import Health, Probe
-from service.probes import FRESH_WAIT_S, ProbeProcess
+from service.run.health import Health, Probe
+from service.run.probes import FRESH_WAIT_S, ProbeProcess
 
 _OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 

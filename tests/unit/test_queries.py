@@ -17,10 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.decode.rules import symbol_ok
-from service.health import Health, valid_symbol
 from service.ownership import owner
-from service.probes import ProbeProcess
-from service.queries import SymbolQueries
+from service.run.health import Health, valid_symbol
+from service.run.probes import ProbeProcess
+from service.run.queries import SymbolQueries
 
 RESULT = b'{"symbol":"600519.SH","as_of":"2024-04-30","status":"ok"}'
 
@@ -122,7 +122,7 @@ def _free_port() -> int:
 
 @pytest.fixture()
 def helper() -> Iterator[ProbeProcess]:
-    """The real helper process (python -m service.probes) on a free port."""
+    """The real helper process (python -m service.run.probes) on a free port."""
     server = ProbeProcess(_Exposition(), Health(), port=_free_port(), host="127.0.0.1")
     server.start()
     yield server

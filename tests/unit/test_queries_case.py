@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from service.queries import SymbolQueries
+from service.run.queries import SymbolQueries
 
 RESULT = b'{"symbol":"600519.SH"}'
 

@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from service.decode.wire import WireSchema, decode_wire_batch
 from service.errors import ConfigError
-from service.health import Health
 from service.registry import RegistryClient, RegistryUnavailableError, backoff_seconds
 from service.registry.schemas import wait_reachable
+from service.run.health import Health
 from service.settings import load_settings
 from service.wireformat import BAR_SCHEMA_TEXT, AvroBarEncoder, avro_bar
 

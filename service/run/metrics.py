@@ -24,7 +24,7 @@ worker's memory) wait for them. `tests/unit/test_metrics_first_scrape.py` holds 
 dashboard and the rules.
 
 Callers only see plain Python types; no Prometheus type leaks out of this module. The
-probes and the HTTP endpoint live in `service.health` and are re-exported here, so the
+probes and the HTTP endpoint live in `service.run.health` and are re-exported here, so the
 service wires everything from one import.
 """
 
@@ -50,7 +50,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFam
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from service.health import Health, MetricsServer, Probe
+from service.run.health import Health, MetricsServer, Probe
 
 __all__ = [
     "ANALYSIS_OUTCOMES",

@@ -18,7 +18,7 @@ is the client's business: it is logged at DEBUG, never as an error with a traceb
 
 `GET /symbols/{symbol}` is served when a `SymbolSource` is given: the path is checked
 here (400 for anything but a SPEC 1 symbol, without asking anyone), the answer comes
-from the source (`service.queries.SymbolQueries`, or, in the probe helper, a loopback
+from the source (`service.run.queries.SymbolQueries`, or, in the probe helper, a loopback
 request to the service process). A server given no metrics or no probes leaves those
 routes out (the service's loopback server answers `/symbols/` only).
 """
@@ -55,7 +55,7 @@ HealthLagProvider = Callable[[], int | Mapping[tuple[str, int], int]]
 
 
 class Exposition(Protocol):
-    """What the endpoint needs from `service.metrics.Metrics` (kept structural so this
+    """What the endpoint needs from `service.run.metrics.Metrics` (kept structural so this
     module never imports the metrics module and both can be imported in any order)."""
 
     def render_for(self, accept: str | None) -> tuple[bytes, str]: ...

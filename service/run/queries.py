@@ -7,7 +7,7 @@ symbol it holds); for any other symbol it says which input partition owns it (SP
 
 `SymbolQueries` is the decision, with the map behind a `lookup` function, so it is
 tested without a broker or an HTTP server. It runs in the service process, behind a
-loopback HTTP server: the probe helper (`service.probes`) owns the public port but
+loopback HTTP server: the probe helper (`service.run.probes`) owns the public port but
 cannot hold every result, so it forwards the request and serves whatever this answers,
 or 503 when no answer comes in time.
 
@@ -24,8 +24,8 @@ import logging
 from collections.abc import Callable, Collection
 from typing import Any
 
-from service.health import valid_symbol
 from service.ownership import Partitioner, owner
+from service.run.health import valid_symbol
 
 __all__ = ["Answer", "SymbolQueries"]
 

@@ -6,7 +6,7 @@ the state hold in long C calls, and on a busy two-core host the thread holding i
 not even be running. Measured with tests/integration/test_ops_health.py on such a host:
 p99 130-340 ms in-process. So `ProbeProcess` starts a small server process (the way
 every helper starts: `service.helpers`) that imports nothing but the standard library
-and `service.health`, and answers from what the service last sent it:
+and `service.run.health`, and answers from what the service last sent it:
 
 - the two probe verdicts, sent by a thread of the service every `interval_s`. They also
   say the service is alive: when the last one is older than SFA_STALL_SECONDS, /healthz
@@ -25,7 +25,7 @@ helper at start), and the helper forwards the request there, waiting `QUERY_TIME
 before it says 503: a busy service costs a query, not a scrape. The helper exits when its
 stdin closes or its parent dies, so it never outlives the service.
 
-    service process                              helper process (service.probes)
+    service process                              helper process (service.run.probes)
       Health  --verdicts, every interval_s------> stdin (length-prefixed JSON)
       Metrics <--"render metrics", per scrape---- stdout       HTTP <- scrapes
               ---the rendering, at once---------> stdin
@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
 from service import helpers
-from service.health import Exposition, Health, Probe, SymbolSource, _Server
+from service.run.health import Exposition, Health, Probe, SymbolSource, _Server
 
 __all__ = ["FRESH_WAIT_S", "QUERY_TIMEOUT_S", "REUSE_S", "ProbeProcess"]
 
