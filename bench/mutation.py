@@ -61,7 +61,7 @@ def _check_selection(selection: list[str]) -> None:
         for pattern in ("tests/unit/test_engine_*.py", "tests/unit/test_calendar.py")
         for p in ROOT.glob(pattern)
     }
-    wanted.add("tests/unit/test_baseline_vs_engine.py")
+    wanted.add("tests/unit/engine/test_baseline_vs_engine.py")
     missing = sorted(wanted - set(selection))
     if missing:
         sys.exit(f"add to [tool.mutmut] pytest_add_cli_args_test_selection: {missing}")

@@ -11,7 +11,7 @@ Like `service.decode.fast` for JSON, this path only *accepts*: a row it cannot d
 (malformed, truncated, trailing bytes) or whose values break or merely approach a
 SPEC 1 rule (null, out of range, non-finite...) is handed back (`refer`) to the exact
 path (fastavro and `validate_bar`), which alone decides a reason. So the output is
-always the exact path's; property tests in tests/unit/test_decode_wire.py hold them
+always the exact path's; property tests in tests/unit/decode/test_decode_wire.py hold them
 together. A schema that is not flat, uses logical types, or carries a SPEC field
 both under its name and its alias is not taken at all (`flat_plan` is None).
 """

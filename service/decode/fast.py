@@ -16,7 +16,7 @@ back, message by message, to the exact path, which alone decides a reason:
   finite positive number, low above high, a field given under its alias, ...)
   is re-decoded exactly; the exact path may still keep it.
 
-Property tests in `tests/unit/test_decode_fast.py` hold the two paths to the same
+Property tests in `tests/unit/decode/test_decode_fast.py` hold the two paths to the same
 output on random and adversarial input.
 """
 

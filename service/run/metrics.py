@@ -20,7 +20,7 @@ happened yet: a counter born at its first increment has no "before", so `rate()`
 `increase()` miss that first step, and a panel stays blank. Label values known up front
 (outcomes, statuses, rebalance kinds, SPEC 1 reasons, the topics the service reads) are
 created at start; only series whose labels are learnt later (a partition's lag, a Dask
-worker's memory) wait for them. `tests/unit/test_metrics_first_scrape.py` holds this to the
+worker's memory) wait for them. `tests/unit/run/test_metrics_first_scrape.py` holds this to the
 dashboard and the rules.
 
 Callers only see plain Python types; no Prometheus type leaks out of this module. The

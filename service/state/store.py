@@ -54,7 +54,7 @@ __all__ = ["ApplyOutcome", "StateStore"]
 
 # Python-side cost of one symbol besides its array data: the slot object, two ndarray
 # headers (with dims/strides blocks), the dict entry, the key string, boxed ints.
-# Checked against tracemalloc in tests/unit/test_state.py.
+# Checked against tracemalloc in tests/unit/state/test_state.py.
 _SYMBOL_OVERHEAD = 560
 _PATTERN_OVERHEAD = 600  # PatternResult + Pattern dataclasses and three ndarray headers
 _PAIRS_OVERHEAD = 580  # PairCache dataclass and four ndarray headers (tracemalloc: ~584)

@@ -25,7 +25,7 @@ from service import (
     ParallelSpringFestivalEngine,
 )
 from service.compute import sync as cluster_module
-from tests.unit.test_compat import make_frame
+from tests.unit.compat.test_compat import make_frame
 
 pytestmark = [
     pytest.mark.integration,

@@ -29,7 +29,7 @@ from service import (
     SeasonalPattern,
     SpringFestivalAlignmentEngine,
 )
-from tests.unit.test_compat_original import real_looking_frames
+from tests.unit.compat.test_compat_original import real_looking_frames
 
 pytestmark = [
     pytest.mark.integration,

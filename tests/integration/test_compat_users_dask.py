@@ -3,7 +3,7 @@
 `ParallelProcessingConfig(enable_distributed=False)` (the original's default) must give
 a LocalCluster of `n_workers` worker *processes*, as the original's DaskResourceManager
 started; the fallbacks to threads and to sequential work are in test_compat_dask.py and
-tests/unit/test_compat_users.py. Two workers only: the machine has two cores.
+tests/unit/compat/test_compat_users.py. Two workers only: the machine has two cores.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from service.compat import (
     ParallelProcessingConfig,
     ParallelSpringFestivalEngine,
 )
-from tests.unit.test_compat_users import weekday_frame
+from tests.unit.compat.test_compat_users import weekday_frame
 
 pytestmark = [
     pytest.mark.integration,

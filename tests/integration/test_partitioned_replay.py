@@ -4,7 +4,7 @@ A process LocalCluster (DASK_N_WORKERS=2), and a real `dask scheduler` with `das
 processes (DASK_SCHEDULER_ADDRESS): the same `--emit final` bytes and dead letters as
 `--partitions 1`; a worker SIGKILLed mid-run changes nothing; a scheduler killed mid-run
 is exit 3, one line, nothing at the output path; a worker that cannot read an input is
-exit 2 before any work. The in-process property tests (tests/unit/test_partitioned.py)
+exit 2 before any work. The in-process property tests (tests/unit/partitioned/test_partitioned.py)
 cover the awkward inputs; these few show Dask runs the same functions the same way.
 """
 

@@ -38,7 +38,7 @@ from service.compat import cluster as cluster_module
 from service.compat.alignment import PHASES
 from service.engine import phase_of, signal_of
 from service.settings import load_settings
-from tests.unit.test_compat import make_frame
+from tests.unit.compat.test_compat import make_frame
 
 D = dt.date
 SEQ = ParallelProcessingConfig(execution="sequential", chunk_size=2)

@@ -4,7 +4,7 @@ One section per point of the issue, each ending in a user's call of the public A
 original's argument names and keywords, nothing from `service.engine`). Where a number
 is asserted it is worked out by hand or from the user's own frame (`frame.mean()`), not
 from the code under test. Real clusters are in tests/integration/test_compat_users_dask.py;
-a whole original user's script is tests/unit/test_compat_user_script.py.
+a whole original user's script is tests/unit/compat/test_compat_user_script.py.
 """
 
 from __future__ import annotations

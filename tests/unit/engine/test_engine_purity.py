@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 FORBIDDEN = ("confluent_kafka", "dask", "distributed", "streamz", "prometheus_client")
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PURE = ("engine", "state", "decode")
 
 _PROBE = """

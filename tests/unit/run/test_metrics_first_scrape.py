@@ -20,7 +20,7 @@ from prometheus_client.samples import Sample
 
 from service.run.metrics import REBALANCE_KINDS, Metrics
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 #: Families whose label values are only learnt later: a placeholder series would be a lie
 #: (the SfaNoInstanceReady rule counts lag series as "holds partitions").
 LEARNT_LATER = {"sfa_consumer_lag_messages", "sfa_dask_worker_memory_bytes"}

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import service.decode.batch as decode_batch_module
 from service.decode.batch import decode_batch, decode_lines
 from service.decode.fast import decode_block
-from tests.unit.test_decode import _as_reference, _reference, bars, good_bars, msg
+from tests.unit.decode.test_decode import _as_reference, _reference, bars, good_bars, msg
 
 GOOD = b'{"symbol":"A","date":"2021-02-03","close":1.5}'
 

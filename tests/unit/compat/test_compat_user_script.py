@@ -5,7 +5,7 @@ scripts: make (or load) a few stocks' daily bars with the original column names,
 per stock align them on the Spring Festival, find the seasonal pattern, place a few dates
 in the festival cycle and ask for trading signals, printing as it goes. It uses the
 `service.compat` names only. The tests run it and check what it got against the shapes
-the original documented for each call; `python -m tests.unit.test_compat_user_script`
+the original documented for each call; `python -m tests.unit.compat.test_compat_user_script`
 runs it as a script.
 """
 
