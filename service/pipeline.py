@@ -68,6 +68,15 @@ Emit = Literal["batch", "final"]
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class _Dropped:
+    """A batch the pipeline gave up on (`error`, or an earlier batch's failure). It goes
+    on down the graph, past every stage, only so that `_release` frees its slot: once a
+    batch fails, nothing after it is written (the driver rewinds or exits)."""
+
+    error: BaseException
+
+
 @dataclass(slots=True)
 class _Touched:
     """What the batch's results need from the state as it was right after the batch:
@@ -214,6 +223,11 @@ class Pipeline:
         if self._failure is not None:
             raise self._failure
 
+    def _drop(self, exc: BaseException) -> _Dropped:
+        """Fail the pipeline; the batch flows on as `_Dropped` to free its slot."""
+        self._fail(exc)
+        return _Dropped(exc)
+
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
             # An SfaError is a verdict we wrote (fenced, broker gone, not authorized): the
@@ -229,7 +243,7 @@ class Pipeline:
 
     # --- graph nodes ---
 
-    async def _decode(self, batch: Batch) -> tuple[Batch, DecodedBatch | None]:
+    async def _decode(self, batch: Batch) -> tuple[Batch, DecodedBatch] | _Dropped:
         payload = batch.payload
         try:
             if isinstance(payload, DecodedBatch):
@@ -238,18 +252,17 @@ class Pipeline:
                 return batch, await self._decoder.decode_lines(payload)
             return batch, await self._decoder.decode(payload)
         except Exception as exc:
-            self._fail(exc)
-            return batch, None
+            return self._drop(exc)
 
-    def _prepare(self, item: tuple[Batch, DecodedBatch | None]) -> _Prepared | None:
-        batch, decoded = item
-        if decoded is None or self._failure is not None:
-            return None
+    def _prepare(self, item: tuple[Batch, DecodedBatch] | _Dropped) -> _Prepared | _Dropped:
+        if isinstance(item, _Dropped):
+            return item
+        if self._failure is not None:
+            return _Dropped(self._failure)
         try:
-            return self._prepare_decoded(batch, decoded)
+            return self._prepare_decoded(*item)
         except Exception as exc:  # an exception here would kill streamz's worker loop
-            self._fail(exc)
-            return None
+            return self._drop(exc)
 
     def _prepare_decoded(self, batch: Batch, decoded: DecodedBatch) -> _Prepared:
         seq = self._seq
@@ -360,8 +373,8 @@ class Pipeline:
         )
         return applied, partition[keep], stamps[keep], forwards
 
-    def _dispatch(self, prepared: _Prepared | None) -> _Prepared | None:
-        if prepared is not None and prepared.chunks:
+    def _dispatch(self, prepared: _Prepared | _Dropped) -> _Prepared | _Dropped:
+        if isinstance(prepared, _Prepared) and prepared.chunks:
             prepared.pending = asyncio.ensure_future(self._run(prepared.chunks))
         return prepared
 
@@ -375,15 +388,14 @@ class Pipeline:
         return await self._compute_ready.run_chunks(chunks, self.params)
 
     async def _collect(
-        self, prepared: _Prepared | None
-    ) -> tuple[_Prepared, list[ChunkResult]] | None:
-        if prepared is None:
-            return None
+        self, prepared: _Prepared | _Dropped
+    ) -> tuple[_Prepared, list[ChunkResult]] | _Dropped:
+        if isinstance(prepared, _Dropped):
+            return prepared
         try:
             results = await prepared.pending if prepared.pending is not None else []
         except Exception as exc:
-            self._fail(exc)
-            results = []
+            return self._drop(exc)
         return prepared, results
 
     def _post_bars(self, symbols: list[str], latest: list[int]) -> list[int]:
@@ -404,15 +416,19 @@ class Pipeline:
             out.append(bars_since_festival(self.state.windows(symbol).days, day, w) if flag else 0)
         return out
 
-    async def _finish(self, item: tuple[_Prepared, list[ChunkResult]] | None) -> BatchOutput | None:
-        if item is None or self._failure is not None:
-            return None
+    async def _finish(
+        self, item: tuple[_Prepared, list[ChunkResult]] | _Dropped
+    ) -> BatchOutput | _Dropped:
+        if isinstance(item, _Dropped):
+            return item
+        if self._failure is not None:
+            return _Dropped(self._failure)
         prepared, chunk_results = item
         # map_async starts the next batch's task before this one is done; the lock (its
         # waiters queue in arrival order) makes finalize + write one batch at a time.
         async with self._deliver_lock:
             if self._failure is not None:
-                return None
+                return _Dropped(self._failure)
             try:
                 out = self._finalize(prepared, chunk_results)
                 t0 = time.monotonic()
@@ -420,8 +436,7 @@ class Pipeline:
                 out.timings["deliver"] = time.monotonic() - t0
                 out.timings["batch_latency"] = time.monotonic() - prepared.batch.closed_at
             except Exception as exc:
-                self._fail(exc)
-                return None
+                return self._drop(exc)
         return out
 
     def _finalize(self, prepared: _Prepared, chunk_results: list[ChunkResult]) -> BatchOutput:
@@ -496,8 +511,8 @@ class Pipeline:
             forwards=prepared.forwards,
         )
 
-    def _release(self, out: BatchOutput | None) -> None:
-        if out is not None and self._on_delivered is not None:
+    def _release(self, out: BatchOutput | _Dropped) -> None:
+        if isinstance(out, BatchOutput) and self._on_delivered is not None:
             try:
                 self._on_delivered(out)
             except Exception as exc:  # a broken progress callback must not lose data
