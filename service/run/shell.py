@@ -133,7 +133,8 @@ class Service:
         self.consumer: BatchConsumer | None = None
         self.producer: TransactionalProducer | AtLeastOnceProducer | None = None
         self._batch_ids = itertools.count(1)
-        self._polled: dict[int, Batch] = {}  # polled, not yet submitted or discarded
+        # polled, not yet submitted or discarded: the batch and the partitions it read
+        self._polled: dict[int, tuple[Batch, frozenset[ev.TP]]] = {}
         self._submitted: dict[int, int] = {}  # id(batch) -> its number, until committed
         self._restored: dict[int, _Records] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -290,8 +291,8 @@ class Service:
             case ev.NewPipeline():
                 self.pipeline = self.new_pipeline()
             case ev.Submit(number, partitions):
-                batch = self._polled.pop(number)
-                if partitions != _partitions(batch):
+                batch, read = self._polled.pop(number)
+                if partitions != read:
                     batch = only_partitions(batch, partitions)
                 await self._submit(number, batch)
             case ev.Discard(number):
@@ -477,8 +478,9 @@ class Service:
                 await asyncio.sleep(0.01)
             return
         number = next(self._batch_ids)
-        self._polled[number] = batch
-        await self.report(ev.Polled(number, _partitions(batch)))
+        read = _partitions(batch)
+        self._polled[number] = (batch, read)
+        await self.report(ev.Polled(number, read))
 
     async def _report_progress(self) -> None:
         every = self.settings.monitor.progress_seconds
@@ -563,9 +565,7 @@ class Service:
 def _partitions(batch: Batch) -> frozenset[ev.TP]:
     origin = batch.origin
     assert isinstance(origin, KafkaOrigin)
-    if origin.topics is None:
-        return frozenset((origin.topic, p) for p in set(origin.partitions))
-    return frozenset(zip(origin.topics, origin.partitions, strict=True))
+    return frozenset(origin.next_offsets())
 
 
 def _retriable(exc: BaseException) -> bool:
