@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -176,6 +177,9 @@ class Compute(Protocol):
 class ServiceCompute(Compute, Protocol):
     """The compute handle as `sfa run` holds it: the pipeline's `Compute`, plus what
     the service reports (fallback, workers) and closes."""
+
+    #: Set by the service; the handle calls it whenever `fallback_active` flips.
+    on_fallback_change: Callable[[], None] | None
 
     @property
     def fallback_active(self) -> bool: ...

@@ -7,6 +7,11 @@ back silently: every fallback logs its reason and is visible as `fallback_active
 `fallback_reason` (metrics: sfa_dask_fallback_active). After a fallback the handle
 looks for the cluster again every SFA_DASK_RECONNECT_SECONDS.
 
+The probe runs on the watcher task's clock, not on traffic: a cluster that comes back while
+no batch arrives (the end of a feed, a quiet market) ends the fallback all the same, and
+`on_fallback_change` tells the service at once, so its gauge and /readyz never wait for a
+batch to be right.
+
 The workers the handle reports (`worker_stats`, `n_workers`, `is_reachable`) are a view a
 task on the loop refreshes every `WORKERS_REFRESH_S` with `scheduler.identity(n_workers=-1)`.
 Asking the client instead does not work: an asynchronous client's `scheduler_info()`
@@ -25,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal, cast
 
 import dask.config
@@ -93,6 +98,8 @@ class ComputeHandle:
         self._config_scope = config_scope
         self._workers: dict[str, int] = {}
         self._watcher: asyncio.Task[None] | None = None
+        #: Called on the loop whenever `fallback_active` flips (the service's gauge).
+        self.on_fallback_change: Callable[[], None] | None = None
         self.adaptive = cluster is not None and adapt_range(settings) is not None
 
     @property
@@ -137,15 +144,13 @@ class ComputeHandle:
                 was_active = policy.fallback_active
                 await self.refresh_workers()  # `is_reachable` below decides on this view
                 step = policy.after_loss(losses, self.client is not None, self.is_reachable, reason)
-                if (
-                    policy.fallback_active
-                    and not was_active
-                    and self.settings.dask_fallback != "fail"
-                ):
-                    log.warning(
-                        "Dask unavailable, computing in-process for now: %s",
-                        policy.fallback_reason,
-                    )
+                if policy.fallback_active and not was_active:
+                    if self.settings.dask_fallback != "fail":
+                        log.warning(
+                            "Dask unavailable, computing in-process for now: %s",
+                            policy.fallback_reason,
+                        )
+                    self._fallback_changed()
         if policy.fallback_active and self.settings.dask_fallback == "fail":
             # SFA_DASK_FALLBACK=fail holds after start too: the batch fails, so nothing of
             # it commits, and the instance stops for its supervisor to decide.
@@ -211,6 +216,16 @@ class ComputeHandle:
                     workers,
                     reason,
                 )
+                self._fallback_changed()
+
+    def _fallback_changed(self) -> None:
+        listener = self.on_fallback_change
+        if listener is None:
+            return
+        try:
+            listener()
+        except Exception:  # a broken gauge must not cost a chunk
+            log.warning("fallback listener failed", exc_info=True)
 
     async def _count_workers(self) -> int:
         """Workers the scheduler has now (0 when it cannot be reached), reconnecting to
@@ -232,8 +247,6 @@ class ComputeHandle:
                 with contextlib.suppress(Exception):
                     await cast(Awaitable[Any], old.close())
         workers = await self.refresh_workers()
-        if self._watcher is None:  # a client found only now (after a fallback at start)
-            self._watcher = asyncio.ensure_future(self._watch_workers())
         if workers == 0:
             log.info("Dask scheduler reachable but without workers (or probe failed)")
         return workers
@@ -256,13 +269,18 @@ class ComputeHandle:
 
     async def _watch_workers(self) -> None:
         while True:
-            await self.refresh_workers()
+            if self.policy.probe_due():
+                await self._probe()  # refreshes the view too
+            else:
+                await self.refresh_workers()
             await asyncio.sleep(WORKERS_REFRESH_S)
 
     async def start_watching(self) -> None:
-        """Fill the view once, then keep it fresh on this loop until `close`."""
+        """Fill the view once, then keep it fresh (and, in a fallback, probe) on this loop
+        until `close`. Without a client or a scheduler address there is nothing to watch."""
         await self.refresh_workers()
-        if self._watcher is None and self.client is not None:
+        watchable = self.client is not None or bool(self.settings.dask_scheduler_address)
+        if self._watcher is None and watchable:
             self._watcher = asyncio.ensure_future(self._watch_workers())
 
     def worker_stats(self) -> dict[str, int]:
@@ -372,4 +390,5 @@ async def open_async(settings: DaskSettings) -> ComputeHandle:
             scope.close()
             raise SfaError(f"{reason} (SFA_DASK_FALLBACK=fail)") from exc
         log.warning("Dask unavailable, computing in-process: %s", reason)
-        return ComputeHandle(settings, "local", fallback_reason=reason, config_scope=scope)
+        handle = ComputeHandle(settings, "local", fallback_reason=reason, config_scope=scope)
+        return await _watching(handle)

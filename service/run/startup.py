@@ -154,6 +154,7 @@ class Startup:
         service.health.set_stage("connecting to Dask")
         compute = await service.unless_stopped(open_async(service.settings.dask))
         service.compute = compute
+        compute.on_fallback_change = service.sync_fallback
         service.sync_fallback()
         state = service.state
         service.metrics.set_providers(

@@ -415,3 +415,37 @@ def test_after_a_fallback_the_work_returns_to_a_cluster_that_comes_back(
     finally:
         loop.run(handle.close())
         _stop(restarted)
+
+
+def test_a_fallback_ends_without_traffic_and_the_listener_hears_both_flips(
+    loop: LoopThread, remote: tuple[str, list[subprocess.Popen[bytes]]]
+) -> None:
+    """The end of a feed, a quiet market: nothing to compute when the scheduler comes
+    back. The probe runs on the handle's own clock, so the fallback still ends, and the
+    service's gauge (the listener) hears of it without waiting for a batch."""
+    address, procs = remote
+    handle = loop.run(
+        open_async(
+            settings(
+                dask_scheduler_address=address,
+                dask_connect_timeout=2,
+                dask_reconnect_seconds=1.0,
+            )
+        )
+    )
+    flips: list[bool] = []
+    handle.on_fallback_change = lambda: flips.append(handle.fallback_active)
+    restarted: list[subprocess.Popen[bytes]] = []
+    try:
+        loop.run(wait_for_workers(handle, 1))
+        _stop(procs)
+        loop.run(handle.run_chunks(chunks_of(1, 2), PARAMS))
+        assert flips == [True]
+        restarted = _start_remote(address)
+        deadline = time.monotonic() + 90
+        while handle.fallback_active and time.monotonic() < deadline:
+            time.sleep(0.2)  # no run_chunks: only the watcher can end the fallback
+        assert not handle.fallback_active and flips == [True, False]
+    finally:
+        loop.run(handle.close())
+        _stop(restarted)
