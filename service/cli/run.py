@@ -27,8 +27,9 @@ from service.cli.interrupt import block_sigint
 from service.configdoc import help_epilog
 from service.errors import FatalError
 from service.kafka.config import check_client_configs
-from service.kafka.errors import FencedError
+from service.kafka.errors import FencedError, MemberFencedError
 from service.memtrace import start_from_env as start_memtrace
+from service.run.core import REJOIN_WINDOW_S
 from service.run.shell import Service
 from service.settings import Settings
 
@@ -50,6 +51,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     signals.take(service)  # kept until exit: a late signal must not raise a traceback
     try:
         return asyncio.run(service.serve())
+    except MemberFencedError as exc:
+        log.error(
+            "fatal: fenced out of the consumer group twice within %g s: %s. Another "
+            "instance joined with group.instance.id %r: give each instance its own "
+            "SFA_INSTANCE_ID",
+            REJOIN_WINDOW_S,
+            exc,
+            settings.kafka.instance_id,
+        )
+        return 3
     except FencedError as exc:
         log.error(
             "fatal: fenced: %s. Another instance took over transactional id %r: give each "

@@ -317,6 +317,10 @@ class BatchConsumer:
         """
         return self._last_lag
 
+    def detach(self) -> None:
+        """Stop telling the listener anything (a fenced consumer being replaced)."""
+        self._listener = None
+
     def close(self) -> None:
         """Leave the group now (revocation callbacks run), so partitions move without waiting.
 

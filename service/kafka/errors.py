@@ -17,6 +17,7 @@ __all__ = [
     "FencedError",
     "KafkaFatalError",
     "KafkaRetriableError",
+    "MemberFencedError",
     "MissingTopicError",
     "classify",
 ]
@@ -43,9 +44,16 @@ class FencedError(KafkaFatalError):
     took over: almost always two instances sharing one SFA_INSTANCE_ID."""
 
 
+class MemberFencedError(FencedError):
+    """The consumer's group membership was fenced (FENCED_INSTANCE_ID): another member
+    joined with our group.instance.id, or, after a coordinator stall, our own abandoned
+    rejoin did (KAFKA-20985). `sfa run` joins again once before it calls it fatal."""
+
+
 # librdkafka's _FENCED, PRODUCER_FENCED, INVALID_PRODUCER_EPOCH, FENCED_INSTANCE_ID; by
 # number, because this module does not import confluent_kafka.
 _FENCED_CODES = {-144, 90, 47, 82}
+_FENCED_INSTANCE_ID = 82
 # librdkafka's _FATAL: the event a consumer gets for a fatal error (a static member fenced
 # by another with its group.instance.id arrives so), with the cause only in its text.
 _FATAL_EVENT = -150
@@ -84,7 +92,10 @@ def classify(exc: BaseException, doing: str) -> SfaError:
     if err is None or not callable(getattr(err, "fatal", None)):
         return KafkaFatalError(message)
     code = err.code() if callable(getattr(err, "code", None)) else None
-    if code in _FENCED_CODES or (code == _FATAL_EVENT and "fenced" in message.lower()):
+    fatal_fence = code == _FATAL_EVENT and "fenced" in message.lower()
+    if code == _FENCED_INSTANCE_ID or (fatal_fence and "group.instance.id" in message):
+        return MemberFencedError(message)
+    if code in _FENCED_CODES or fatal_fence:
         return FencedError(message)
     if code in _AUTHORIZATION_CODES:
         return AuthorizationError(message)

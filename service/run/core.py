@@ -22,6 +22,9 @@ What it owns:
 - **The failure policy** (SPEC 7): a retriable batch failure aborts, drops the state,
   restores it, rewinds to the committed offsets and starts a new pipeline, in that
   order, while rebalances go on being served; anything else, or a failed restore, exits
+  with the error. A consumer fenced out of the group (`MemberFenced`) aborts, drops
+  every pair and rejoins with a new consumer, once per `REJOIN_WINDOW_S`: fenced again
+  within it means another instance holds our SFA_INSTANCE_ID, and the instance exits
   with the error. A stop finishes in-flight batches (bounded) and exits 0; a stop
   before anything was submitted exits at once, having committed nothing.
 - **Readiness**: the stage /readyz shows and the pairs held.
@@ -54,10 +57,12 @@ from service.run.events import (
     Failed,
     Instruction,
     Lost,
+    MemberFenced,
     NewPipeline,
     Note,
     Pause,
     Polled,
+    Rejoin,
     Restore,
     Restored,
     Resume,
@@ -72,11 +77,13 @@ from service.run.events import (
     Submit,
 )
 
-__all__ = ["RUNNING", "Phase", "RunCore"]
+__all__ = ["REJOIN_WINDOW_S", "RUNNING", "Phase", "RunCore"]
 
 #: The stage of an instance that has started (the same word /readyz reports).
 RUNNING = "running"
 STOPPING = "stopping"
+#: A second fence within this many seconds of a rejoin is another instance with our id.
+REJOIN_WINDOW_S = 60.0
 
 
 class Phase(enum.Enum):
@@ -112,6 +119,7 @@ class RunCore:
         self._rewind_later: set[TP] = set()  # read past while not processing them
         self._stage = ""
         self._held_told: frozenset[int] = frozenset()
+        self._rejoined_at: float | None = None
 
     # --- what the shell asks between events ---
 
@@ -165,6 +173,8 @@ class RunCore:
                 self._failed(error, retriable and during == "batch", out)
             case StopRequested():
                 self._stop(out)
+            case MemberFenced(error, at):
+                self._fenced(error, at, out)
         self._reconcile(out)
         return out
 
@@ -289,6 +299,33 @@ class RunCore:
         self._restores[token] = set(keep)
         self._recovery = token
         out.append(Restore(token, frozenset(keep)))
+
+    def _fenced(self, error: BaseException, at: float, out: list[Instruction]) -> None:
+        """Everything the fenced consumer held is gone: nothing in flight can commit,
+        no restore is wanted. Rejoin under a new member id, unless this keeps happening."""
+        if self.phase is Phase.STOPPING:
+            return  # the stop's drain reports the failed commits, and ends in Exit
+        recent = self._rejoined_at is not None and at - self._rejoined_at < REJOIN_WINDOW_S
+        if self.phase not in (Phase.RUNNING, Phase.RECOVERING) or recent:
+            self._exit(out, error)
+            return
+        self._rejoined_at = at
+        out.append(Note("warning", f"consumer fenced, joining the group again: {error}"))
+        out.append(CountRebalance("lost"))
+        self.inflight.clear()
+        out.append(Abort())
+        gone = self.active | self._pending_drop
+        self._pending_drop = set()
+        self._rewind_later = set()
+        if gone:
+            self._drop(gone, out)
+        self.held, self.fetching = set(), set()
+        for wanted in self._restores.values():
+            wanted.clear()  # a restore still running loads nothing
+        self._recovery = None
+        self.phase = Phase.RUNNING
+        out.append(Rejoin())
+        out.append(NewPipeline())
 
     def _stop(self, out: list[Instruction]) -> None:
         if self.phase is Phase.STOPPING:

@@ -29,10 +29,12 @@ __all__ = [
     "Failed",
     "Instruction",
     "Lost",
+    "MemberFenced",
     "NewPipeline",
     "Note",
     "Pause",
     "Polled",
+    "Rejoin",
     "Restore",
     "Restored",
     "Resume",
@@ -128,6 +130,18 @@ class StopRequested:
     why: str
 
 
+@dataclass(frozen=True, slots=True)
+class MemberFenced:
+    """The broker fenced our group membership (FENCED_INSTANCE_ID): the consumer is
+    finished. A lone static member can fence itself after a coordinator stall (its
+    abandoned rejoin is processed late, KAFKA-20985, librdkafka #3437); another
+    instance under our SFA_INSTANCE_ID fences us again and again. `at` is the shell's
+    monotonic clock, so the core can tell the two apart without one of its own."""
+
+    error: BaseException
+    at: float
+
+
 Event = (
     StepDone
     | Assigned
@@ -139,6 +153,7 @@ Event = (
     | Drained
     | Failed
     | StopRequested
+    | MemberFenced
 )
 
 # --- instructions ---
@@ -201,6 +216,12 @@ class Rewind:
     """Seek these partitions back to the group's committed offsets."""
 
     partitions: frozenset[TP]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejoin:
+    """Close the fenced consumer and join the group again with a new one (what it was
+    assigned is gone already: its batches were aborted and its pairs dropped)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +299,7 @@ Instruction = (
     | Drain
     | Abort
     | Rewind
+    | Rejoin
     | NewPipeline
     | Submit
     | Discard

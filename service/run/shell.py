@@ -29,6 +29,7 @@ import functools
 import inspect
 import itertools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ from service.batches import Batch, BatchOutput, KafkaOrigin, ServiceCompute
 from service.decode.pool import Decoder, decode_processes
 from service.errors import SfaError
 from service.kafka.consumer import BatchConsumer, only_partitions
+from service.kafka.errors import MemberFencedError
 from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
 from service.kafka.restore import read_state_by_partition
 from service.kafka.sink import KafkaSink, SinkTopics
@@ -288,6 +290,8 @@ class Service:
                 if isinstance(self.producer, TransactionalProducer):
                     with contextlib.suppress(Exception):
                         await self.in_producer_thread(self.producer.abort)
+            case ev.Rejoin():
+                await self._rejoin()
             case ev.NewPipeline():
                 self.pipeline = self.new_pipeline()
             case ev.Submit(number, partitions):
@@ -344,6 +348,28 @@ class Service:
                 self.settings.monitor.progress_seconds,
             )
 
+    async def _rejoin(self) -> None:
+        """A new consumer in place of the fenced one, joined under the same instance id.
+        The old one's callbacks are cut first: what it held is gone already, and a late
+        revocation from its close must not reach the core as news."""
+        old = self.consumer
+        self._consumer_ops.clear()  # decided for the old consumer
+        self._polled.clear()
+        fresh = BatchConsumer(self.settings.kafka, listener=self)
+        twins = [self.settings.kafka.input_topic, self.settings.kafka.effective_repartition_topic]
+
+        def swap() -> None:
+            if old is not None:
+                old.detach()
+                try:
+                    old.close()
+                except Exception as exc:  # fenced: closing may complain; it is gone anyway
+                    log.debug("closing the fenced consumer: %s", exc)
+            fresh.subscribe(twins)
+
+        await self.in_kafka_thread(swap)
+        self.consumer = fresh
+
     async def _submit(self, number: int, batch: Batch) -> None:
         pipeline = self.pipeline
         assert pipeline is not None
@@ -376,6 +402,9 @@ class Service:
         if failure is None or failure is self._failure_told:
             return
         self._failure_told = failure
+        if isinstance(failure, MemberFencedError):  # a commit found us fenced out
+            await self.report(ev.MemberFenced(failure, time.monotonic()))
+            return
         if not _retriable(failure):
             log.debug("pipeline failed: %s", failure)
         else:
@@ -470,6 +499,9 @@ class Service:
             batch = await self.unless_stopped(self.in_kafka_thread(poll))
         except Stopped:
             return  # a batch polled meanwhile is never committed: it is read again
+        except MemberFencedError as exc:
+            await self.report(ev.MemberFenced(exc, time.monotonic()))
+            return
         except Exception as exc:
             await self.report(ev.Failed(exc, False))
             return

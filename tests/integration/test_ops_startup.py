@@ -5,6 +5,7 @@ start, dead letters keep their key, and a fenced instance says what to change.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 import orjson
 import psutil
 import pytest
+from confluent_kafka import Consumer, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from tests.integration.conftest import ServiceTopicsFactory
@@ -333,6 +335,82 @@ def test_a_fenced_instance_says_to_give_each_instance_its_own_id(
     assert last["level"] == "ERROR"
     assert "give each instance its own SFA_INSTANCE_ID" in last["msg"]
     assert "Traceback" not in first.log_path.read_text()
+
+
+def _impostor(bootstrap: str, group: str, instance: str, topic: str) -> Consumer:
+    """A bare consumer that joins `group` under `instance`, which fences whoever held it."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "group.instance.id": instance,
+            "session.timeout.ms": 6000,
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    return consumer
+
+
+def _fences(process: SfaProcess) -> int:
+    return sum(r["msg"].startswith("consumer fenced, joining") for r in process.records())
+
+
+def test_a_member_fenced_once_joins_again_and_fenced_twice_in_a_minute_exits_3(
+    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path, sfa_run: Launcher
+) -> None:
+    """A lone static member can fence itself after a coordinator stall (the frozen-broker
+    drill met it). A member fenced once is not a duplicate instance: it joins again and
+    goes on delivering; fenced again within a minute, it is one, and exits 3 saying so.
+    The fence comes from a real second member with our group.instance.id."""
+    instance = f"fence-{uuid.uuid4().hex[:6]}"
+    env = _env(
+        kafka_bootstrap,
+        topics,
+        SFA_INSTANCE_ID=instance,
+        SFA_BATCH_MAX_MESSAGES="50",
+        SFA_BATCH_MAX_WAIT_MS="50",
+        KAFKA_SESSION_TIMEOUT_MS="6000",
+        KAFKA_HEARTBEAT_INTERVAL_MS="500",
+    )
+    bar = b'{"symbol":"%s","date":"2020-01-%02d","close":1.0}'
+    produce_keyed(kafka_bootstrap, topics["input"], [bar % (b"BEFORE", 2 + i) for i in range(5)])
+    service = sfa_run(env, log_path=tmp_path / "service.log")
+    impostors: list[Consumer] = []
+    try:
+        _wait_for("a first result", lambda: _results_of(kafka_bootstrap, topics, b"BEFORE"), 120)
+        impostors.append(_impostor(kafka_bootstrap, topics["group"], instance, topics["input"]))
+        deadline = time.monotonic() + 60
+        while _fences(service) < 1:
+            service.check_alive()
+            assert time.monotonic() < deadline, "the instance was never fenced"
+            with contextlib.suppress(KafkaException):
+                impostors[0].poll(0.2)  # joins; fenced in turn once the instance rejoins
+        produce_keyed(kafka_bootstrap, topics["input"], [bar % (b"AFTER", 2 + i) for i in range(5)])
+        _wait_for(
+            "a result after the rejoin", lambda: _results_of(kafka_bootstrap, topics, b"AFTER"), 60
+        )
+        service.check_alive()
+        # Within the minute: a second fence is another instance with our id.
+        impostors.append(_impostor(kafka_bootstrap, topics["group"], instance, topics["input"]))
+        deadline = time.monotonic() + 60
+        while service.proc.poll() is None:
+            assert time.monotonic() < deadline, "a second fence did not end the instance"
+            with contextlib.suppress(KafkaException):
+                impostors[1].poll(0.2)
+    finally:
+        service.close()
+        for impostor in impostors:
+            with contextlib.suppress(KafkaException, RuntimeError):
+                impostor.close()
+    assert service.proc.returncode == 3
+    last = service.records()[-1]
+    assert last["level"] == "ERROR" and "fenced out of the consumer group twice" in last["msg"]
+    assert "Traceback" not in service.log_path.read_text()
+
+
+def _results_of(bootstrap: str, topics: dict[str, str], symbol: bytes) -> bool:
+    return any(m.key() == symbol for m in read_committed(bootstrap, topics["output"], timeout=5))
 
 
 def test_help_lists_the_variables(kafka_bootstrap: str) -> None:

@@ -8,8 +8,8 @@ from typing import ClassVar
 
 import pytest
 
-from service.kafka.errors import FencedError, KafkaRetriableError
-from service.run.core import RUNNING, Phase, RunCore
+from service.kafka.errors import FencedError, KafkaRetriableError, MemberFencedError
+from service.run.core import REJOIN_WINDOW_S, RUNNING, Phase, RunCore
 from service.run.events import (
     TP,
     Abort,
@@ -27,10 +27,12 @@ from service.run.events import (
     Failed,
     Instruction,
     Lost,
+    MemberFenced,
     NewPipeline,
     Note,
     Pause,
     Polled,
+    Rejoin,
     Restore,
     Restored,
     Resume,
@@ -265,6 +267,57 @@ def scenario_records_of_a_partition_given_up_mid_poll_are_left_out() -> None:
     d = Driver().running(0, 1)
     d(Revoked(pair(1)))
     assert d(Polled(1, pair(0, 1))) == [Submit(1, pair(0))]
+
+
+def scenario_a_fenced_member_aborts_drops_everything_and_rejoins_once() -> None:
+    d = Driver().running(0, 1)
+    d(Polled(1, pair(0, 1)))
+    fence = MemberFencedError("Static consumer fenced by other consumer")
+    out = d(MemberFenced(fence, at=100.0))
+    assert out == [
+        Note("warning", f"consumer fenced, joining the group again: {fence}"),
+        CountRebalance("lost"),
+        Abort(),
+        Drop(frozenset({0, 1})),
+        SetHeld(frozenset()),
+        Rejoin(),
+        NewPipeline(),
+    ]
+    assert d.core.inflight == {} and d.core.held == set()
+    assert d(Polled(2, pair(0))) == [Discard(2)]  # the old consumer's, read in the meantime
+    # The new consumer is assigned as at start: restored, then fetching.
+    out = d(Assigned(pair(0)))
+    assert only(out, Restore) == [Restore(2, frozenset({0}))]
+    assert only(d(Restored(2)), Resume) == [Resume(pair(0))]
+    # Fenced again soon after: another instance uses our id. The instance exits.
+    again = MemberFencedError("fenced again")
+    assert d(MemberFenced(again, at=100.0 + REJOIN_WINDOW_S - 1)) == [Exit(again)]
+
+
+def scenario_fences_far_apart_rejoin_each_time() -> None:
+    d = Driver().running(0)
+    for k in range(3):
+        out = d(MemberFenced(MemberFencedError("fenced"), at=k * (REJOIN_WINDOW_S + 1)))
+        assert Rejoin() in out and not only(out, Exit)
+        (restore,) = [i for i in d(Assigned(pair(0))) if isinstance(i, Restore)]
+        d(Restored(restore.token))
+
+
+def scenario_a_fence_during_recovery_rejoins_and_the_recovery_is_forgotten() -> None:
+    d = Driver().running(0)
+    d(Polled(1, pair(0)))
+    d(Failed(KafkaRetriableError("abortable"), True))  # recovery restore, token 2
+    out = d(MemberFenced(MemberFencedError("fenced"), at=5.0))
+    assert Rejoin() in out and d.core.phase is Phase.RUNNING
+    assert d(Restored(2)) == [Apply(2, frozenset())]  # loads nothing, starts nothing
+
+
+def scenario_a_fence_while_stopping_is_left_to_the_drain() -> None:
+    d = Driver().running(0)
+    d(Polled(1, pair(0)))
+    d(StopRequested("SIGTERM"))
+    assert d(MemberFenced(MemberFencedError("fenced"), at=1.0)) == []
+    assert d(Drained()) == [Exit(None)]
 
 
 SCENARIOS: list[Callable[[], None]] = [

@@ -1,7 +1,8 @@
 """Random event sequences against `sfa run`'s core, checked against a model kept here.
 
 What the broker, the consumer and the pipeline may do in any order (assign, revoke,
-lose, poll records of any partition, commit, finish a restore or a drain, fail, stop)
+lose, poll records of any partition, commit, finish a restore or a drain, fail, be
+fenced out of the group, stop)
 is thrown at the core; this test keeps its own record of what is held and what is in
 flight, from the events it sent and the instructions it got back, and checks:
 - a batch is submitted (which commits its offsets) only for partitions held, of a
@@ -16,7 +17,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from service.kafka.errors import FencedError, KafkaRetriableError
+from service.kafka.errors import FencedError, KafkaRetriableError, MemberFencedError
 from service.run.core import Phase, RunCore
 from service.run.events import (
     TP,
@@ -32,6 +33,7 @@ from service.run.events import (
     Failed,
     Instruction,
     Lost,
+    MemberFenced,
     Polled,
     Restore,
     Restored,
@@ -45,7 +47,7 @@ TOPICS = ("in", "re")
 ALL: list[TP] = [(t, p) for t in TOPICS for p in range(3)]
 partition_sets = st.frozensets(st.sampled_from(ALL), min_size=1)
 WEIGHTED = (
-    ["assign", "revoke", "fail", "stop"]
+    ["assign", "revoke", "fail", "fence", "stop"]
     + ["assign_pairs", "drained"] * 2
     + ["poll", "commit", "restored"] * 4
 )
@@ -66,6 +68,7 @@ class CoreMachine(RuleBasedStateMachine):
         self.batches = 0
         self.exited = False
         self.stopped = False
+        self.clock = 0.0
 
     def send(self, event: Event) -> None:
         for ins in self.core.handle(event):
@@ -136,6 +139,12 @@ class CoreMachine(RuleBasedStateMachine):
         error = KafkaRetriableError("abortable") if retriable else FencedError("fenced")
         self.send(Failed(error, retriable, during))  # type: ignore[arg-type]
 
+    def fence(self, after_s: float) -> None:
+        """The consumer is gone: the new one holds nothing until it is assigned."""
+        self.clock += after_s
+        self.held = set()
+        self.send(MemberFenced(MemberFencedError("fenced"), self.clock))
+
     def stop(self) -> None:
         self.stopped = True
         self.send(StopRequested("SIGTERM"))
@@ -168,6 +177,8 @@ class CoreMachine(RuleBasedStateMachine):
             self.drained(data.draw(st.booleans()))
         elif kind == "fail":
             self.fail(data.draw(st.booleans()), data.draw(st.sampled_from(["batch", "restore"])))
+        elif kind == "fence":
+            self.fence(data.draw(st.sampled_from([1.0, 1000.0])))
         elif kind == "stop":
             self.stop()
 
