@@ -65,9 +65,10 @@ import orjson
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from service.batches import BatchOutput, KafkaOrigin
+from service.batches import BatchOutput
 from service.decode.batch import decode_batch
 from service.kafka.config import client_config
+from service.kafka.message import KafkaOrigin
 from service.kafka.producer import AtLeastOnceProducer
 from service.market import generate_bars
 from service.ownership import owner
@@ -293,12 +294,12 @@ class BenchService(Service):
         self._bars = total_bars
         self._input = settings.kafka.input_topic
 
-    def _new_pipeline(self) -> Pipeline:
+    def new_pipeline(self) -> Pipeline[KafkaOrigin]:
         if self.run.ready is None:
             self.run.ready = time.perf_counter()
-        return super()._new_pipeline()
+        return super().new_pipeline()
 
-    def after_commit(self, out: BatchOutput) -> None:
+    def after_commit(self, out: BatchOutput[KafkaOrigin]) -> None:
         now, now_ms = time.monotonic(), time.time() * 1000.0
         super().after_commit(out)
         run, batch = self.run, out.batch
@@ -306,14 +307,14 @@ class BenchService(Service):
             run.first_commit = time.perf_counter()
         run.batch_latency.append(now - batch.closed_at)
         origin = batch.origin
-        if isinstance(origin, KafkaOrigin) and origin.timestamps_ms:
+        if origin.timestamps_ms:
             stamps = np.asarray(origin.timestamps_ms, dtype=np.float64)
             run.end_to_end.append((now_ms - stamps[stamps > 0]) / 1000.0)
         run.bars += out.n_bars  # applied here: a forwarded bar counts where it lands
-        run.forwarded += len(getattr(out, "forwards", ()))
-        if isinstance(origin, KafkaOrigin) and getattr(origin, "topics", None) is not None:
-            run.messages += sum(1 for t in origin.topics or () if t == self._input)
-        elif not isinstance(origin, KafkaOrigin) or origin.topic == self._input:
+        run.forwarded += len(out.forwards)
+        if origin.topics is not None:
+            run.messages += sum(1 for t in origin.topics if t == self._input)
+        elif origin.topic == self._input:
             run.messages += batch.n_messages
         run.rejects += len(out.rejects)
         run.results += len(out.results)

@@ -1,14 +1,18 @@
-"""The batch type and the two protocols every stage of the pipeline imports.
+"""The batch type and the protocols every stage of the pipeline imports.
 
 A batch is formed before the pipeline (the Kafka consumer's bounded `consume`, the
 file readers' line batches) and travels through it as one element: a payload (the
-messages, in one of three shapes) plus where they came from (`KafkaOrigin` or
-`FileOrigin`). `BatchOutput` is what a finished batch produced, which a `BatchSink`
-delivers as a unit; `Compute` is what the pipeline asks of the compute layer.
+messages, in one of three shapes) plus where they came from (its `Origin`: a
+`service.kafka.message.KafkaOrigin` or a `FileOrigin`). The batch, the pipeline and the
+sink are generic in the origin (`Batch[OriginT]`, `Pipeline[OriginT]`,
+`BatchSink[OriginT]`): the Kafka sink takes Kafka batches and says so in its type
+rather than checking. `BatchOutput` is what a finished batch produced, which a
+`BatchSink` delivers as a unit; a `Router` is the stage a source may hand the pipeline
+to forward bars to their owner; `Compute` is what the pipeline asks of the compute layer.
 
-    Kafka consumer --Batch(list[bytes], KafkaOrigin)--\\
-    file readers  --Batch(bytes | list[bytes], FileOrigin)--> Pipeline --BatchOutput--> BatchSink
-    replay reader --Batch(DecodedBatch, FileOrigin)---/
+    Kafka consumer --Batch[KafkaOrigin]: list[bytes]--\\   (+ its Router: the Forwarder)
+    file readers  --Batch[FileOrigin]: bytes | list[bytes]--> Pipeline --> BatchSink
+    replay reader --Batch[FileOrigin]: DecodedBatch---/
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+
+import numpy as np
 
 from service.compute.tasks import ChunkResult
 from service.decode.types import DecodedBatch, Reject
@@ -30,9 +36,11 @@ __all__ = [
     "Compute",
     "FileOrigin",
     "Forward",
-    "KafkaOrigin",
     "Origin",
+    "OriginT",
     "Payload",
+    "Routed",
+    "Router",
     "ServiceCompute",
 ]
 
@@ -42,40 +50,24 @@ __all__ = [
 Payload = list[bytes] | bytes | DecodedBatch
 
 
-@dataclass(frozen=True, slots=True)
-class KafkaOrigin:
-    """Where each message of a Kafka batch came from (lists parallel to the messages).
+class Origin(Protocol):
+    """What the pipeline asks of where a batch came from; each source types its own
+    (`service.kafka.message.KafkaOrigin`, `FileOrigin` below), and a sink says which
+    one it delivers (`BatchSink[KafkaOrigin]`), so no stage checks it at run time."""
 
-    `topics` names each message's topic when a batch mixes topics (the input and the
-    repartition topic, SPEC 7); None means every message came from `topic`.
-    """
+    def arrival(self, message_index: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per bar (by the index of its message): the partition it was read off and its
+        event timestamp in ms; None when every bar arrived alike (a file: line order
+        decides)."""
+        ...
 
-    topic: str
-    partitions: list[int]
-    offsets: list[int]
-    timestamps_ms: list[int]
-    topics: list[str] | None = field(default=None, kw_only=True)
+    def input_ref(self, index: int) -> dict[str, Any] | None:
+        """SPEC 6 `input` of message `index`, or None when results carry none."""
+        ...
 
-    def topic_of(self, index: int) -> str:
-        return self.topics[index] if self.topics is not None else self.topic
 
-    def input_ref(self, index: int) -> dict[str, Any]:
-        """SPEC 6 `input`: the position of message `index`."""
-        return {
-            "topic": self.topic_of(index),
-            "partition": self.partitions[index],
-            "offset": self.offsets[index],
-        }
-
-    def next_offsets(self) -> dict[tuple[str, int], int]:
-        """Per (topic, partition), the offset to commit once this batch is delivered."""
-        # Offsets only grow within a partition in a batch: the last one seen is the max.
-        if self.topics is None:
-            last = dict(zip(self.partitions, self.offsets, strict=True))
-            return {(self.topic, p): o + 1 for p, o in last.items()}
-        where = zip(self.topics, self.partitions, strict=True)
-        last_of = dict(zip(where, self.offsets, strict=True))
-        return {tp: o + 1 for tp, o in last_of.items()}
+OriginT = TypeVar("OriginT", bound=Origin)
+OriginT_contra = TypeVar("OriginT_contra", bound=Origin, contravariant=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,32 +85,37 @@ class FileOrigin:
             return self.lines[index] if 0 <= index < len(self.lines) else 0
         return self.first_line + index
 
+    def arrival(self, message_index: np.ndarray) -> None:
+        return None
 
-Origin = KafkaOrigin | FileOrigin
+    def input_ref(self, index: int) -> None:
+        return None
 
 
 @dataclass(slots=True)
-class Batch:
+class Batch(Generic[OriginT]):
     """Messages plus where they came from; `n_bytes` counts a separator per message
     (what a JSONL file holds), for progress. Build one with the `of_*` constructors."""
 
     payload: Payload
-    origin: Origin
+    origin: OriginT
     n_messages: int
     n_bytes: int
     closed_at: float = field(default_factory=time.monotonic)
 
     @classmethod
-    def of_values(cls, values: list[bytes], origin: Origin) -> Batch:
+    def of_values(cls, values: list[bytes], origin: OriginT) -> Batch[OriginT]:
         return cls(values, origin, len(values), sum(map(len, values)) + len(values))
 
     @classmethod
-    def of_lines(cls, blob: bytes, count: int, origin: Origin) -> Batch:
+    def of_lines(cls, blob: bytes, count: int, origin: OriginT) -> Batch[OriginT]:
         """`count` messages joined by single newlines."""
         return cls(blob, origin, count, len(blob) + 1)
 
     @classmethod
-    def of_decoded(cls, decoded: DecodedBatch, count: int, size: int, origin: Origin) -> Batch:
+    def of_decoded(
+        cls, decoded: DecodedBatch, count: int, size: int, origin: OriginT
+    ) -> Batch[OriginT]:
         """Already decoded: `count` messages that took `size` bytes."""
         return cls(decoded, origin, count, size)
 
@@ -133,9 +130,10 @@ class Batch:
 
 
 class Forward(NamedTuple):
-    """A bar read off a partition other than its owner's, to produce to partition
-    `partition` of the repartition topic (SPEC 7), stamped with its original timestamp.
-    A tuple: a snapshot feed makes one per bar, and a dataclass costs twice as much."""
+    """A bar read off a partition other than its owner's, handed on to its owner
+    `partition` (SPEC 7) with its original timestamp, which a `Router` decides and a
+    sink delivers. A tuple: a snapshot feed makes one per bar, and a dataclass costs
+    twice as much."""
 
     partition: int
     key: bytes
@@ -143,12 +141,35 @@ class Forward(NamedTuple):
     timestamp_ms: int
 
 
+class Routed(NamedTuple):
+    """A batch's bars after routing: those applied here (with their partition and
+    timestamp) and those handed on."""
+
+    applied: DecodedBatch
+    partitions: np.ndarray
+    stamps: np.ndarray
+    forwards: list[Forward]
+
+
+class Router(Protocol[OriginT_contra]):
+    """A stage the source hands the pipeline: which bars belong elsewhere. Only the
+    Kafka side has one (`service.kafka.forward.Forwarder`); replay applies every bar."""
+
+    def route(
+        self,
+        origin: OriginT_contra,
+        decoded: DecodedBatch,
+        partitions: np.ndarray,
+        stamps: np.ndarray,
+    ) -> Routed: ...
+
+
 @dataclass(slots=True)
-class BatchOutput:
+class BatchOutput(Generic[OriginT]):
     """Everything one batch produces; the sink commits it as a unit."""
 
     seq: int
-    batch: Batch
+    batch: Batch[OriginT]
     results: list[tuple[str, bytes]]
     rejects: list[Reject]
     state_records: list[tuple[bytes, bytes]]
@@ -160,10 +181,10 @@ class BatchOutput:
     forwards: list[Forward] = field(default_factory=list)
 
 
-class BatchSink(Protocol):
+class BatchSink(Protocol[OriginT]):
     """Where a finished batch goes. Called in batch order, one call at a time."""
 
-    async def write(self, out: BatchOutput) -> None: ...
+    async def write(self, out: BatchOutput[OriginT]) -> None: ...
 
 
 class Compute(Protocol):

@@ -1,10 +1,12 @@
 """The one streamz graph shared by `sfa replay` and `sfa run`.
 
-    source.emit(Batch)
+    source.emit(Batch[OriginT])   (OriginT: the source's origin, which the sink's type names too)
       -> _decode    map_async: the payload to a DecodedBatch (service.decode.pool:
                     inline or a helper process; a replay batch arrives decoded)
-      -> _prepare   map: apply to the state (service.state), snapshot what the
-                    results need, cut the stale symbols' windows into chunks
+      -> _prepare   map: route (the source's Router, if any: Kafka forwards bars read
+                    off a partition not their owner's), apply to the state
+                    (service.state), snapshot what the results need, cut the stale
+                    symbols' windows into chunks
       -> _dispatch  map: start the chunks on the compute layer (service.compute.stream:
                     scatter, submit; retries and fallback are its business)
       -> buffer(SFA_MAX_INFLIGHT_BATCHES)
@@ -33,7 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Generic, Literal
 
 import numpy as np
 from streamz import Stream
@@ -44,17 +46,16 @@ from service.batches import (
     BatchSink,
     Compute,
     Forward,
-    KafkaOrigin,
-    Origin,
+    OriginT,
+    Router,
 )
 from service.compute.tasks import ChunkResult
 from service.decode.pool import Decoder
 from service.decode.types import DecodedBatch
-from service.encode import ResultEncoder, encode_forwarded_bars, encode_pattern_part
+from service.encode import ResultEncoder, encode_pattern_part
 from service.engine import PatternResult, SymbolWindows, position_of, signal_of
 from service.engine.position import bars_since_festival, festival_of_window
 from service.errors import SfaError
-from service.ownership import Routing
 from service.settings import Settings
 from service.state import StateStore
 
@@ -92,9 +93,9 @@ class _Touched:
 
 
 @dataclass(slots=True)
-class _Prepared:
+class _Prepared(Generic[OriginT]):
     seq: int
-    batch: Batch
+    batch: Batch[OriginT]
     decoded: DecodedBatch
     touched: _Touched
     chunks: list[list[SymbolWindows]]
@@ -105,7 +106,7 @@ class _Prepared:
     pending: Awaitable[list[ChunkResult]] | None = None
 
 
-class Pipeline:
+class Pipeline(Generic[OriginT]):
     """Feed `Batch`es with `submit`; results reach the sink in batch order.
 
     `submit` returns once the batch is accepted, waiting while
@@ -117,16 +118,17 @@ class Pipeline:
         self,
         settings: Settings,
         compute: Compute | Callable[[], Awaitable[Compute]],
-        sink: BatchSink,
+        sink: BatchSink[OriginT],
         state: StateStore | None = None,
-        on_delivered: Callable[[BatchOutput], None] | None = None,
+        on_delivered: Callable[[BatchOutput[OriginT]], None] | None = None,
         with_changelog: bool = False,
         decoder: Decoder | None = None,
-        routing: Routing | None = None,
+        router: Router[OriginT] | None = None,
         emit: Emit = "batch",
     ) -> None:
-        """`routing` (Kafka mode): bars read off a partition other than their owner's are
-        forwarded (SPEC 7) instead of applied; None (files): every bar is applied.
+        """`router`: the stage a source hands in to forward bars that belong elsewhere
+        (Kafka: `service.kafka.forward.Forwarder`, SPEC 7); None (files): every bar is
+        applied.
 
         `emit="final"` (replay backfills): batches only update the state; `finish()`
         then emits one result per held symbol. Each equals the last result per-batch
@@ -142,13 +144,13 @@ class Pipeline:
         self._sink = sink
         self._on_delivered = on_delivered
         self._with_changelog = with_changelog
-        self._routing = routing
+        self._router = router
         self._decoder = (
             decoder if decoder is not None else Decoder(settings.batching.max_message_bytes)
         )
         self._signals: dict[str, tuple[PatternResult, str, bytes]] = {}
         self._emit_final = emit == "final"
-        self._final: Batch | None = None  # the marker batch `finish` submits
+        self._final: Batch[OriginT] | None = None  # the marker batch `finish` submits
         self._seq = 0
         self._max_inflight = settings.batching.max_inflight_batches
         self._inflight = 0
@@ -182,7 +184,7 @@ class Pipeline:
         """The error that stopped this pipeline, if any; the driver decides what follows."""
         return self._failure
 
-    async def submit(self, batch: Batch) -> None:
+    async def submit(self, batch: Batch[OriginT]) -> None:
         self._raise_if_failed()
         while self._inflight >= self._max_inflight and self._failure is None:
             self._room.clear()
@@ -196,7 +198,7 @@ class Pipeline:
             self._fail(exc)
         self._raise_if_failed()
 
-    async def finish(self, origin: Origin) -> None:
+    async def finish(self, origin: OriginT) -> None:
         """With `emit="final"`: after every batch, one result per held symbol (sorted),
         delivered like a batch's (its `on_delivered` sees a batch of 0 messages)."""
         if not self._emit_final:
@@ -243,7 +245,9 @@ class Pipeline:
 
     # --- graph nodes ---
 
-    async def _decode(self, batch: Batch) -> tuple[Batch, DecodedBatch] | _Dropped:
+    async def _decode(
+        self, batch: Batch[OriginT]
+    ) -> tuple[Batch[OriginT], DecodedBatch] | _Dropped:
         payload = batch.payload
         try:
             if isinstance(payload, DecodedBatch):
@@ -254,7 +258,9 @@ class Pipeline:
         except Exception as exc:
             return self._drop(exc)
 
-    def _prepare(self, item: tuple[Batch, DecodedBatch] | _Dropped) -> _Prepared | _Dropped:
+    def _prepare(
+        self, item: tuple[Batch[OriginT], DecodedBatch] | _Dropped
+    ) -> _Prepared[OriginT] | _Dropped:
         if isinstance(item, _Dropped):
             return item
         if self._failure is not None:
@@ -264,22 +270,19 @@ class Pipeline:
         except Exception as exc:  # an exception here would kill streamz's worker loop
             return self._drop(exc)
 
-    def _prepare_decoded(self, batch: Batch, decoded: DecodedBatch) -> _Prepared:
+    def _prepare_decoded(self, batch: Batch[OriginT], decoded: DecodedBatch) -> _Prepared[OriginT]:
         seq = self._seq
         self._seq += 1
         partition: int | np.ndarray = -1
         stamps: int | np.ndarray = 0  # files: every bar alike, so arrival (line) order decides
         forwards: list[Forward] = []
-        kafka = batch.origin if isinstance(batch.origin, KafkaOrigin) else None
-        if kafka is not None and len(decoded):
-            at = decoded.message_index
-            bar_partitions = np.asarray(kafka.partitions, dtype=np.int32)[at]
-            bar_stamps = np.asarray(kafka.timestamps_ms, dtype=np.int64)[at]
-            if self._routing is not None:
-                decoded, bar_partitions, bar_stamps, forwards = self._route(
-                    kafka, decoded, bar_partitions, bar_stamps
+        arrival = batch.origin.arrival(decoded.message_index) if len(decoded) else None
+        if arrival is not None:
+            partition, stamps = arrival
+            if self._router is not None:
+                decoded, partition, stamps, forwards = self._router.route(
+                    batch.origin, decoded, partition, stamps
                 )
-            partition, stamps = bar_partitions, bar_stamps
         state = self.state
         outcome = state.apply_codes(
             decoded.codes, decoded.uniques, decoded.days, decoded.closes, partition, stamps
@@ -292,7 +295,7 @@ class Pipeline:
             touched_symbols = stale_symbols = []
         latest, bars = state.heads(touched_symbols)
         message_index = [-1] * len(touched_symbols)
-        if kafka is not None and len(decoded) and touched_symbols:
+        if arrival is not None and len(decoded) and touched_symbols:
             # message indexes grow along the batch, so the max per code is the last one
             last = np.full(len(decoded.uniques), -1, dtype=np.int64)
             np.maximum.at(last, decoded.codes, decoded.message_index)
@@ -316,64 +319,7 @@ class Pipeline:
             len(decoded),
         )
 
-    def _route(
-        self,
-        kafka: KafkaOrigin,
-        decoded: DecodedBatch,
-        partition: np.ndarray,
-        stamps: np.ndarray,
-    ) -> tuple[DecodedBatch, np.ndarray, np.ndarray, list[Forward]]:
-        """Split off the bars to forward (SPEC 7); the rest, re-factorized, is applied.
-
-        A forwarded bar keeps its record's timestamp, so event order (SPEC 1) is the same
-        whichever way it reaches its owner. Rejects stay with the batch that read them:
-        a bad record is dead-lettered where it was first read, once.
-        """
-        routing = self._routing
-        assert routing is not None
-        from_source: bool | np.ndarray
-        if kafka.topics is None:
-            from_source = kafka.topic == routing.source
-        else:
-            by_message = np.fromiter(
-                (t == routing.source for t in kafka.topics), bool, len(kafka.topics)
-            )
-            from_source = by_message[decoded.message_index]
-        mask = routing.to_forward(decoded.codes, decoded.uniques, partition, from_source)
-        if mask is None:
-            return decoded, partition, stamps, []
-        uniques = decoded.uniques
-        owners = routing.owners(uniques)
-        out = np.flatnonzero(mask)
-        codes = decoded.codes[out].tolist()
-        symbols = [uniques[c] for c in codes]
-        values = encode_forwarded_bars(symbols, decoded.days[out], decoded.closes[out])
-        keys = [s.encode() for s in uniques]
-        forwards = list(
-            map(
-                Forward,
-                owners[codes].tolist(),
-                [keys[c] for c in codes],
-                values,
-                stamps[out].tolist(),
-            )
-        )
-        keep = ~mask
-        kept_codes = decoded.codes[keep]
-        used = np.unique(kept_codes)  # codes follow first appearance: so does `used`
-        remap = np.full(len(uniques), -1, dtype=np.int32)
-        remap[used] = np.arange(len(used), dtype=np.int32)
-        applied = DecodedBatch(
-            codes=remap[kept_codes],
-            uniques=[uniques[i] for i in used.tolist()],
-            days=decoded.days[keep],
-            closes=decoded.closes[keep],
-            message_index=decoded.message_index[keep],
-            rejects=decoded.rejects,
-        )
-        return applied, partition[keep], stamps[keep], forwards
-
-    def _dispatch(self, prepared: _Prepared | _Dropped) -> _Prepared | _Dropped:
+    def _dispatch(self, prepared: _Prepared[OriginT] | _Dropped) -> _Prepared[OriginT] | _Dropped:
         if isinstance(prepared, _Prepared) and prepared.chunks:
             prepared.pending = asyncio.ensure_future(self._run(prepared.chunks))
         return prepared
@@ -388,8 +334,8 @@ class Pipeline:
         return await self._compute_ready.run_chunks(chunks, self.params)
 
     async def _collect(
-        self, prepared: _Prepared | _Dropped
-    ) -> tuple[_Prepared, list[ChunkResult]] | _Dropped:
+        self, prepared: _Prepared[OriginT] | _Dropped
+    ) -> tuple[_Prepared[OriginT], list[ChunkResult]] | _Dropped:
         if isinstance(prepared, _Dropped):
             return prepared
         try:
@@ -417,8 +363,8 @@ class Pipeline:
         return out
 
     async def _finish(
-        self, item: tuple[_Prepared, list[ChunkResult]] | _Dropped
-    ) -> BatchOutput | _Dropped:
+        self, item: tuple[_Prepared[OriginT], list[ChunkResult]] | _Dropped
+    ) -> BatchOutput[OriginT] | _Dropped:
         if isinstance(item, _Dropped):
             return item
         if self._failure is not None:
@@ -439,7 +385,9 @@ class Pipeline:
                 return self._drop(exc)
         return out
 
-    def _finalize(self, prepared: _Prepared, chunk_results: list[ChunkResult]) -> BatchOutput:
+    def _finalize(
+        self, prepared: _Prepared[OriginT], chunk_results: list[ChunkResult]
+    ) -> BatchOutput[OriginT]:
         state = self.state
         fresh: dict[str, PatternResult] = {}
         executed_by: set[str] = set()
@@ -448,8 +396,7 @@ class Pipeline:
             for result in chunk.results:
                 fresh[result.symbol] = result
                 state.set_pattern(result.symbol, result, encode_pattern_part(result))
-        origin = prepared.batch.origin
-        kafka = origin if isinstance(origin, KafkaOrigin) else None
+        input_ref = prepared.batch.origin.input_ref
         window_days = self.params.window_days
         encoder = self._encoder
         splice = encoder.splice
@@ -494,7 +441,7 @@ class Pipeline:
                 position_part,
                 sig[2],
                 bars,
-                kafka.input_ref(msg) if kafka and msg >= 0 else None,
+                input_ref(msg) if msg >= 0 else None,
             )
             results.append((symbol, payload))
         return BatchOutput(
@@ -511,7 +458,7 @@ class Pipeline:
             forwards=prepared.forwards,
         )
 
-    def _release(self, out: BatchOutput | _Dropped) -> None:
+    def _release(self, out: BatchOutput[OriginT] | _Dropped) -> None:
         if isinstance(out, BatchOutput) and self._on_delivered is not None:
             try:
                 self._on_delivered(out)

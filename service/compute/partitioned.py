@@ -192,7 +192,7 @@ def _run(
     token = uuid.uuid4().hex[:8]
     retries = settings.dask.dask_task_retries
     params = settings.engine.engine_params()
-    read: list[Future] = [
+    read: list[Future[Any]] = [
         client.submit(
             read_block,
             b,
@@ -205,7 +205,7 @@ def _run(
         for b in blocks
     ]
 
-    def part(name: Any, i: int) -> Future:
+    def part(name: Any, i: int) -> Future[Any]:
         return client.submit(
             operator.getitem, read[i], name, key=f"sfa-{name}-{token}-{i}", retries=retries
         )

@@ -188,7 +188,7 @@ class ComputeHandle:
             future.release()
             data.release()
 
-    async def _watch(self, future: Future) -> ChunkResult:
+    async def _watch(self, future: Future[ChunkResult]) -> ChunkResult:
         """Await a task, but give up when the cluster has had no workers for a connect timeout
         (a task waits forever for workers that never come back)."""
         waiter: asyncio.Future[Any] = asyncio.ensure_future(future)

@@ -119,12 +119,14 @@ _BRACE = ord("{")
 _BOM = b"\xef\xbb\xbf"  # UTF-8 byte order mark: Windows tools start text files with it
 
 
-def _jsonl(path: str, batch_lines: int) -> Iterator[Batch]:
+def _jsonl(path: str, batch_lines: int) -> Iterator[Batch[FileOrigin]]:
     with open_binary(path) as f:
         yield from jsonl_batches(f, path, batch_lines)
 
 
-def jsonl_batches(f: IO[bytes], path: str, batch_lines: int, line: int = 0) -> Iterator[Batch]:
+def jsonl_batches(
+    f: IO[bytes], path: str, batch_lines: int, line: int = 0
+) -> Iterator[Batch[FileOrigin]]:
     """`batch_lines` file lines at a time, cut with one numpy pass per read chunk; `f`
     needs only `read1` (partitioned replay hands a byte range of the file, whose lines
     are then counted from `line`).
@@ -261,7 +263,7 @@ def read_batches(
     paths: Sequence[str],
     batch_lines: int = 5000,
     failures: list[FileFailure] | None = None,
-) -> Iterator[Batch]:
+) -> Iterator[Batch[FileOrigin]]:
     """Messages of every file in order, `batch_lines` at a time (a batch never spans
     two files). Every path is checked before the first batch, so a typo in the last
     file fails at start rather than after an hour of replay.
@@ -291,7 +293,7 @@ def _check_url(path: str) -> None:
 
 def _batches(
     paths: list[str], batch_lines: int, failures: list[FileFailure] | None
-) -> Iterator[Batch]:
+) -> Iterator[Batch[FileOrigin]]:
     for path in paths:
         failure: FileFailure | None = None
         values: list[bytes] = []
@@ -384,7 +386,6 @@ def keyed_messages(
     """
     for batch in read_batches(paths, failures=failures):
         origin = batch.origin
-        assert isinstance(origin, FileOrigin)
         for i, value in enumerate(batch.messages()):
             yield KeyedMessage(_key(value), value, origin.file, origin.line_of(i))
 

@@ -43,7 +43,7 @@ class ReplayStats:
     failures: list[FileFailure] = field(default_factory=list)  # files not read to the end
     files: FileTallies = field(default_factory=FileTallies)  # what each file gave
 
-    def add(self, out: BatchOutput) -> None:
+    def add(self, out: BatchOutput[FileOrigin]) -> None:
         self.files.add(out)
         self.batches += 1
         self.messages += out.batch.n_messages
@@ -62,7 +62,7 @@ async def replay(
     errors: IO[bytes] | None,
     progress: bool = False,
     emit: Emit = "batch",
-) -> tuple[ReplayStats, Pipeline]:
+) -> tuple[ReplayStats, Pipeline[FileOrigin]]:
     """Run every file through the pipeline; returns the counts and the final pipeline.
 
     `emit="final"`: one result per symbol after the last batch instead of one per
@@ -91,7 +91,7 @@ async def replay(
 
     bar = _progress_bar(paths) if progress else None
 
-    def delivered(out: BatchOutput) -> None:
+    def delivered(out: BatchOutput[FileOrigin]) -> None:
         stats.add(out)
         if bar is not None:
             bar.update(out.batch.n_bytes)
@@ -148,7 +148,7 @@ async def replay(
 
 async def _batches(
     paths: list[str], batch_lines: int, source: FileSource | None, failures: list[FileFailure]
-) -> AsyncIterator[Batch]:
+) -> AsyncIterator[Batch[FileOrigin]]:
     if source is not None:
         async for batch in source:
             batch.closed_at = time.monotonic()  # batch latency counts from here, as for Kafka

@@ -24,7 +24,7 @@ class FileSink:
         self._errors = errors
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sfa-writer")
 
-    async def write(self, out: BatchOutput) -> None:
+    async def write(self, out: BatchOutput[FileOrigin]) -> None:
         data = b""
         if self._results is not None and out.results:
             # One copy of what can be gigabytes per run: the empty last element gives the
@@ -35,8 +35,6 @@ class FileSink:
         errors = b""
         if self._errors is not None and out.rejects:
             origin = out.batch.origin
-            if not isinstance(origin, FileOrigin):
-                raise TypeError("FileSink writes the dead letters of file batches only")
             errors = b"".join(
                 errors_file_record(r, origin.file, origin.line_of(r.index)) + b"\n"
                 for r in out.rejects

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from service import helpers
-from service.batches import Batch
+from service.batches import Batch, FileOrigin
 from service.decode.batch import decode_batch, decode_lines
 from service.errors import InputError
 from service.files.readers import FileFailure, read_batches
@@ -105,7 +105,7 @@ class FileSource:
             if not isinstance(item, Batch | FileFailure):
                 return
 
-    async def __aiter__(self) -> AsyncIterator[Batch]:
+    async def __aiter__(self) -> AsyncIterator[Batch[FileOrigin]]:
         loop = asyncio.get_running_loop()
         while True:
             try:

@@ -63,9 +63,9 @@ class FileTallies:
     def __init__(self) -> None:
         self.files: dict[str, FileTally] = {}
 
-    def add(self, out: BatchOutput) -> None:
+    def add(self, out: BatchOutput[FileOrigin]) -> None:
         origin = out.batch.origin
-        if not isinstance(origin, FileOrigin) or not out.batch.n_messages:
+        if not out.batch.n_messages:
             return
         tally = self.files.setdefault(origin.file, FileTally())
         tally.messages += out.batch.n_messages

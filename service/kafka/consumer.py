@@ -28,7 +28,7 @@ from service.batches import Batch
 from service.kafka.config import consumer_config
 from service.kafka.contact import BrokerContact
 from service.kafka.errors import classify
-from service.kafka.message import KeyedKafkaOrigin, MessageLike, TopicPartitionKey
+from service.kafka.message import KafkaOrigin, MessageLike, TopicPartitionKey
 from service.settings import KafkaSettings
 
 __all__ = ["BatchConsumer", "PartitionListener", "only_partitions", "to_batch"]
@@ -53,7 +53,7 @@ class PartitionListener(Protocol):
     def on_lost(self, partitions: list[TopicPartitionKey]) -> None: ...
 
 
-def to_batch(messages: Sequence[MessageLike]) -> Batch:
+def to_batch(messages: Sequence[MessageLike]) -> Batch[KafkaOrigin]:
     """The records as one batch; librdkafka's `Message` goes no further than this.
 
     The consumer reads the input and the repartition topic (SPEC 7): each message's
@@ -71,28 +71,29 @@ def to_batch(messages: Sequence[MessageLike]) -> Batch:
         topics.append(m.topic() or "")
     topic = topics[0]
     mixed = topics if topics.count(topic) != len(topics) else None
-    origin = KeyedKafkaOrigin(topic, partitions, offsets, stamps, keys, topics=mixed)
+    origin = KafkaOrigin(topic, partitions, offsets, stamps, topics=mixed, keys=keys)
     return Batch.of_values(values, origin)
 
 
-def only_partitions(batch: Batch, keep: frozenset[TopicPartitionKey]) -> Batch:
+def only_partitions(
+    batch: Batch[KafkaOrigin], keep: frozenset[TopicPartitionKey]
+) -> Batch[KafkaOrigin]:
     """The batch's records of the `keep` partitions only (the rest came from partitions
     given up, or paused too late, while the batch was being polled)."""
     origin = batch.origin
-    assert isinstance(origin, KeyedKafkaOrigin)
     index = [
         i for i in range(batch.n_messages) if (origin.topic_of(i), origin.partitions[i]) in keep
     ]
     values = batch.messages()
     topics = [origin.topic_of(i) for i in index]
     topic = topics[0] if topics else origin.topic
-    subset = KeyedKafkaOrigin(
+    subset = KafkaOrigin(
         topic,
         [origin.partitions[i] for i in index],
         [origin.offsets[i] for i in index],
         [origin.timestamps_ms[i] for i in index],
-        [origin.keys[i] for i in index],
         topics=topics if topics.count(topic) != len(topics) else None,
+        keys=[origin.key_of(i) for i in index] if origin.keys is not None else None,
     )
     return Batch.of_values([values[i] for i in index], subset)
 
@@ -171,7 +172,7 @@ class BatchConsumer:
         *,
         between: Callable[[], None] | None = None,
         slice_s: float = 0.1,
-    ) -> Batch | None:
+    ) -> Batch[KafkaOrigin] | None:
         """Up to `max_messages` records as one `Batch`, waiting at most `timeout_s` for
         them; None when nothing came.
 

@@ -26,10 +26,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from service.batches import BatchOutput, KafkaOrigin
+from service.batches import BatchOutput
 from service.encode import dead_letter_headers
 from service.kafka.errors import AuthorizationError
-from service.kafka.message import KeyedKafkaOrigin
+from service.kafka.message import KafkaOrigin
 
 __all__ = [
     "AtLeastOnceSinkProducer",
@@ -111,7 +111,7 @@ class KafkaSink:
         commit: Callable[[Offsets], None],
         state_partition: Callable[[bytes], int | None],
         run: Callable[[Callable[[], None]], Awaitable[None]] = _inline,
-        on_committed: Callable[[BatchOutput], None] | None = None,
+        on_committed: Callable[[BatchOutput[KafkaOrigin]], None] | None = None,
     ) -> None:
         self._producer = producer
         self._topics = topics
@@ -152,16 +152,14 @@ class KafkaSink:
 
         return cls(producer, topics, begin=_nothing, commit=commit, **kwargs)
 
-    async def write(self, out: BatchOutput) -> None:
+    async def write(self, out: BatchOutput[KafkaOrigin]) -> None:
         await self._run(lambda: self.write_blocking(out))
         if self._on_committed is not None:
             self._on_committed(out)
 
-    def write_blocking(self, out: BatchOutput) -> None:
+    def write_blocking(self, out: BatchOutput[KafkaOrigin]) -> None:
         """The whole batch on the caller's thread; raises when it did not commit."""
         origin = out.batch.origin
-        if not isinstance(origin, KafkaOrigin):
-            raise TypeError("KafkaSink delivers Kafka batches only")
         produce, topics = self._producer.produce, self._topics
         if out.forwards and topics.repartition is None:
             raise TypeError("a batch forwards bars but the sink has no repartition topic")
@@ -187,8 +185,7 @@ class KafkaSink:
                 )
             ]
             # The source message's key, so a dead letter sits beside its symbol's records.
-            key = origin.key_of(reject.index) if isinstance(origin, KeyedKafkaOrigin) else None
-            produce(topics.dlq, reject.raw, key=key, headers=headers)
+            produce(topics.dlq, reject.raw, key=origin.key_of(reject.index), headers=headers)
         for key, value in out.state_records:
             # partition p of the state topic holds the state of input partition p
             produce(topics.state, value, key=key, partition=self._state_partition(key))

@@ -128,7 +128,7 @@ def _row_group_batches(block: Block, batch_lines: int, counter: list[int]) -> An
     counter.append(rows)
 
 
-def _decode(batch: Batch, max_message_bytes: int) -> Any:
+def _decode(batch: Batch[FileOrigin], max_message_bytes: int) -> Any:
     payload = batch.payload
     if isinstance(payload, bytes):
         return decode_lines(payload, max_message_bytes)
@@ -168,7 +168,6 @@ def read_block(
         for batch in batches:
             decoded = _decode(batch, max_message_bytes)
             origin = batch.origin
-            assert isinstance(origin, FileOrigin)
             n_messages += batch.n_messages
             n_bytes += batch.n_bytes
             for r in decoded.rejects:

@@ -11,7 +11,8 @@ from collections import Counter
 
 import numpy as np
 
-from service.batches import BatchOutput, KafkaOrigin
+from service.batches import BatchOutput
+from service.kafka.message import KafkaOrigin
 from service.run.metrics import Metrics
 from service.run.progress import Progress
 
@@ -19,22 +20,20 @@ __all__ = ["Accounting"]
 
 
 class Accounting:
-    def __init__(self, metrics: Metrics, progress: Progress, input_topic: str) -> None:
+    def __init__(self, metrics: Metrics, progress: Progress) -> None:
         self._metrics = metrics
         self._progress = progress
-        self._input_topic = input_topic
 
-    def committed(self, out: BatchOutput) -> None:
+    def committed(self, out: BatchOutput[KafkaOrigin]) -> None:
         m = self._metrics
         batch = out.batch
         now_ms = time.time() * 1000.0
-        origin = batch.origin
-        kafka = origin if isinstance(origin, KafkaOrigin) else None
-        if kafka is not None and kafka.topics is not None:
+        kafka = batch.origin
+        if kafka.topics is not None:
             for topic, n in Counter(kafka.topics).items():
                 m.messages_consumed(topic, n)
         else:
-            m.messages_consumed(kafka.topic if kafka else self._input_topic, batch.n_messages)
+            m.messages_consumed(kafka.topic, batch.n_messages)
         m.bars_processed(out.n_bars)
         if out.forwards:
             m.bars_forwarded(len(out.forwards))
@@ -46,6 +45,6 @@ class Accounting:
         m.batch("ok")
         self._progress.batch_committed(batch.n_messages, out.n_bars)
         m.observe_batch(batch.n_messages, time.monotonic() - batch.closed_at)
-        if kafka is not None and kafka.timestamps_ms:
+        if kafka.timestamps_ms:
             stamps = np.asarray(kafka.timestamps_ms, dtype=np.float64)
             m.observe_end_to_end((now_ms - stamps[stamps > 0]) / 1000.0)

@@ -34,11 +34,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from service import __version__
-from service.batches import Batch, BatchOutput, KafkaOrigin, ServiceCompute
+from service.batches import Batch, BatchOutput, ServiceCompute
 from service.decode.pool import Decoder, decode_processes
 from service.errors import SfaError
 from service.kafka.consumer import BatchConsumer, only_partitions
 from service.kafka.errors import MemberFencedError
+from service.kafka.forward import Forwarder
+from service.kafka.message import KafkaOrigin
 from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
 from service.kafka.restore import read_state_by_partition
 from service.kafka.sink import KafkaSink, SinkTopics
@@ -127,16 +129,16 @@ class Service:
             )
         )
         self.progress = Progress()
-        self.accounting = Accounting(self.metrics, self.progress, settings.kafka.input_topic)
+        self.accounting = Accounting(self.metrics, self.progress)
         self._registry_problem: str | None = None
-        self.pipeline: Pipeline | None = None
+        self.pipeline: Pipeline[KafkaOrigin] | None = None
         self._failure_told: BaseException | None = None
         self.compute: ServiceCompute | None = None
         self.consumer: BatchConsumer | None = None
         self.producer: TransactionalProducer | AtLeastOnceProducer | None = None
         self._batch_ids = itertools.count(1)
         # polled, not yet submitted or discarded: the batch and the partitions it read
-        self._polled: dict[int, tuple[Batch, frozenset[ev.TP]]] = {}
+        self._polled: dict[int, tuple[Batch[KafkaOrigin], frozenset[ev.TP]]] = {}
         self._submitted: dict[int, int] = {}  # id(batch) -> its number, until committed
         self._restored: dict[int, _Records] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -370,7 +372,7 @@ class Service:
         await self.in_kafka_thread(swap)
         self.consumer = fresh
 
-    async def _submit(self, number: int, batch: Batch) -> None:
+    async def _submit(self, number: int, batch: Batch[KafkaOrigin]) -> None:
         pipeline = self.pipeline
         assert pipeline is not None
         self._submitted[id(batch)] = number
@@ -413,7 +415,7 @@ class Service:
             )
         await self.report(ev.Failed(failure, _retriable(failure)))
 
-    def after_commit(self, out: BatchOutput) -> None:
+    def after_commit(self, out: BatchOutput[KafkaOrigin]) -> None:
         """From the sink, once a batch's offsets are committed."""
         self.latest.update(out.results)
         self.accounting.committed(out)
@@ -490,7 +492,7 @@ class Service:
         full = self.core.backpressured
         wait_s = 0.05 if full else s.batching.batch_max_wait_ms / 1e3
 
-        def poll() -> Batch | None:
+        def poll() -> Batch[KafkaOrigin] | None:
             return consumer.poll_batch(
                 s.batching.batch_max_messages, wait_s, between=self._apply_consumer_ops
             )
@@ -527,7 +529,7 @@ class Service:
             )
             log.info(line.message, extra=line.fields)
 
-    def new_pipeline(self) -> Pipeline:
+    def new_pipeline(self) -> Pipeline[KafkaOrigin]:
         s = self.settings
         topics = SinkTopics(
             output=s.kafka.output_topic,
@@ -553,7 +555,7 @@ class Service:
             state=self.state,
             with_changelog=True,
             decoder=self.decoder,
-            routing=self.routing,
+            router=Forwarder(self.routing) if self.routing is not None else None,
         )
 
     async def _shutdown(self) -> None:
@@ -594,10 +596,8 @@ class Service:
             log.debug("could not %s: %s", what, exc)
 
 
-def _partitions(batch: Batch) -> frozenset[ev.TP]:
-    origin = batch.origin
-    assert isinstance(origin, KafkaOrigin)
-    return frozenset(origin.next_offsets())
+def _partitions(batch: Batch[KafkaOrigin]) -> frozenset[ev.TP]:
+    return frozenset(batch.origin.next_offsets())
 
 
 def _retriable(exc: BaseException) -> bool:

@@ -10,10 +10,11 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from service.batches import Batch, KafkaOrigin
+from service.batches import Batch
 from service.kafka.admin import ensure_topics
 from service.kafka.consumer import BatchConsumer
 from service.kafka.errors import MissingTopicError
+from service.kafka.message import KafkaOrigin
 from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
 from service.kafka.restore import read_state_partitions
 from service.run.core import RunCore
@@ -125,12 +126,11 @@ def _produce(settings: KafkaSettings, topic: str, values: list[bytes], partition
 Record = tuple[bytes, int, int]  # value, partition, offset
 
 
-def _records(batch: Batch | None) -> list[Record]:
+def _records(batch: Batch[KafkaOrigin] | None) -> list[Record]:
     """What a polled batch carried, message by message."""
     if batch is None:
         return []
     origin = batch.origin
-    assert isinstance(origin, KafkaOrigin)
     return list(zip(batch.messages(), origin.partitions, origin.offsets, strict=True))
 
 

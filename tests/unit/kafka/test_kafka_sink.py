@@ -11,8 +11,9 @@ from collections import Counter
 
 import pytest
 
-from service.batches import Batch, BatchOutput, FileOrigin, Forward, KafkaOrigin
+from service.batches import Batch, BatchOutput, Forward
 from service.decode.types import Reject
+from service.kafka.message import KafkaOrigin
 from service.kafka.sink import KafkaSink, SinkTopics
 from tests.unit.fakes import CallLog, FakeConsumer, FakeProducer
 
@@ -20,7 +21,7 @@ TOPICS = SinkTopics(output="out", dlq="dlq", state="state", repartition="rep")
 STATE_PARTITIONS = {b"s:A": 1, b"s:B": 0}
 
 
-def _output(origin: KafkaOrigin | FileOrigin | None = None) -> BatchOutput:
+def _output(origin: KafkaOrigin | None = None) -> BatchOutput[KafkaOrigin]:
     origin = origin or KafkaOrigin("bars", [0, 1, 0], [10, 20, 11], [0, 0, 0])
     batch = Batch.of_values([b'{"a":1}', b"{bad", b'{"b":1}'], origin)
     return BatchOutput(
@@ -152,24 +153,12 @@ def test_the_blocking_part_runs_where_the_service_says() -> None:
     assert ran == ["producer thread"] and _names(log)[-1] == "commit"
 
 
-def test_a_file_batch_is_refused() -> None:
-    log: CallLog = []
-    sink = KafkaSink.exactly_once(
-        FakeProducer(log), FakeConsumer(log), TOPICS, state_partition=STATE_PARTITIONS.get
-    )
-    with pytest.raises(TypeError):
-        sink.write_blocking(_output(FileOrigin("bars.jsonl")))
-    assert log == []
-
-
 def test_a_dead_letter_keeps_its_source_messages_key() -> None:
-    from service.kafka.message import KeyedKafkaOrigin
-
     log: CallLog = []
     sink = KafkaSink.exactly_once(
         FakeProducer(log), FakeConsumer(log), TOPICS, state_partition=STATE_PARTITIONS.get
     )
-    origin = KeyedKafkaOrigin("bars", [0, 1, 0], [10, 20, 11], [0, 0, 0], [b"A", b"B.SH", None])
+    origin = KafkaOrigin("bars", [0, 1, 0], [10, 20, 11], [0, 0, 0], keys=[b"A", b"B.SH", None])
     sink.write_blocking(_output(origin))
     [dead] = [c for c in log if c[0] == "produce" and c[1] == "dlq"]
     assert dead[3] == b"B.SH"  # message 1 was rejected; its key was B.SH

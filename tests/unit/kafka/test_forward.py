@@ -20,9 +20,11 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.batches import Batch, BatchOutput, FileOrigin, Forward, KafkaOrigin
+from service.batches import Batch, BatchOutput, FileOrigin, Forward
 from service.calendar import date_to_day
 from service.encode import encode_forwarded_bar, encode_forwarded_bars
+from service.kafka.forward import Forwarder
+from service.kafka.message import KafkaOrigin
 from service.ownership import Routing, owner
 from service.pipeline import Pipeline
 from service.settings import load_settings
@@ -80,7 +82,7 @@ def _through_kafka(
     sink = ListSink()
 
     async def go() -> None:
-        pipeline = Pipeline(SETTINGS, InlineCompute(), sink, routing=ROUTING)
+        pipeline = Pipeline(SETTINGS, InlineCompute(), sink, router=Forwarder(ROUTING))
         seen = 0
         while any(queues.values()):
             values, topics, parts, offs, stamps = [], [], [], [], []
@@ -152,7 +154,7 @@ def test_a_batch_forwards_misplaced_bars_and_applies_the_rest() -> None:
     sink = ListSink()
 
     async def go() -> None:
-        pipeline = Pipeline(SETTINGS, InlineCompute(), sink, routing=ROUTING)
+        pipeline = Pipeline(SETTINGS, InlineCompute(), sink, router=Forwarder(ROUTING))
         await pipeline.submit(Batch.of_values([snapshot, keyed_a], origin))
         await pipeline.drain()
 
