@@ -1,6 +1,7 @@
 """The layout holds: no module of `service` imports one that imports it back (directly
-or around a circle, TYPE_CHECKING imports included), and every module imports on its
-own, with no other service module loaded first."""
+or around a circle, TYPE_CHECKING imports included), every module imports on its own,
+with no other service module loaded first, and the graph replay and run share knows
+nothing of Kafka or of `sfa run`."""
 
 from __future__ import annotations
 
@@ -84,6 +85,25 @@ def test_no_module_imports_in_a_circle() -> None:
     graph = _graph()
     assert len(graph) > 40  # the walk saw the package
     assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
+
+
+def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_the_shared_graph_imports_nothing_of_kafka_or_of_sfa_run() -> None:
+    """Forwarding and the Kafka origin are handed in by the Kafka side (batches.py's
+    Router and Origin protocols), so replay's graph needs none of it, even indirectly."""
+    graph = _graph()
+    for shared in ("service.pipeline", "service.batches"):
+        reached = _reach(graph, shared)
+        kafka = sorted(m for m in reached if m.startswith(("service.kafka", "service.run")))
+        assert not kafka, f"{shared} reaches {kafka}"
 
 
 _FRESH = """
