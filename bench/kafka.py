@@ -311,7 +311,7 @@ class BenchService(Service):
             stamps = np.asarray(origin.timestamps_ms, dtype=np.float64)
             run.end_to_end.append((now_ms - stamps[stamps > 0]) / 1000.0)
         run.bars += out.n_bars  # applied here: a forwarded bar counts where it lands
-        run.forwarded += len(out.forwards)
+        run.forwarded += sum(f.n_bars for f in out.forwards)
         if origin.topics is not None:
             run.messages += sum(1 for t in origin.topics if t == self._input)
         elif origin.topic == self._input:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
@@ -39,6 +39,7 @@ __all__ = [
     "Origin",
     "OriginT",
     "Payload",
+    "PayloadDecoder",
     "Routed",
     "Router",
     "ServiceCompute",
@@ -67,7 +68,6 @@ class Origin(Protocol):
 
 
 OriginT = TypeVar("OriginT", bound=Origin)
-OriginT_contra = TypeVar("OriginT_contra", bound=Origin, contravariant=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,15 +130,15 @@ class Batch(Generic[OriginT]):
 
 
 class Forward(NamedTuple):
-    """A bar read off a partition other than its owner's, handed on to its owner
-    `partition` (SPEC 7) with its original timestamp, which a `Router` decides and a
-    sink delivers. A tuple: a snapshot feed makes one per bar, and a dataclass costs
-    twice as much."""
+    """A record of bars read off partitions other than their owner's, handed on to
+    their owner `partition` (SPEC 7), which a `Router` decides and a sink delivers;
+    `n_bars` bars travel in it, each with its own timestamp inside."""
 
     partition: int
-    key: bytes
+    key: bytes | None
     value: bytes
     timestamp_ms: int
+    n_bars: int
 
 
 class Routed(NamedTuple):
@@ -151,13 +151,23 @@ class Routed(NamedTuple):
     forwards: list[Forward]
 
 
-class Router(Protocol[OriginT_contra]):
-    """A stage the source hands the pipeline: which bars belong elsewhere. Only the
-    Kafka side has one (`service.kafka.forward.Forwarder`); replay applies every bar."""
+class PayloadDecoder(Protocol):
+    """Messages to bar columns (`service.decode.pool.Decoder`)."""
+
+    async def decode(self, values: Sequence[bytes]) -> DecodedBatch: ...
+
+
+class Router(Protocol[OriginT]):
+    """A stage the source hands the pipeline: which bars belong elsewhere (`route`),
+    and how the records it handed on read back (`decode`, given the decoder of the
+    source's own messages). Only the Kafka side has one
+    (`service.kafka.forward.Forwarder`); replay applies every bar it reads."""
+
+    async def decode(self, batch: Batch[OriginT], decoder: PayloadDecoder) -> DecodedBatch: ...
 
     def route(
         self,
-        origin: OriginT_contra,
+        origin: OriginT,
         decoded: DecodedBatch,
         partitions: np.ndarray,
         stamps: np.ndarray,

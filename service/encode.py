@@ -19,8 +19,6 @@ from service.engine.types import ENGINE_VERSION, PatternResult, Position, Signal
 __all__ = [
     "ResultEncoder",
     "dead_letter_headers",
-    "encode_forwarded_bar",
-    "encode_forwarded_bars",
     "encode_pattern_part",
     "encode_result",
     "errors_file_record",
@@ -268,27 +266,6 @@ def errors_file_record(reject: Reject, file: str, line: int) -> bytes:
             "raw": reject.raw.decode("utf-8", errors="replace"),
         }
     )
-
-
-def encode_forwarded_bar(symbol: str, day: int, close: float) -> bytes:
-    """A forwarded bar's value (SPEC 7): the bar as the service decoded it, with the fields
-    the analysis reads. A valid SPEC 1 bar, so it is never dead-lettered twice; orjson
-    writes the shortest text that reads back as the same float64, so the owner holds
-    exactly the close the reader decoded. `encode_forwarded_bars` is the same, faster."""
-    return _dumps({"symbol": symbol, "date": _iso(day), "close": close})
-
-
-def encode_forwarded_bars(symbols: list[str], days: np.ndarray, closes: np.ndarray) -> list[bytes]:
-    """`encode_forwarded_bar` of many bars (a snapshot feed forwards most of its bars):
-    each date formatted once, and the object spliced rather than dumped. A symbol needs
-    no escaping (SPEC 1: `A-Za-z0-9._-`); `repr` of a finite float is the shortest text
-    that reads back as the same float64, as orjson's is."""
-    unique, inverse = np.unique(days, return_inverse=True)
-    dates = [_iso(d) for d in unique.tolist()]
-    return [
-        f'{{"symbol":"{s}","date":"{dates[i]}","close":{c!r}}}'.encode()
-        for s, i, c in zip(symbols, inverse.tolist(), closes.tolist(), strict=True)
-    ]
 
 
 def dead_letter_headers(

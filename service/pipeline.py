@@ -254,6 +254,8 @@ class Pipeline(Generic[OriginT]):
                 return batch, payload
             if isinstance(payload, bytes):
                 return batch, await self._decoder.decode_lines(payload)
+            if self._router is not None:
+                return batch, await self._router.decode(batch, self._decoder)
             return batch, await self._decoder.decode(payload)
         except Exception as exc:
             return self._drop(exc)
@@ -279,6 +281,8 @@ class Pipeline(Generic[OriginT]):
         arrival = batch.origin.arrival(decoded.message_index) if len(decoded) else None
         if arrival is not None:
             partition, stamps = arrival
+            if decoded.stamps is not None:
+                stamps = decoded.stamps
             if self._router is not None:
                 decoded, partition, stamps, forwards = self._router.route(
                     batch.origin, decoded, partition, stamps

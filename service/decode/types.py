@@ -38,6 +38,9 @@ class DecodedBatch:
     closes: np.ndarray  # float64
     message_index: np.ndarray  # int32: the message that carried each valid bar
     rejects: list[Reject]
+    #: int64 event stamp of each bar when bars carry their own (forwarded records bring
+    #: the stamp of the message they were first read in); None: their message's.
+    stamps: np.ndarray | None = None
 
     @property
     def symbols(self) -> list[str]:

@@ -36,7 +36,7 @@ class Accounting:
             m.messages_consumed(kafka.topic, batch.n_messages)
         m.bars_processed(out.n_bars)
         if out.forwards:
-            m.bars_forwarded(len(out.forwards))
+            m.bars_forwarded(sum(f.n_bars for f in out.forwards))
         for reject in out.rejects:
             m.dead_letter(reject.reason)
         for status, n in out.statuses.items():

@@ -88,7 +88,8 @@ def test_no_module_imports_in_a_circle() -> None:
 
 
 def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
-    seen, todo = set(), [start]
+    seen: set[str] = set()
+    todo = [start]
     while todo:
         for nxt in graph[todo.pop()] - seen:
             seen.add(nxt)

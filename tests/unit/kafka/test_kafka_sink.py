@@ -209,11 +209,11 @@ def _forwarding_output() -> BatchOutput:
         "bars", [0, 2, 1], [10, 5, 11], [100, 200, 300], topics=["bars", "rep", "bars"]
     )
     out = _output(origin)
-    out.forwards = [Forward(3, b"C", b'{"symbol":"C"}', 100), Forward(0, b"D", b"{}", 300)]
+    out.forwards = [Forward(3, b"C", b'{"symbol":"C"}', 100, 1), Forward(0, None, b"{}", 300, 2)]
     return out
 
 
-def test_forwarded_bars_go_in_the_transaction_with_their_original_timestamps() -> None:
+def test_forwarded_records_go_in_the_transaction_with_their_timestamps() -> None:
     log: CallLog = []
     sink = KafkaSink.exactly_once(
         FakeProducer(log), FakeConsumer(log), TOPICS, state_partition=STATE_PARTITIONS.get
@@ -223,7 +223,7 @@ def test_forwarded_bars_go_in_the_transaction_with_their_original_timestamps() -
     forwarded = [c for c in log if c[0] == "produce" and c[1] == "rep"]
     assert forwarded == [
         ("produce", "rep", b'{"symbol":"C"}', b"C", (), 3, 100),
-        ("produce", "rep", b"{}", b"D", (), 0, 300),
+        ("produce", "rep", b"{}", None, (), 0, 300),
     ]
     # both topics' offsets commit in the same transaction
     assert log[-1] == (
