@@ -28,6 +28,7 @@ from service.batches import Batch
 from service.kafka.config import consumer_config
 from service.kafka.contact import BrokerContact
 from service.kafka.errors import classify
+from service.kafka.gather import gather
 from service.kafka.message import KafkaOrigin, MessageLike, TopicPartitionKey
 from service.settings import KafkaSettings
 
@@ -173,8 +174,9 @@ class BatchConsumer:
         between: Callable[[], None] | None = None,
         slice_s: float = 0.1,
     ) -> Batch[KafkaOrigin] | None:
-        """Up to `max_messages` records as one `Batch`, waiting at most `timeout_s` for
-        them; None when nothing came.
+        """Up to `max_messages` records as one `Batch`; None when nothing came within
+        `timeout_s`. The batch closes once messages stop coming (`service.kafka.gather`):
+        `timeout_s` is how long it waits for the first one, not how long it lasts.
 
         With `between`, the wait is cut into `slice_s` slices and `between` runs before
         each: pause, resume and seek take effect only between `consume` calls, and
@@ -185,17 +187,7 @@ class BatchConsumer:
         skipped: librdkafka recovers from them itself, and a batch should not fail
         because of an event that carries no record. Fatal consumer errors raise.
         """
-        if between is None:
-            messages = self._consume(max_messages, timeout_s)
-        else:
-            messages = []
-            deadline = time.monotonic() + timeout_s
-            while True:
-                between()
-                left = deadline - time.monotonic()
-                messages += self._consume(max_messages - len(messages), min(slice_s, left))
-                if len(messages) >= max_messages or left <= slice_s:
-                    break
+        messages = gather(self._consume, max_messages, timeout_s, between=between, slice_s=slice_s)
         self._last_lag = self.lag()  # for scrapes, which must never wait on this client
         if messages or self._group_meta is None:
             # Refreshed here, on the consumer's own thread: called from the producer's

@@ -193,6 +193,25 @@ def test_subscribe_poll_commit_and_lag(
     assert consumer.committed() == {(topic, 0): 10, (topic, 1): 5}
 
 
+def test_a_batch_closes_once_its_messages_stop_coming_not_at_the_wait(
+    settings: KafkaSettings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
+) -> None:
+    """SFA_BATCH_MAX_WAIT_MS is the wait for the first message: five messages on a quiet
+    topic come back in one batch long before a 20 s wait is up (an end-of-day snapshot
+    paid the whole wait per hop before)."""
+    topic = new_topic(partitions=1)
+    consumer = BatchConsumer(settings)
+    consumers.append(consumer)
+    consumer.subscribe([topic])
+    _poll_until([consumer], lambda _: bool(consumer.assignment()))
+    _produce(settings, topic, [b"m%d" % i for i in range(5)])
+    started = time.monotonic()
+    batch = consumer.poll_batch(20_000, 20.0)
+    took = time.monotonic() - started
+    assert [value for value, _, _ in _records(batch)] == [b"m%d" % i for i in range(5)]
+    assert took < 10.0, took  # closed by the quiet after the burst, not by the 20 s wait
+
+
 def test_pause_stops_delivery_until_resume(
     settings: KafkaSettings, new_topic: NewTopicFactory, consumers: list[BatchConsumer]
 ) -> None:
