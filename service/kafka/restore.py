@@ -16,12 +16,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from service.kafka.config import restore_config
 from service.kafka.errors import KafkaRetriableError, classify
+from service.kafka.gather import gather
 from service.settings import KafkaSettings
 
 __all__ = ["read_state_by_partition", "read_state_partitions"]
@@ -88,6 +96,14 @@ def _watermarks(consumer: Consumer, topic: str, p: int, deadline: float) -> tupl
             time.sleep(0.2)
 
 
+def _consume_of(consumer: Consumer) -> Callable[[int, float], list[Message]]:
+    def consume(n: int, timeout_s: float) -> list[Message]:
+        messages: list[Message] = consumer.consume(num_messages=n, timeout=timeout_s)
+        return messages
+
+    return consume
+
+
 def _read(
     consumer: Consumer, topic: str, partitions: list[int], timeout_s: float
 ) -> Iterator[tuple[int, bytes, bytes | None]]:
@@ -107,7 +123,9 @@ def _read(
             raise KafkaRetriableError(
                 f"restore of {topic} partitions {sorted(pending)} not done after {timeout_s} s"
             )
-        for msg in consumer.consume(num_messages=_BATCH, timeout=0.2):
+        # `gather`: a consume(n, t) asked for more than is left waits out its whole t
+        # (librdkafka's semantics), which cost 0.2 s a round, 2 s a restart (measured).
+        for msg in gather(_consume_of(consumer), _BATCH, 0.2):
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:

@@ -335,13 +335,11 @@ class Service:
         await self.report(ev.Restored(token))
 
     def _apply(self, records: _Records, pairs: frozenset[int]) -> None:
-        count = 0
-        for p in sorted(pairs):
-            for key, value in records.get(p, ()):
-                self.state.restore(key, value)
-                count += 1
         if not pairs:
             return
+        count = self.state.restore_many(
+            itertools.chain.from_iterable(records.get(p, ()) for p in sorted(pairs))
+        )
         log.info("state restored", extra={"records": count, "symbols": len(self.state)})
         if self.settings.monitor.progress_seconds > 0:  # a quiet input says nothing until then
             log.info(

@@ -28,7 +28,7 @@ cheap, are recomputed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -418,6 +418,72 @@ class StateStore:
             e.latest = max(e.latest, int(e.days[-1]))
         elif e.latest == _NO_DAY:
             self._forget(symbol)  # only tombstoned windows were ever seen for it
+
+    def restore_many(self, records: Iterable[tuple[bytes, bytes | None]]) -> int:
+        """`restore` of every record of a partition read back at once; returns how many.
+
+        A restart reads each key's every version still on the topic. Record by record,
+        each was decoded and each window copied its symbol's growing columns again:
+        1.6 s for the 57,170 records of 1,600 symbols x 10 years (measured, most of a
+        restart). Here only each key's last value is decoded, and a symbol's columns are
+        built in one concatenation of its windows in year order (windows of different
+        years never overlap). A symbol already held, or one with a tombstone among its
+        records, takes the record-by-record path, whose order rules those need.
+        """
+        by_symbol: dict[str, list[tuple[bytes, int | None, bytes | None]]] = {}
+        count = 0
+        for key, value in records:
+            symbol, year = decode_key(key)
+            by_symbol.setdefault(symbol, []).append((key, year, value))
+            count += 1
+        for symbol, held in by_symbol.items():
+            if symbol in self._entries or any(value is None for _, _, value in held):
+                for key, _, value in held:
+                    self.restore(key, value)
+                continue
+            meta: tuple[bytes, bytes] | None = None
+            windows: dict[int, tuple[bytes, bytes]] = {}
+            for key, year, value in held:
+                assert value is not None  # tombstones took the other path
+                if year is None:
+                    meta = (key, value)
+                else:
+                    windows[year] = (key, value)
+            self._restore_symbol(symbol, meta, [windows[y] + (y,) for y in sorted(windows)])
+        return count
+
+    def _restore_symbol(
+        self,
+        symbol: str,
+        meta: tuple[bytes, bytes] | None,
+        windows: list[tuple[bytes, bytes, int]],
+    ) -> None:
+        e = _Entry(_NO_DAY, -1)
+        if meta is not None:
+            record = decode_value(meta[1])
+            if not isinstance(record, MetaRecord):
+                raise StateRecordError(f"meta key {meta[0]!r} holds a window record")
+            e.latest, e.partition = record.latest, record.partition
+        days, closes, stamps = [], [], []
+        for key, value, year in windows:
+            window = decode_value(value)
+            if not isinstance(window, WindowRecord) or window.year != year:
+                raise StateRecordError(f"window key {key!r} holds another record")
+            start, end = self._win.bounds(year)
+            keep = (window.days >= start) & (window.days <= end)
+            days.append(window.days[keep].astype(np.int32))
+            closes.append(window.closes[keep])
+            stamps.append(window.stamps[keep].astype(np.int64))
+        if days:
+            e.days = frozen(np.concatenate(days))
+            e.closes = frozen(np.concatenate(closes))
+            e.stamps = frozen(np.concatenate(stamps))
+        if len(e.days):
+            e.latest = max(e.latest, int(e.days[-1]))
+        elif e.latest == _NO_DAY:
+            return  # nothing held
+        self._entries[symbol] = e
+        self._n_bars += len(e.days)
 
     def _replace_window(self, e: _Entry, year: int, record: WindowRecord | None) -> None:
         start, end = self._win.bounds(year)

@@ -383,6 +383,37 @@ def test_changelog_round_trip_in_shuffled_order() -> None:
         assert restored.partition(s) == store.partition(s)
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), tombstone=st.booleans())
+def test_restoring_many_at_once_equals_record_by_record(seed: int, tombstone: bool) -> None:
+    """`restore_many` (what a restart uses) against `restore` one record at a time, on the
+    changelog the store itself wrote, every version of every key, any key order, with
+    corrections and (sometimes) a symbol dropped by tombstones."""
+    rng = random.Random(seed)
+    bars = _history("ABCD", "2021-11-01", rng.randint(30, 2 * 365), seed=seed)
+    corrections = [(s, d, c + 1) for s, d, c in rng.sample(bars, min(40, len(bars)))]
+    stream = bars + corrections
+    size = rng.randint(20, 200)
+    store, records = _build_with_changelog(
+        [stream[i : i + size] for i in range(0, len(stream), size)]
+    )
+    delivered = _interleave_keeping_key_order(records, rng)
+    if tombstone:
+        delivered += [(k, None) for k, _ in records if k.startswith(b"B/")]  # type: ignore[misc]
+    one_by_one, at_once = StateStore(PARAMS), StateStore(PARAMS)
+    for key, value in delivered:
+        one_by_one.restore(key, value)
+    assert at_once.restore_many(delivered) == len(delivered)
+    assert state_of(at_once) == state_of(one_by_one)
+    assert at_once.n_bars == one_by_one.n_bars and at_once.nbytes == one_by_one.nbytes
+    if not tombstone:
+        assert state_of(at_once) == state_of(store)
+    assert sorted(at_once.symbols()) == sorted(one_by_one.symbols())
+    for s in at_once.symbols():
+        assert at_once.partition(s) == one_by_one.partition(s)
+        assert at_once.latest(s) == one_by_one.latest(s)
+
+
 def test_changelog_writes_only_what_changed() -> None:
     store = StateStore(PARAMS)
     apply(store, [("A", "2023-01-10", 1.0), ("A", "2024-01-10", 1.0), ("B", "2024-01-10", 1.0)])
