@@ -116,8 +116,9 @@ docs: $(STAMP) ## Regenerate docs/configuration.md from the settings (a unit tes
 bench: $(STAMP) ## Engine, replay and memory benchmarks (ratios measured in one run)
 	$(BIN)/python -m bench.run
 
-bench-kafka: $(STAMP) kafka-up registry-up ## End-to-end Kafka throughput and latency against bare consume+decode (JSON keyed and snapshot feeds, and Avro)
+bench-kafka: $(STAMP) kafka-up registry-up ## End-to-end Kafka throughput and latency against bare consume+decode (JSON keyed and snapshot feeds, and Avro), then a desk's end of day (bench/endofday.py)
 	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) SFA_SCHEMA_REGISTRY_URL=$$(bash scripts/registry.sh url) $(BIN)/python -m bench.kafka
+	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) $(BIN)/python -m bench.endofday
 
 drills: $(STAMP) kafka-up ## Long failure drills (joins, SIGKILLs, leaves, remote Dask loss, stall, network faults via Toxiproxy, a frozen broker), each ending with the replay check
 	SFA_DRILLS=1 KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) $(BIN)/python -m pytest tests/integration/test_drills_long.py

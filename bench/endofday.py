@@ -37,7 +37,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
 
-from bench.kafka import create_input_topic
+from bench.kafka import cleanup, create_input_topic
 from service.market import MarketDay, generate_days, symbol_names
 from service.ownership import owner
 from service.settings import load_settings
@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(reader, "_thread"):
             reader.close()
         instance.stop()
+        group = env["KAFKA_GROUP_ID"]
+        cleanup(settings, [*topics.values(), f"{group}-repartition"], [group])
     print("\nend of day (from the produce call to the last result visible):")
     for shape, values in times.items():
         p50, worst = statistics.median(values), max(values)
