@@ -374,15 +374,9 @@ def test_disabled_distribution_is_local_without_a_fallback(loop: LoopThread) -> 
     time.sleep(0)  # nothing to wait for: no cluster was started
 
 
-def test_after_a_fallback_the_work_returns_to_a_cluster_that_comes_back(
-    loop: LoopThread,
-    remote: tuple[str, list[subprocess.Popen[bytes]]],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """A scheduler restarted at the same address takes the work again: the fallback is
-    a state that ends (sfa_dask_fallback_active back to 0), not a verdict."""
-    address, procs = remote
-    handle = loop.run(
+def _reconnecting(loop: LoopThread, address: str) -> ComputeHandle:
+    """A handle on the remote scheduler that looks for it again every second."""
+    return loop.run(
         open_async(
             settings(
                 dask_scheduler_address=address,
@@ -391,6 +385,17 @@ def test_after_a_fallback_the_work_returns_to_a_cluster_that_comes_back(
             )
         )
     )
+
+
+def test_after_a_fallback_the_work_returns_to_a_cluster_that_comes_back(
+    loop: LoopThread,
+    remote: tuple[str, list[subprocess.Popen[bytes]]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A scheduler restarted at the same address takes the work again: the fallback is
+    a state that ends (sfa_dask_fallback_active back to 0), not a verdict."""
+    address, procs = remote
+    handle = _reconnecting(loop, address)
     restarted: list[subprocess.Popen[bytes]] = []
     try:
         loop.run(wait_for_workers(handle, 1))
@@ -424,15 +429,7 @@ def test_a_fallback_ends_without_traffic_and_the_listener_hears_both_flips(
     back. The probe runs on the handle's own clock, so the fallback still ends, and the
     service's gauge (the listener) hears of it without waiting for a batch."""
     address, procs = remote
-    handle = loop.run(
-        open_async(
-            settings(
-                dask_scheduler_address=address,
-                dask_connect_timeout=2,
-                dask_reconnect_seconds=1.0,
-            )
-        )
-    )
+    handle = _reconnecting(loop, address)
     flips: list[bool] = []
     handle.on_fallback_change = lambda: flips.append(handle.fallback_active)
     restarted: list[subprocess.Popen[bytes]] = []
