@@ -366,9 +366,11 @@ class Service:
                 except Exception as exc:  # fenced: closing may complain; it is gone anyway
                     log.debug("closing the fenced consumer: %s", exc)
             fresh.subscribe(twins)
+            # Here, on the consumer's lane: a poll queued behind this swap must find the
+            # new consumer, not the one just closed.
+            self.consumer = fresh
 
         await self.in_kafka_thread(swap)
-        self.consumer = fresh
 
     async def _submit(self, number: int, batch: Batch[KafkaOrigin]) -> None:
         pipeline = self.pipeline
@@ -484,13 +486,18 @@ class Service:
         self._wake.set()
 
     async def _poll(self) -> None:
-        s, consumer = self.settings, self.consumer
-        assert consumer is not None
+        s = self.settings
         await self._tell_failure()
+        if not self.core.polling:
+            return  # the failure just told ended the instance
         full = self.core.backpressured
         wait_s = 0.05 if full else s.batching.batch_max_wait_ms / 1e3
 
         def poll() -> Batch[KafkaOrigin] | None:
+            # The consumer as it is when the lane runs this, not when it was queued: a
+            # rejoin (on the same lane) may have replaced it in between.
+            consumer = self.consumer
+            assert consumer is not None
             return consumer.poll_batch(
                 s.batching.batch_max_messages, wait_s, between=self._apply_consumer_ops
             )
