@@ -493,11 +493,14 @@ class Service:
         full = self.core.backpressured
         wait_s = 0.05 if full else s.batching.batch_max_wait_ms / 1e3
 
+        used: list[BatchConsumer] = []
+
         def poll() -> Batch[KafkaOrigin] | None:
             # The consumer as it is when the lane runs this, not when it was queued: a
             # rejoin (on the same lane) may have replaced it in between.
             consumer = self.consumer
             assert consumer is not None
+            used.append(consumer)
             return consumer.poll_batch(
                 s.batching.batch_max_messages, wait_s, between=self._apply_consumer_ops
             )
@@ -507,7 +510,8 @@ class Service:
         except Stopped:
             return  # a batch polled meanwhile is never committed: it is read again
         except MemberFencedError as exc:
-            await self.report(ev.MemberFenced(exc, time.monotonic()))
+            if used and used[0] is self.consumer:  # not the consumer a rejoin replaced
+                await self.report(ev.MemberFenced(exc, time.monotonic()))
             return
         except Exception as exc:
             await self.report(ev.Failed(exc, False))
