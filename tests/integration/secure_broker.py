@@ -14,6 +14,7 @@ through `SecureBroker`, so each test states only what the *service* user may do.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -42,6 +43,8 @@ from confluent_kafka.admin import (
 )
 
 from tests.integration.topics import create_topics, delete_topics
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Acl", "SecureBroker", "secure_broker"]
 
@@ -218,6 +221,21 @@ class SecureBroker:
         while True:
             try:
                 answer = reader.committed(wanted, timeout=30)
+                if any(tp.error is not None for tp in answer) and time.monotonic() < deadline:
+                    # A reader whose coordinator connection failed (a SASL handshake cut
+                    # short on a broker just started) answers errors, not offsets, for
+                    # good: start a new one rather than report its -1001s as offsets.
+                    log.info("offset reader for %s answered %s; new reader", group, answer)
+                    reader.close()
+                    reader = self._offset_readers[group] = Consumer(
+                        {
+                            **self.sasl_config("admin"),
+                            "group.id": group,
+                            "enable.auto.commit": False,
+                        }
+                    )
+                    time.sleep(0.5)
+                    continue
                 return {tp.partition: tp.offset for tp in answer}
             except KafkaException as exc:
                 # A broker started moments ago may still be loading the group's
