@@ -133,8 +133,10 @@ class Forwarder:
         columnar = [i for i, t in enumerate(topics) if t == repartition and is_columnar(values[i])]
         if not columnar:
             decoded = await decoder.decode(values)  # input, and version-0 records (JSON bars)
-            return _reasons_of_forwards(decoded, topics, repartition)
-        rest = [i for i in range(len(values)) if i not in set(columnar)]
+            decoded.rejects = _forward_reasons(decoded.rejects, topics, repartition)
+            return decoded
+        is_record = set(columnar)
+        rest = [i for i in range(len(values)) if i not in is_record]
         parts: list[tuple[DecodedBatch, np.ndarray]] = []
         if rest:
             decoded = await decoder.decode([values[i] for i in rest])
@@ -175,18 +177,12 @@ def _forward_reasons(
     rejects: Sequence[Reject], topics: list[str], repartition: str
 ) -> list[Reject]:
     """A version-0 record that does not decode is ours, so it is `invalid_forward` too."""
+    if not any(topics[r.index] == repartition for r in rejects):
+        return list(rejects)
     return [
         r if topics[r.index] != repartition else Reject(r.index, None, INVALID_FORWARD, r.raw)
         for r in rejects
     ]
-
-
-def _reasons_of_forwards(
-    decoded: DecodedBatch, topics: list[str], repartition: str
-) -> DecodedBatch:
-    if any(topics[r.index] == repartition for r in decoded.rejects):
-        decoded.rejects = _forward_reasons(decoded.rejects, topics, repartition)
-    return decoded
 
 
 def _merge(

@@ -32,40 +32,24 @@ from service.kafka.errors import KafkaRetriableError, classify
 from service.kafka.gather import gather
 from service.settings import KafkaSettings
 
-__all__ = ["read_state_by_partition", "read_state_partitions"]
+__all__ = ["read_state_by_partition"]
 
 log = logging.getLogger(__name__)
 
 _BATCH = 10_000
 
 
-def read_state_partitions(
-    settings: KafkaSettings,
-    state_topic: str,
-    partitions: Sequence[int],
-    timeout_s: float = 60.0,
-) -> Iterator[tuple[bytes, bytes | None]]:
-    """Yield `(key, value)` for every committed record of the listed partitions, oldest first.
-
-    `value` is None for a tombstone (the key was deleted). Records without a
-    key carry no state and are skipped. Raises `KafkaRetriableError` when the
-    partitions cannot be read to their end within `timeout_s`.
-    """
-    if not partitions:
-        return
-    consumer = Consumer(restore_config(settings))
-    try:
-        for _, key, value in _read(consumer, state_topic, sorted(set(partitions)), timeout_s):
-            yield key, value
-    finally:
-        consumer.close()
-
-
 def read_state_by_partition(
     settings: KafkaSettings, state_topic: str, partitions: Sequence[int], timeout_s: float = 60.0
 ) -> dict[int, list[tuple[bytes, bytes | None]]]:
-    """`read_state_partitions`, kept apart per partition: `sfa run` loads only the
-    partitions it still holds when the read ends (a rebalance may come meanwhile)."""
+    """Every committed `(key, value)` of the listed partitions, oldest first, kept apart
+    per partition: `sfa run` loads only the partitions it still holds when the read ends
+    (a rebalance may come meanwhile).
+
+    `value` is None for a tombstone (the key was deleted). Records without a key carry
+    no state and are skipped. Raises `KafkaRetriableError` when the partitions cannot be
+    read to their end within `timeout_s`.
+    """
     records: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in partitions}
     if not partitions:
         return records

@@ -16,7 +16,7 @@ from service.kafka.consumer import BatchConsumer
 from service.kafka.errors import MissingTopicError
 from service.kafka.message import KafkaOrigin
 from service.kafka.producer import AtLeastOnceProducer, TransactionalProducer
-from service.kafka.restore import read_state_partitions
+from service.kafka.restore import read_state_by_partition
 from service.run.core import RunCore
 from service.run.events import (
     Assigned,
@@ -370,7 +370,7 @@ def test_ensure_topics_shapes_and_is_idempotent(
         delete_topics(kafka_admin, names)
 
 
-def test_read_state_partitions_after_transactions(
+def test_read_state_by_partition_after_transactions(
     settings: KafkaSettings, new_topic: NewTopicFactory
 ) -> None:
     state = new_topic(partitions=2, config={"cleanup.policy": "compact"})
@@ -405,11 +405,11 @@ def test_read_state_partitions_after_transactions(
     pending.flush(10)
     try:
         started = time.monotonic()
-        records = list(read_state_partitions(settings, state, [0], timeout_s=20))
+        records = read_state_by_partition(settings, state, [0], timeout_s=20)[0]
         assert time.monotonic() - started < 10
     finally:
         pending.abort_transaction(30)
 
     assert records == [(b"k1", b"v1"), (b"k2", b"v2"), (b"k1", b"v1b"), (b"k2", None)]
-    assert list(read_state_partitions(settings, state, [1], timeout_s=20)) == [(b"k9", b"other")]
-    assert list(read_state_partitions(settings, state, [], timeout_s=20)) == []
+    assert read_state_by_partition(settings, state, [1], timeout_s=20) == {1: [(b"k9", b"other")]}
+    assert read_state_by_partition(settings, state, [], timeout_s=20) == {}
