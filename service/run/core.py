@@ -15,8 +15,13 @@ What it owns:
   (as quix-streams does it): new partitions are paused inside the callback, their state
   is read in the background, and they start fetching once it is loaded. A restore
   that comes back for pairs no longer held loads nothing (`Apply` names what to keep).
-- **Backpressure**: at `max_inflight` batches in flight every partition is paused
-  (the member stays in the group), and resumed as batches commit.
+- **Backpressure**: at `max_inflight` batches in flight the shell stops polling and
+  waits for a commit (`waiting_for_room`). It does not pause: librdkafka discards a
+  paused partition's prefetched records, and fetching them again cost the keyed feed
+  up to a second per refill (measured, docs/performance.md). Only when the pipeline
+  stays full for `STALL_S` (`Stalled`: Dask slow or lost) is every partition paused, so
+  that the shell can poll, and serve rebalances, without taking more work; they resume
+  as batches commit.
 - **Drain before drop**: partitions leaving while batches are in flight are dropped
   only after `Drained`.
 - **The failure policy** (SPEC 7): a retriable batch failure aborts, drops the state,
@@ -70,6 +75,7 @@ from service.run.events import (
     Rewind,
     SetHeld,
     SetStage,
+    Stalled,
     StartStep,
     Step,
     StepDone,
@@ -77,13 +83,16 @@ from service.run.events import (
     Submit,
 )
 
-__all__ = ["REJOIN_WINDOW_S", "RUNNING", "Phase", "RunCore"]
+__all__ = ["REJOIN_WINDOW_S", "RUNNING", "STALL_S", "Phase", "RunCore"]
 
 #: The stage of an instance that has started (the same word /readyz reports).
 RUNNING = "running"
 STOPPING = "stopping"
 #: A second fence within this many seconds of a rejoin is another instance with our id.
 REJOIN_WINDOW_S = 60.0
+#: How long a full pipeline waits for a commit before the shell polls (paused) again: a
+#: rebalance waits at most this long on top of the drain it waits for anyway.
+STALL_S = 2.0
 
 
 class Phase(enum.Enum):
@@ -120,12 +129,18 @@ class RunCore:
         self._stage = ""
         self._held_told: frozenset[int] = frozenset()
         self._rejoined_at: float | None = None
+        self._stalled = False  # full for STALL_S: paused, polling to serve the group
 
     # --- what the shell asks between events ---
 
     @property
     def backpressured(self) -> bool:
         return len(self.inflight) >= self.max_inflight
+
+    @property
+    def waiting_for_room(self) -> bool:
+        """Full, and not for long: the shell waits for a commit instead of polling."""
+        return self.phase is Phase.RUNNING and self.backpressured and not self._stalled
 
     @property
     def polling(self) -> bool:
@@ -175,6 +190,8 @@ class RunCore:
                 self._stop(out)
             case MemberFenced(error, at):
                 self._fenced(error, at, out)
+            case Stalled():
+                self._stalled = self.backpressured
         self._reconcile(out)
         return out
 
@@ -370,10 +387,12 @@ class RunCore:
         return {(t, p) for p in pairs for t in self.twins if (t, p) in self.held}
 
     def _reconcile(self, out: list[Instruction]) -> None:
-        """Pause and resume so that exactly the restored pairs fetch, unless full."""
+        """Pause and resume so that exactly the restored pairs fetch, unless stalled."""
         if self.phase in (Phase.STARTING, Phase.EXITED):
             return
-        fetch = self.phase is Phase.RUNNING and not self.backpressured
+        if not self.backpressured:
+            self._stalled = False
+        fetch = self.phase is Phase.RUNNING and not (self.backpressured and self._stalled)
         wanted = self._tps(self.active - self._pending_drop) if fetch else set()
         pause, resume = self.fetching - wanted, wanted - self.fetching
         if pause:

@@ -42,6 +42,7 @@ __all__ = [
     "Rewind",
     "SetHeld",
     "SetStage",
+    "Stalled",
     "StartStep",
     "StepDone",
     "StopRequested",
@@ -142,6 +143,13 @@ class MemberFenced:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Stalled:
+    """The pipeline has stayed full for `STALL_S` without a commit: the shell must poll
+    again to keep serving the group (rebalances run inside `consume`), so the partitions
+    pause."""
+
+
 Event = (
     StepDone
     | Assigned
@@ -154,6 +162,7 @@ Event = (
     | Failed
     | StopRequested
     | MemberFenced
+    | Stalled
 )
 
 # --- instructions ---

@@ -50,7 +50,7 @@ from service.pipeline import Pipeline
 from service.registry import Schemas, client_from_settings
 from service.run import events as ev
 from service.run.accounting import Accounting
-from service.run.core import RunCore
+from service.run.core import STALL_S, RunCore
 from service.run.lanes import Lane
 from service.run.metrics import Health, Metrics
 from service.run.probes import ProbeProcess
@@ -115,6 +115,7 @@ class Service:
         self._stop = asyncio.Event()
         self._stop_requested: str | None = None  # set before the loop exists, too
         self._wake = asyncio.Event()
+        self._full_since: float | None = None  # when the pipeline last became full
         self._exit: ev.Exit | None = None
         self._held: frozenset[int] = frozenset()
         self.routing: Routing | None = None  # known once the input's partitions are
@@ -490,6 +491,10 @@ class Service:
         await self._tell_failure()
         if not self.core.polling:
             return  # the failure just told ended the instance
+        if self.core.waiting_for_room:
+            await self._wait_for_room()
+            return
+        self._full_since = None
         full = self.core.backpressured
         wait_s = 0.05 if full else s.batching.batch_max_wait_ms / 1e3
 
@@ -524,6 +529,21 @@ class Service:
         read = _partitions(batch)
         self._polled[number] = (batch, read)
         await self.report(ev.Polled(number, read))
+
+    async def _wait_for_room(self) -> None:
+        """Until any event (a commit frees a slot, a stop, a failure) or, once the
+        pipeline has been full for `STALL_S` in all, `Stalled`. Not polling keeps what
+        librdkafka prefetched, which a pause would discard."""
+        now = time.monotonic()
+        if self._full_since is None:
+            self._full_since = now
+        left = self._full_since + STALL_S - now
+        self._wake.clear()
+        if left > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
+                return
+        await self.report(ev.Stalled())
 
     async def _report_progress(self) -> None:
         every = self.settings.monitor.progress_seconds

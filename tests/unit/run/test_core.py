@@ -40,6 +40,7 @@ from service.run.events import (
     Rewind,
     SetHeld,
     SetStage,
+    Stalled,
     StartStep,
     StepDone,
     StopRequested,
@@ -255,12 +256,32 @@ def scenario_a_rebalance_during_recovery_restores_only_what_is_held() -> None:
     ]
 
 
-def scenario_backpressure_pauses_at_the_cap_and_resumes_as_batches_commit() -> None:
+def scenario_at_the_cap_the_shell_waits_without_pausing_and_pauses_once_stalled() -> None:
     d = Driver(max_inflight=2).running(0)
     assert d(Polled(1, pair(0))) == [Submit(1, pair(0))]
-    assert d(Polled(2, pair(0))) == [Submit(2, pair(0)), Pause(pair(0))]
-    assert d.core.backpressured
-    assert d(Committed(1)) == [Resume(pair(0))]
+    assert not d.core.waiting_for_room
+    # Full: no pause (librdkafka would discard what it prefetched); the shell waits.
+    assert d(Polled(2, pair(0))) == [Submit(2, pair(0))]
+    assert d.core.backpressured and d.core.waiting_for_room and d.core.polling
+    assert d(Committed(1)) == []
+    assert not d.core.waiting_for_room
+    # Full for STALL_S: paused, so the shell polls to serve the group, taking no work.
+    d(Polled(3, pair(0)))
+    assert d(Stalled()) == [Pause(pair(0))]
+    assert not d.core.waiting_for_room and d.core.polling
+    assert d(Stalled()) == []
+    assert d(Committed(2)) == [Resume(pair(0))]
+    # A stall is forgotten once there is room: the next time full waits again.
+    d(Polled(4, pair(0)))
+    assert d.core.waiting_for_room
+
+
+def scenario_a_stall_reported_after_room_freed_up_pauses_nothing() -> None:
+    d = Driver(max_inflight=1).running(0)
+    d(Polled(1, pair(0)))
+    d(Committed(1))
+    assert d(Stalled()) == []
+    assert not d.core.waiting_for_room
 
 
 def scenario_records_of_a_partition_given_up_mid_poll_are_left_out() -> None:

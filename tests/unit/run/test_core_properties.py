@@ -38,6 +38,7 @@ from service.run.events import (
     Restore,
     Restored,
     Revoked,
+    Stalled,
     StepDone,
     StopRequested,
     Submit,
@@ -47,7 +48,7 @@ TOPICS = ("in", "re")
 ALL: list[TP] = [(t, p) for t in TOPICS for p in range(3)]
 partition_sets = st.frozensets(st.sampled_from(ALL), min_size=1)
 WEIGHTED = (
-    ["assign", "revoke", "fail", "fence", "stop"]
+    ["assign", "revoke", "fail", "fence", "stop", "stall"]
     + ["assign_pairs", "drained"] * 2
     + ["poll", "commit", "restored"] * 4
 )
@@ -179,6 +180,8 @@ class CoreMachine(RuleBasedStateMachine):
             self.fail(data.draw(st.booleans()), data.draw(st.sampled_from(["batch", "restore"])))
         elif kind == "fence":
             self.fence(data.draw(st.sampled_from([1.0, 1000.0])))
+        elif kind == "stall":
+            self.send(Stalled())
         elif kind == "stop":
             self.stop()
 
@@ -192,6 +195,13 @@ class CoreMachine(RuleBasedStateMachine):
     @invariant()
     def phase_agrees(self) -> None:
         assert self.exited == (self.core.phase is Phase.EXITED)
+
+    @invariant()
+    def a_full_pipeline_takes_no_more_work(self) -> None:
+        """Full: either the shell does not poll, or nothing it polls can fetch."""
+        core = self.core
+        if core.phase is Phase.RUNNING and core.backpressured and not core.waiting_for_room:
+            assert not core.fetching, "polling a full pipeline with partitions fetching"
 
 
 CoreMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
