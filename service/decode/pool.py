@@ -18,17 +18,31 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Protocol
+
+import numpy as np
 
 from service import helpers
 from service.decode.batch import decode_batch, decode_lines
-from service.decode.types import DecodedBatch
+from service.decode.types import DecodedBatch, concat
 from service.decode.wire import InputFormat, WireSchema, decode_wire_batch, wire_ids
 from service.host import usable_cores
 from service.settings import BatchSettings
 
-__all__ = ["Decoder", "SchemaLookup", "decode_processes", "default_decode_processes"]
+__all__ = [
+    "SPLIT_BYTES",
+    "Decoder",
+    "SchemaLookup",
+    "decode_processes",
+    "default_decode_processes",
+    "split_points",
+]
+
+#: A batch of at least this many bytes is decoded in slices, at once: one per helper
+#: and one on the caller's side. A default batch of one-bar messages (20,000 x ~80 B)
+#: stays whole; a few dozen snapshot arrays are split.
+SPLIT_BYTES = 4 << 20
 
 
 class SchemaLookup(Protocol):
@@ -47,6 +61,18 @@ def decode_processes(settings: BatchSettings) -> int:
     if settings.decode_processes is None:
         return default_decode_processes()
     return settings.decode_processes
+
+
+def split_points(values: Sequence[bytes], n: int, min_bytes: int) -> list[int]:
+    """Where to cut `values` into at most `n` slices of about equal bytes (each slice's
+    first index, starting with 0); one slice when they hold fewer than `min_bytes`."""
+    sizes = np.fromiter((len(v) for v in values), np.int64, len(values))
+    ends = np.cumsum(sizes)
+    total = int(ends[-1]) if len(ends) else 0
+    if n < 2 or total < min_bytes:
+        return [0]
+    cuts = np.searchsorted(ends, [total * k // n for k in range(1, n)], side="right")
+    return sorted({0, *(int(c) for c in cuts if 0 < c < len(values))})
 
 
 def _warm() -> int:
@@ -85,7 +111,20 @@ class Decoder:
         if self._pool is None or len(values) < 256:  # tiny batches: the hop costs more
             return decode_batch(values, self._max)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, decode_batch, list(values), self._max)
+        starts = split_points(values, self._processes + 1, SPLIT_BYTES)
+        if len(starts) == 1:
+            return await loop.run_in_executor(self._pool, decode_batch, list(values), self._max)
+        # A big batch (an end-of-day snapshot: hundreds of arrays) would leave this
+        # process idle for seconds: the helpers take all slices but the last, which is
+        # decoded here, on a thread, meanwhile.
+        ends = [*starts[1:], len(values)]
+        jobs: list[Awaitable[DecodedBatch]] = [
+            loop.run_in_executor(self._pool, decode_batch, list(values[a:b]), self._max)
+            for a, b in zip(starts[:-1], ends[:-1], strict=True)
+        ]
+        jobs.append(asyncio.to_thread(decode_batch, values[starts[-1] :], self._max))
+        decoded = await asyncio.gather(*jobs)
+        return concat(list(zip(starts, decoded, strict=True)))
 
     async def _decode_wire(
         self, values: Sequence[bytes], schemas: Mapping[int, WireSchema | None]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DecodedBatch", "Reject"]
+__all__ = ["DecodedBatch", "Reject", "concat"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,3 +50,34 @@ class DecodedBatch:
 
     def __len__(self) -> int:
         return len(self.codes)
+
+
+def concat(parts: list[tuple[int, DecodedBatch]]) -> DecodedBatch:
+    """One batch from the decodes of consecutive slices of it, each `(start, decoded)`
+    with `start` the index of the slice's first message: as if decoded whole (message
+    indexes shifted, symbols factorized again in order of first appearance)."""
+    if len(parts) == 1 and parts[0][0] == 0:
+        return parts[0][1]
+    code_of: dict[str, int] = {}
+    codes: list[np.ndarray] = []
+    for _, part in parts:
+        table = np.fromiter(
+            (code_of.setdefault(u, len(code_of)) for u in part.uniques), np.int32, len(part.uniques)
+        )
+        codes.append(table[part.codes] if len(part.codes) else np.empty(0, np.int32))
+    stamps = [p.stamps for _, p in parts if p.stamps is not None]
+    return DecodedBatch(
+        codes=np.concatenate(codes).astype(np.int32),
+        uniques=list(code_of),
+        days=np.concatenate([p.days for _, p in parts]).astype(np.int32),
+        closes=np.concatenate([p.closes for _, p in parts]).astype(np.float64),
+        message_index=np.concatenate(
+            [p.message_index.astype(np.int32) + start for start, p in parts]
+        ),
+        rejects=[
+            Reject(r.index + start, r.array_index, r.reason, r.raw)
+            for start, p in parts
+            for r in p.rejects
+        ],
+        stamps=np.concatenate(stamps) if len(stamps) == len(parts) else None,
+    )
