@@ -117,7 +117,9 @@ bench: $(STAMP) ## Engine, replay and memory benchmarks (ratios measured in one 
 	$(BIN)/python -m bench.run
 
 bench-kafka: $(STAMP) kafka-up registry-up ## End-to-end Kafka throughput and latency against bare consume+decode (JSON keyed and snapshot feeds, and Avro), then a desk's end of day (bench/endofday.py)
-	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) SFA_SCHEMA_REGISTRY_URL=$$(bash scripts/registry.sh url) $(BIN)/python -m bench.kafka
+	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) $(BIN)/python -m bench.kafka --feed keyed
+	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) $(BIN)/python -m bench.kafka --feed snapshot --symbols 1600 --start-year 2021 --end-year 2023
+	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) SFA_SCHEMA_REGISTRY_URL=$$(bash scripts/registry.sh url) $(BIN)/python -m bench.kafka --feed avro
 	KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$(KAFKA_PORT) $(BIN)/python -m bench.endofday
 
 drills: $(STAMP) kafka-up ## Long failure drills (joins, SIGKILLs, leaves, remote Dask loss, stall, network faults via Toxiproxy, a frozen broker), each ending with the replay check

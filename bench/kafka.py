@@ -422,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-year", type=int, default=2014)
     parser.add_argument("--end-year", type=int, default=2023)
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--partitions", type=int, default=4, help="input topic partitions")
+    parser.add_argument(
+        "--partitions", type=int, default=8, help="input topic partitions (default 8)"
+    )
     parser.add_argument(
         "--guarantee",
         choices=("exactly_once", "at_least_once"),
