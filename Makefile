@@ -24,9 +24,12 @@ help: ## List the targets
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	@# setuptools' "Editable installation" BuildBackendWarning box says nothing a user can act on
-	PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install -q -e '.[dev]'
+	@# uv resolves and installs in parallel: 5-11 s from a cold cache where pip took ~56 s
+	@# of CI's 15 minutes. It comes from PyPI like everything else; --native-tls trusts the
+	@# system's CA store (as pip does here), and pip's find-links are passed on.
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv
+	$(BIN)/uv pip install -q --native-tls --python $(BIN)/python \
+		$(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv with the `sfa` command and dev tools (fast when nothing changed)
