@@ -24,7 +24,7 @@ class BatchSettings(Part):
     max_inflight_batches: int = env(
         "SFA_MAX_INFLIGHT_BATCHES",
         4,
-        "Batches consumed but not yet committed at most; then fetching pauses.",
+        "Batches consumed but not yet committed at most; then polling waits for a commit.",
         ge=1,
         le=1000,
     )
