@@ -290,6 +290,9 @@ class Service:
             case ev.Drain(grace):
                 await self._drain(grace)
             case ev.Abort():
+                # The aborted batches never commit: their entries would stay for good
+                # (one per abort, and a later batch can be given a freed id).
+                self._submitted.clear()
                 if isinstance(self.producer, TransactionalProducer):
                     with contextlib.suppress(Exception):
                         await self.in_producer_thread(self.producer.abort)
