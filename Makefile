@@ -16,7 +16,7 @@ SFA_REGISTRY_PORT ?= 8081
 export SFA_REGISTRY_PORT
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-secure-fresh flaky test-unit test-integration lint fmt typecheck kafka-up kafka-down kafka-status kafka-secure-up kafka-secure-down kafka-secure-status registry-up registry-down registry-status registry-url docs bench bench-kafka drills soak mutation clean image image-test compose-test deploy-test
+.PHONY: help install demo test test-secure-fresh flaky test-unit test-integration lint fmt typecheck kafka-up kafka-down kafka-status kafka-secure-up kafka-secure-down kafka-secure-status registry-up registry-down registry-status registry-url registry-image docs bench bench-kafka drills soak mutation clean image image-test compose-test deploy-test
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' -v tty=$$(test -t 1 && echo 1) \
@@ -60,6 +60,9 @@ test-integration: $(STAMP) ## Run the integration tests (real Kafka broker, real
 
 image: ## Build the service image with podman on a cached debootstrap base (installs podman, buildah, debootstrap as root)
 	bash scripts/image.sh build
+
+registry-image: ## Build the schema registry image of compose's `avro` profile (deploy/registry/Dockerfile) with podman on the same base
+	bash scripts/image.sh registry
 
 image-test: $(STAMP) image ## Run the image: --help, a replay, `sfa run` on the broker until ready, metrics, SIGTERM
 	$(BIN)/python -m pytest tests/deploy/test_image.py

@@ -5,12 +5,15 @@
 #
 #   bash scripts/image.sh build    (default) tools, base (cached), then the Dockerfile -> $SFA_IMAGE
 #   bash scripts/image.sh base     only the base image
+#   bash scripts/image.sh registry the schema registry of compose's `avro` profile
+#                                  (deploy/registry/Dockerfile) on the same base -> $SFA_REGISTRY_IMAGE
 #   bash scripts/image.sh tools    install podman, buildah, runc, debootstrap when missing (apt, root)
 #   bash scripts/image.sh env      print `export CONTAINERS_CONF=...` for running podman by hand
 #
 # Environment:
 #   SFA_IMAGE          tag of the service image (default localhost/sfa:latest)
 #   SFA_BASE_IMAGE     tag of the base image (default localhost/sfa-base:bookworm)
+#   SFA_REGISTRY_IMAGE tag of the registry image (default localhost/sfa-registry:3.0.9)
 #   SFA_IMAGE_CACHE    where the base's root file system is cached as a tarball
 #                      (default <repo>/.cache/image; `make clean` keeps it)
 #   SFA_DEBIAN_MIRROR  Debian mirror for debootstrap (default http://deb.debian.org/debian)
@@ -20,11 +23,13 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 IMAGE="${SFA_IMAGE:-localhost/sfa:latest}"
 BASE_IMAGE="${SFA_BASE_IMAGE:-localhost/sfa-base:bookworm}"
+REGISTRY_IMAGE="${SFA_REGISTRY_IMAGE:-localhost/sfa-registry:3.0.9}"
 CACHE="${SFA_IMAGE_CACHE:-$REPO/.cache/image}"
 MIRROR="${SFA_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 SUITE=bookworm
 PACKAGES=python3,python3-venv,python3-pip,ca-certificates
 HOST_CA=/etc/ssl/certs/ca-certificates.crt
+HOST_JAVA_CA=/etc/ssl/certs/java/cacerts
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$REPO/deploy/standins/containers.conf}"
 
 say() { printf 'image.sh: %s\n' "$*" >&2; }
@@ -124,12 +129,31 @@ cmd_build() {
     say "built $IMAGE in $(($(date +%s) - started)) s"
 }
 
+# The registry image: Apicurio fetched by Maven inside the build, on the same base, so
+# compose's `avro` profile needs no image registry either.
+cmd_registry() {
+    cmd_base
+    local started mounts=()
+    started=$(date +%s)
+    [[ -f "$HOST_CA" ]] && mounts+=(--volume "$HOST_CA:$HOST_CA:ro")
+    # Maven's Java reads a keystore, not the PEM bundle: the host's, read-only, where
+    # the build's apt cannot overwrite it (ca-certificates-java writes its own).
+    if [[ -f "$HOST_JAVA_CA" ]]; then
+        mounts+=(--volume "$HOST_JAVA_CA:/run/host-java-cacerts:ro")
+        mounts+=(--build-arg "JAVA_TRUSTSTORE=/run/host-java-cacerts")
+    fi
+    say "building $REGISTRY_IMAGE from $BASE_IMAGE"
+    podman build --format docker --build-arg "BASE=$BASE_IMAGE" "${mounts[@]}" \
+        -f "$REPO/deploy/registry/Dockerfile" -t "$REGISTRY_IMAGE" "$REPO"
+    say "built $REGISTRY_IMAGE in $(($(date +%s) - started)) s"
+}
+
 main() {
     case "${1:-build}" in
-        build | base | tools) "cmd_${1:-build}" ;;
+        build | base | tools | registry) "cmd_${1:-build}" ;;
         env) printf 'export CONTAINERS_CONF=%q\n' "$CONTAINERS_CONF" ;;
         *)
-            echo "usage: $0 [build|base|tools|env]" >&2
+            echo "usage: $0 [build|base|tools|registry|env]" >&2
             exit 2
             ;;
     esac
