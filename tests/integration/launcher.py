@@ -54,6 +54,7 @@ class SfaProcess:
     ) -> None:
         self.log_path = log_path
         self.started = time.monotonic()
+        self._is_run = tuple(args[:1]) == ("run",)
         self._new_session = new_session
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -145,12 +146,26 @@ class SfaProcess:
             self._log.close()
 
     def stop(self, timeout: float = 30.0) -> tuple[int, float]:
-        """SIGTERM; the exit code and how long it took to exit. Fails when it did not."""
+        """SIGTERM; the exit code and how long it took to exit. Fails when it did not.
+
+        A graceful stop of `sfa run` is asked once it has started: a SIGTERM during the
+        interpreter's start-up, before the command installs its handlers (its first log
+        line, `starting`, comes after), ends it by the default action (-15). A test whose
+        input was all committed by an earlier instance sent exactly that, now and then.
+        """
+        self._wait_started(timeout)
         started = time.monotonic()
         code = self.term(timeout)
         if code == TIMED_OUT:
             raise AssertionError(f"no exit within {timeout} s of SIGTERM:\n{self.tail()}")
         return code, time.monotonic() - started
+
+    def _wait_started(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self._is_run and self.proc.poll() is None and time.monotonic() < deadline:
+            if any(_is_starting(line) for line in self.lines()):
+                return
+            time.sleep(0.05)
 
     def kill(self) -> None:
         """SIGKILL, as a crash; waits until it is gone."""
@@ -167,6 +182,14 @@ class SfaProcess:
                 self.proc.kill()
             self.proc.wait(30)
         self._log.close()
+
+
+def _is_starting(line: str) -> bool:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and record.get("msg") == "starting"
 
 
 #: `launch(env, **options) -> SfaProcess`, the `sfa_run` fixture's factory.
