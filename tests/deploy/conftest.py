@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -20,12 +21,15 @@ from tests.integration.conftest import group_id, kafka_admin, kafka_bootstrap, n
 
 __all__ = [
     "REPO",
+    "built_image",
+    "free_port",
     "group_id",
     "kafka_admin",
     "kafka_bootstrap",
     "new_topic",
     "podman",
     "podman_env",
+    "podman_run",
     "sfa_image",
 ]
 
@@ -53,17 +57,39 @@ def podman(podman_env: dict[str, str]) -> str:
 @pytest.fixture(scope="session")
 def sfa_image(podman: str, podman_env: dict[str, str]) -> str:
     """The image tag under test; built with scripts/image.sh when it does not exist yet."""
-    image = os.environ.get("SFA_IMAGE", "localhost/sfa:latest")
-    exists = subprocess.run([podman, "image", "exists", image], env=podman_env, check=False)
-    if exists.returncode != 0:
+    return built_image(podman, podman_env, "SFA_IMAGE", "localhost/sfa:latest", "build")
+
+
+def built_image(podman: str, env: dict[str, str], variable: str, default: str, command: str) -> str:
+    """The tag `$variable` (or `default`), built by `scripts/image.sh command` when the
+    image does not exist yet."""
+    image = os.environ.get(variable, default)
+    if podman_run(podman, env, "image", "exists", image).returncode != 0:
         built = subprocess.run(
-            ["bash", str(_IMAGE_SCRIPT), "build"],
-            env={**podman_env, "SFA_IMAGE": image},
+            ["bash", str(_IMAGE_SCRIPT), command],
+            env={**env, variable: image},
             capture_output=True,
             text=True,
-            timeout=1200,
+            timeout=1800,
             check=False,
         )
         if built.returncode != 0:
-            pytest.fail(f"scripts/image.sh build failed:\n{built.stderr[-3000:]}", pytrace=False)
+            pytest.fail(
+                f"scripts/image.sh {command} failed:\n{built.stderr[-3000:]}", pytrace=False
+            )
     return image
+
+
+def podman_run(
+    podman: str, env: dict[str, str], *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`podman args...`, its output as text; never raises on a non-zero exit."""
+    return subprocess.run(
+        [podman, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,26 +21,14 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.deploy.conftest import free_port as _free_port
+from tests.deploy.conftest import podman_run as _run
 from tests.integration.kafka_io import comparable, produce_keyed, read_committed
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 _SFA = [sys.executable, "-m", "service"]
-
-
-def _run(
-    podman: str, env: dict[str, str], *args: str, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [podman, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _get(url: str) -> tuple[int, str]:

@@ -9,9 +9,6 @@ points at, enforces BACKWARD once set, and its own HEALTHCHECK passes.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,38 +17,16 @@ import pytest
 
 from service.registry import RegistryClient, RegistryError, RegistryUnavailableError
 from service.wireformat import BAR_SCHEMA_TEXT
-from tests.deploy.conftest import REPO
-
-
-def _run(
-    podman: str, env: dict[str, str], *args: str, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [podman, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.deploy.conftest import built_image
+from tests.deploy.conftest import free_port as _free_port
+from tests.deploy.conftest import podman_run as _run
 
 
 @pytest.fixture(scope="module")
 def registry_image(podman: str, podman_env: dict[str, str]) -> str:
-    image = os.environ.get("SFA_REGISTRY_IMAGE", "localhost/sfa-registry:3.0.9")
-    if _run(podman, podman_env, "image", "exists", image).returncode != 0:
-        built = subprocess.run(
-            ["bash", str(REPO / "scripts" / "image.sh"), "registry"],
-            env={**podman_env, "SFA_REGISTRY_IMAGE": image},
-            capture_output=True,
-            text=True,
-            timeout=1800,
-            check=False,
-        )
-        if built.returncode != 0:
-            pytest.fail(f"scripts/image.sh registry failed:\n{built.stderr[-3000:]}", pytrace=False)
-    return image
+    return built_image(
+        podman, podman_env, "SFA_REGISTRY_IMAGE", "localhost/sfa-registry:3.0.9", "registry"
+    )
 
 
 @pytest.fixture()
@@ -65,18 +40,9 @@ def test_the_registry_image_serves_the_confluent_api_and_its_healthcheck_passes(
     podman: str, podman_env: dict[str, str], registry_image: str, container: str
 ) -> None:
     port = _free_port()
+    detached = ["run", "--detach", "--name", container, "--network", "host"]
     started = _run(
-        podman,
-        podman_env,
-        "run",
-        "--detach",
-        "--name",
-        container,
-        "--network",
-        "host",
-        "--env",
-        f"QUARKUS_HTTP_PORT={port}",
-        registry_image,
+        podman, podman_env, *detached, "--env", f"QUARKUS_HTTP_PORT={port}", registry_image
     )
     assert started.returncode == 0, started.stderr
     client = RegistryClient(f"http://127.0.0.1:{port}/apis/ccompat/v7")
