@@ -18,14 +18,18 @@ def test_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert start_from_env() is None
 
 
+@pytest.mark.parametrize(("frames", "limit"), [("", 25), ("1", 1), ("many", 25)])
 def test_a_growing_list_is_named(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, frames: str, limit: int
 ) -> None:
+    """One frame still names the allocating line: the cheap setting for a soak."""
     monkeypatch.setenv("SFA_TRACEMALLOC_SECONDS", "0.2")
+    monkeypatch.setenv("SFA_TRACEMALLOC_FRAMES", frames)
     hoard: list[bytes] = []
     caplog.set_level(logging.INFO, logger="service.memtrace")
     stop = start_from_env()
     assert stop is not None
+    assert tracemalloc.get_traceback_limit() == limit
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
