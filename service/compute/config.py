@@ -13,7 +13,9 @@ from typing import Any
 
 from distributed.client import FutureCancelledError
 from distributed.comm.core import CommClosedError
+from distributed.scheduler import DEFAULT_EXTENSIONS as SCHEDULER_EXTENSIONS
 from distributed.scheduler import KilledWorker
+from distributed.worker import DEFAULT_EXTENSIONS as WORKER_EXTENSIONS
 
 from service.host import usable_cores
 from service.logs import adopt_library_loggers
@@ -43,6 +45,17 @@ LOST_WORK_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: Samples of host and process load each Dask server keeps (one every 500 ms). Dask's
+#: default, 7,200, is an hour: the deques fill for the first hour of a service's life,
+#: which a soak reads as growth. Five minutes is all the dashboard's plots need here;
+#: the service's own metrics go to Prometheus.
+SYSTEM_MONITOR_SAMPLES = 600
+
+
+def _without_spans(extensions: dict[str, Any]) -> dict[str, Any]:
+    return {name: ext for name, ext in extensions.items() if name != "spans"}
+
+
 def default_n_workers() -> int:
     """One worker process per usable core, at most 4: more rarely pays for its memory."""
     return max(1, min(usable_cores(), 4))
@@ -59,6 +72,12 @@ def dask_config(settings: DaskSettings) -> dict[str, Any]:
         "distributed.worker.memory.terminate": settings.dask_memory_terminate_fraction,
         "distributed.comm.timeouts.connect": f"{settings.dask_connect_timeout}s",
         "distributed.comm.timeouts.tcp": f"{tcp}s",
+        "distributed.admin.system-monitor.log-length": SYSTEM_MONITOR_SAMPLES,
+        # The statistical profiler samples the worker's threads every 10 ms and keeps
+        # a tree a second, for the dashboard's profile page. A threaded worker lives in
+        # the service's process, where it sampled the pipeline's own loop and was the
+        # largest growth a soak's tracemalloc found: on with the dashboard only.
+        "distributed.worker.profile.enabled": settings.dask_dashboard_address is not None,
     }
 
 
@@ -70,6 +89,14 @@ def local_cluster_kwargs(settings: DaskSettings, *, processes: bool = True) -> d
     (health and Prometheus routes) and the workers' cannot be turned off, so they listen
     on free loopback ports, reachable from this host only (left to distributed, a
     threaded worker's listened on 0.0.0.0).
+
+    Neither the scheduler nor the workers load distributed's "spans" extension. A
+    span keeps every TaskGroup it saw for the life of the scheduler (dask/distributed
+    #7977, open), and a stream that goes idle between batches opens a new default span
+    each time; a worker keeps its cumulative metrics per span id. Every batch left two
+    TaskGroups and six metric entries behind in the service's process for good. Spans
+    serve the dashboard's per-computation views, which a stream of identical batches
+    does not need; the scheduler and the workers treat the extension as optional.
     """
     n_workers = settings.dask_n_workers or default_n_workers()
     threads = settings.dask_threads_per_worker
@@ -85,7 +112,11 @@ def local_cluster_kwargs(settings: DaskSettings, *, processes: bool = True) -> d
         "processes": processes,
         "dashboard_address": settings.dask_dashboard_address or "127.0.0.1:0",
         "worker_dashboard_address": "127.0.0.1:0",
-        "scheduler_kwargs": {"dashboard": settings.dask_dashboard_address is not None},
+        "scheduler_kwargs": {
+            "dashboard": settings.dask_dashboard_address is not None,
+            "extensions": _without_spans(SCHEDULER_EXTENSIONS),
+        },
+        "extensions": _without_spans(WORKER_EXTENSIONS),  # a worker keyword
     }
 
 

@@ -446,3 +446,48 @@ def test_a_fallback_ends_without_traffic_and_the_listener_hears_both_flips(
     finally:
         loop.run(handle.close())
         _stop(restarted)
+
+
+def _dask_bookkeeping(handle: ComputeHandle) -> tuple[int, int, int]:
+    """TaskGroups alive in this process, the workers' cumulative metric entries and
+    their profiler's history (a tree a second)."""
+    import gc
+
+    from distributed.scheduler import TaskGroup
+
+    assert handle._cluster is not None
+    groups = sum(isinstance(o, TaskGroup) for o in gc.get_objects())
+    workers = handle._cluster.workers.values()
+    metrics = sum(len(w.digests_total) for w in workers)
+    return groups, metrics, sum(len(w.profile_history) for w in workers)
+
+
+def test_a_long_stream_leaves_no_bookkeeping_per_batch(loop: LoopThread) -> None:
+    """The service's default cluster on a small machine runs the scheduler and a
+    threaded worker in the service's process. With distributed's spans, every batch left
+    a TaskGroup on the scheduler and metric entries on the worker for good (dask/
+    distributed#7977), and the worker's profiler sampled the service's loop and kept a
+    tree a second (the largest growth in a soak's tracemalloc). After a warm-up
+    longer than the scheduler's bounded history of computations (100 of them, about 200
+    groups, which swings by a few as batches share groups), 120 more batches must leave
+    nothing behind: with spans each left at least one group and four metric entries."""
+    handle = loop.run(open_async(settings(dask_enable_distributed=True, dask_processes=False)))
+    try:
+        assert handle.mode == "local_cluster" and handle._cluster is not None
+        chunk = chunks_of(1, 2)
+
+        def stream(n: int) -> None:
+            for _ in range(n):
+                loop.run(handle.run_chunks(chunk, PARAMS))
+                time.sleep(0.005)  # idle between batches: the scheduler forgets them
+
+        stream(120)
+        time.sleep(1.5)  # a worker heartbeat: the last batch's metrics arrive
+        before = _dask_bookkeeping(handle)
+        stream(120)
+        time.sleep(1.5)
+        after = _dask_bookkeeping(handle)
+        message = f"(task groups, worker metric entries, profiles): {before} -> {after}"
+        assert after[0] - before[0] < 20 and after[1:] == before[1:], message
+    finally:
+        loop.run(handle.close())

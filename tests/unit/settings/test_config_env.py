@@ -193,7 +193,7 @@ def test_no_dashboard_unless_asked_and_then_where_asked() -> None:
     kwargs = local_cluster_kwargs(load_settings({}).dask)
     assert kwargs["dashboard_address"].startswith("127.0.0.1:")
     assert kwargs["worker_dashboard_address"].startswith("127.0.0.1:")
-    assert kwargs["scheduler_kwargs"] == {"dashboard": False}
+    assert kwargs["scheduler_kwargs"]["dashboard"] is False
     asked = local_cluster_kwargs(load_settings({"SFA_DASK_DASHBOARD_ADDRESS": "0.0.0.0:8787"}).dask)
     assert asked["dashboard_address"] == "0.0.0.0:8787"
-    assert asked["scheduler_kwargs"] == {"dashboard": True}
+    assert asked["scheduler_kwargs"]["dashboard"] is True
