@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -110,21 +110,7 @@ class Decoder:
                 return await self._decode_wire(values, await self._schemas.resolve(ids))
         if self._pool is None or len(values) < 256:  # tiny batches: the hop costs more
             return decode_batch(values, self._max)
-        loop = asyncio.get_running_loop()
-        starts = split_points(values, self._processes + 1, SPLIT_BYTES)
-        if len(starts) == 1:
-            return await loop.run_in_executor(self._pool, decode_batch, list(values), self._max)
-        # A big batch (an end-of-day snapshot: hundreds of arrays) would leave this
-        # process idle for seconds: the helpers take all slices but the last, which is
-        # decoded here, on a thread, meanwhile.
-        ends = [*starts[1:], len(values)]
-        jobs: list[Awaitable[DecodedBatch]] = [
-            loop.run_in_executor(self._pool, decode_batch, list(values[a:b]), self._max)
-            for a, b in zip(starts[:-1], ends[:-1], strict=True)
-        ]
-        jobs.append(asyncio.to_thread(decode_batch, values[starts[-1] :], self._max))
-        decoded = await asyncio.gather(*jobs)
-        return concat(list(zip(starts, decoded, strict=True)))
+        return await self._spread(decode_batch, values, self._max)
 
     async def _decode_wire(
         self, values: Sequence[bytes], schemas: Mapping[int, WireSchema | None]
@@ -132,10 +118,29 @@ class Decoder:
         fmt, limit = self._format, self._max
         if self._pool is None or len(values) < 256:
             return decode_wire_batch(values, schemas, fmt, limit)
+        return await self._spread(decode_wire_batch, values, dict(schemas), fmt, limit)
+
+    async def _spread(
+        self, fn: Callable[..., DecodedBatch], values: Sequence[bytes], *args: object
+    ) -> DecodedBatch:
+        """`fn(values, *args)` in the helpers; a big batch cut in slices of equal bytes.
+
+        A big batch (an end-of-day snapshot: hundreds of arrays) would leave this process
+        idle for seconds: the helpers take all slices but the last, which is decoded
+        here, on a thread, meanwhile.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._pool, decode_wire_batch, list(values), dict(schemas), fmt, limit
-        )
+        starts = split_points(values, self._processes + 1, SPLIT_BYTES)
+        if len(starts) == 1:
+            return await loop.run_in_executor(self._pool, fn, list(values), *args)
+        ends = [*starts[1:], len(values)]
+        jobs: list[Awaitable[DecodedBatch]] = [
+            loop.run_in_executor(self._pool, fn, list(values[a:b]), *args)
+            for a, b in zip(starts[:-1], ends[:-1], strict=True)
+        ]
+        jobs.append(asyncio.to_thread(fn, values[starts[-1] :], *args))
+        decoded = await asyncio.gather(*jobs)
+        return concat(list(zip(starts, decoded, strict=True)))
 
     async def decode_lines(self, blob: bytes) -> DecodedBatch:
         """A file batch as one newline-joined blob: one bytes object to pickle."""

@@ -15,6 +15,8 @@ from service.decode import pool
 from service.decode.batch import decode_batch
 from service.decode.pool import Decoder, split_points
 from service.decode.types import DecodedBatch, concat
+from service.decode.wire import decode_wire_batch
+from tests.unit.decode.test_decode_wire import ARRAY, SCHEMAS, as_avro, wire
 
 SYMBOLS = ["AAA.SH", "BBB.SZ", "CCC.SH", "DDD.SZ"]
 
@@ -105,3 +107,42 @@ def test_a_big_batch_is_decoded_by_the_helper_and_the_caller_together(
         decoder.close()
     assert as_tuple(got) == as_tuple(decode_batch(values))
     assert got.rejects[-1].index == 400
+
+
+class _Known:
+    """The registry's answer, fixed: the lookup the service makes before a helper runs."""
+
+    def __init__(self, schemas: dict[int, Any]) -> None:
+        self.schemas = schemas
+
+    async def resolve(self, ids: Any) -> dict[int, Any]:
+        return {i: self.schemas.get(i) for i in ids}
+
+
+def test_a_big_wire_format_batch_is_split_the_same_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Avro arrays, a JSON bar and a message naming an unknown schema, in a real helper
+    and this process: the result is the batch decoded whole."""
+    values = [
+        wire(7, ARRAY, [as_avro(_bar(s, 1 + i % 28, 1.0 + i)) for s in SYMBOLS]) for i in range(300)
+    ]
+    values[150] = orjson.dumps(_bar("AAA.SH", 3, 9.0))
+    values[200] = b"\x00\x00\x00\x03\xe7" + b"\x02"  # schema id 999: unknown to the registry
+    monkeypatch.setattr(pool, "SPLIT_BYTES", 1024)
+    assert len(split_points(values, 2, pool.SPLIT_BYTES)) == 2
+    here: list[int] = []  # slices decoded in this process, beside the helper
+    to_thread = asyncio.to_thread
+
+    def recording(fn: Any, values: Any, *args: Any) -> Any:
+        here.append(len(values))
+        return to_thread(fn, values, *args)
+
+    monkeypatch.setattr(asyncio, "to_thread", recording)
+    decoder = Decoder(1_048_576, processes=1, input_format="auto", schemas=_Known(SCHEMAS))
+    try:
+        got = asyncio.run(decoder.decode(values))
+    finally:
+        decoder.close()
+    want = decode_wire_batch(values, {7: SCHEMAS[7], 999: None}, "auto")
+    assert as_tuple(got) == as_tuple(want)
+    assert [r.index for r in got.rejects] == [200] and len(got.days) == 300 * 4 - 8 + 1
+    assert len(here) == 1 and 0 < here[0] < len(values)
