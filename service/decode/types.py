@@ -6,11 +6,12 @@ boundary from the decoder helpers and the replay reader in a few pickled arrays.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DecodedBatch", "Reject", "concat"]
+__all__ = ["DecodedBatch", "Reject", "concat", "recode"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,23 +53,31 @@ class DecodedBatch:
         return len(self.codes)
 
 
+def recode(parts: Sequence[tuple[Sequence[str], np.ndarray]]) -> tuple[list[np.ndarray], list[str]]:
+    """Codes of several `(uniques, codes)` factorizations in one shared table: each part's
+    codes mapped into it, and the table, in order of first appearance across the parts
+    (part by part, each in its own uniques' order)."""
+    code_of: dict[str, int] = {}
+    out: list[np.ndarray] = []
+    for names, codes in parts:
+        table = np.fromiter(
+            (code_of.setdefault(u, len(code_of)) for u in names), np.int32, len(names)
+        )
+        out.append(table[codes] if len(codes) else np.empty(0, np.int32))
+    return out, list(code_of)
+
+
 def concat(parts: list[tuple[int, DecodedBatch]]) -> DecodedBatch:
     """One batch from the decodes of consecutive slices of it, each `(start, decoded)`
     with `start` the index of the slice's first message: as if decoded whole (message
     indexes shifted, symbols factorized again in order of first appearance)."""
     if len(parts) == 1 and parts[0][0] == 0:
         return parts[0][1]
-    code_of: dict[str, int] = {}
-    codes: list[np.ndarray] = []
-    for _, part in parts:
-        table = np.fromiter(
-            (code_of.setdefault(u, len(code_of)) for u in part.uniques), np.int32, len(part.uniques)
-        )
-        codes.append(table[part.codes] if len(part.codes) else np.empty(0, np.int32))
+    codes, uniques = recode([(p.uniques, p.codes) for _, p in parts])
     stamps = [p.stamps for _, p in parts if p.stamps is not None]
     return DecodedBatch(
         codes=np.concatenate(codes).astype(np.int32),
-        uniques=list(code_of),
+        uniques=uniques,
         days=np.concatenate([p.days for _, p in parts]).astype(np.int32),
         closes=np.concatenate([p.closes for _, p in parts]).astype(np.float64),
         message_index=np.concatenate(

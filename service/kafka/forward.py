@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from service.batches import Batch, Forward, PayloadDecoder, Routed
-from service.decode.types import DecodedBatch, Reject
+from service.decode.types import DecodedBatch, Reject, recode
 from service.kafka.message import KafkaOrigin
 from service.kafka.repartition import (
     MAX_BARS_PER_RECORD,
@@ -192,34 +192,19 @@ def _merge(
 ) -> DecodedBatch:
     """One DecodedBatch in message order: the decoded input (its message indexes mapped
     back through `index_of`) and each record's bars, every bar with its own stamp."""
-    uniques: list[str] = []
-    code_of: dict[str, int] = {}
-
-    def codes_for(names: list[str], codes: np.ndarray) -> np.ndarray:
-        table = np.fromiter(
-            (code_of.setdefault(s, len(code_of)) for s in names), np.int32, len(names)
-        )
-        return table[codes] if len(codes) else np.empty(0, np.int32)
-
-    cols: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("codes", "days", "closes", "msg", "stamps")
-    }
-    for decoded, stamps in parts:
-        cols["codes"].append(codes_for(decoded.uniques, decoded.codes))
-        cols["days"].append(decoded.days)
-        cols["closes"].append(decoded.closes)
-        cols["msg"].append(index_of[decoded.message_index].astype(np.int32))
-        cols["stamps"].append(stamps)
-    for i, bars in records:
-        cols["codes"].append(codes_for(bars.uniques, bars.codes))
-        cols["days"].append(bars.days)
-        cols["closes"].append(bars.closes)
-        cols["msg"].append(np.full(len(bars), i, np.int32))
-        cols["stamps"].append(bars.stamps)
-    uniques = list(code_of)
-    message = np.concatenate(cols["msg"]) if cols["msg"] else np.empty(0, np.int32)
+    inputs = [decoded for decoded, _ in parts]
+    forwarded = [bars for _, bars in records]
+    coded, uniques = recode(
+        [(d.uniques, d.codes) for d in inputs] + [(f.uniques, f.codes) for f in forwarded]
+    )
+    messages = [index_of[d.message_index].astype(np.int32) for d in inputs]
+    messages += [np.full(len(bars), i, np.int32) for i, bars in records]
+    message = np.concatenate(messages) if messages else np.empty(0, np.int32)
     order = np.argsort(message, kind="stable")  # message order; read order inside each
-    codes = np.concatenate(cols["codes"])[order]
+    codes = np.concatenate(coded)[order]
+    days = [d.days for d in inputs] + [f.days for f in forwarded]
+    closes = [d.closes for d in inputs] + [f.closes for f in forwarded]
+    stamps = [st for _, st in parts] + [f.stamps for f in forwarded]
     # `uniques` in first appearance, as every DecodedBatch has them
     first = np.unique(codes, return_index=True)
     appear = first[0][np.argsort(first[1], kind="stable")]
@@ -228,9 +213,9 @@ def _merge(
     return DecodedBatch(
         codes=remap[codes],
         uniques=[uniques[c] for c in appear.tolist()],
-        days=np.concatenate(cols["days"]).astype(np.int32)[order],
-        closes=np.concatenate(cols["closes"]).astype(np.float64)[order],
+        days=np.concatenate(days).astype(np.int32)[order],
+        closes=np.concatenate(closes).astype(np.float64)[order],
         message_index=message[order],
         rejects=[],
-        stamps=np.concatenate(cols["stamps"]).astype(np.int64)[order],
+        stamps=np.concatenate(stamps).astype(np.int64)[order],
     )
