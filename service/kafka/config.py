@@ -6,6 +6,11 @@ what correctness needs (which nothing overrides). Secrets arrive as `SecretStr` 
 settings and are unwrapped here only, at the last moment, so no rendering of the
 settings (repr, logs, errors) can show them.
 
+A `KAFKA_*` property that librdkafka says is for the other kind of client (a consumer's
+`fetch.min.bytes`, a producer's `linger.ms`) goes to the clients that use it only:
+given to all, every other client logged a CONFWARN line at start. librdkafka itself
+tells which kind a property is (`_scope`), so no table of its properties is kept here.
+
 `check_client_configs` builds every client once, without brokers, before anything starts:
 librdkafka checks names, values and their combinations when a client is created, so an
 unknown `KAFKA_*` property or a bad value becomes one line naming the variable (exit 2)
@@ -14,10 +19,11 @@ instead of a traceback from deep inside start-up.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from confluent_kafka import Consumer, KafkaException, Producer
 from pydantic import SecretStr
@@ -49,21 +55,72 @@ def _shared_defaults(settings: KafkaSettings, client: str) -> dict[str, Any]:
     }
 
 
-def _passthrough(settings: KafkaSettings) -> dict[str, Any]:
-    """Bootstrap plus every KAFKA_* property, secrets unwrapped."""
+Kind = Literal["consumer", "producer"]
+
+
+def _passthrough(settings: KafkaSettings, kind: Kind | None = None) -> dict[str, Any]:
+    """Bootstrap plus every KAFKA_* property, secrets unwrapped; for a `kind` of client,
+    without the properties librdkafka would ignore (and warn about) in it."""
     conf: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap_servers}
     for key, value in settings.kafka_extra.items():
-        conf[key] = value.get_secret_value() if isinstance(value, SecretStr) else value
+        plain = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if kind is None or _scope(key, str(plain)) in (None, kind):
+            conf[key] = plain
     return conf
 
 
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+_IGNORED_RE = re.compile(r"is a (consumer|producer) property and will be ignored")
+
+
+@functools.cache
+def _scope(key: str, value: str) -> Kind | None:
+    """The one kind of client `key` is for, as librdkafka warns when the other kind is
+    given it; None when both use it (or the value is bad: the check reports that)."""
+    for make in (Producer, Consumer):
+        collect = _Collect()
+        quiet = logging.getLogger(f"service.kafka.librdkafka.scope.{make.__name__}")
+        quiet.propagate = False
+        quiet.addHandler(collect)
+        try:
+            conf: dict[str, Any] = {key: value, "logger": quiet}
+            if make is Consumer:
+                conf["group.id"] = "sfa-scope-check"
+            client = make(conf)
+            client.poll(0)  # the log callback runs on poll
+            close = getattr(client, "close", None)
+            if callable(close):
+                close()
+        except (KafkaException, ValueError, TypeError):
+            return None
+        finally:
+            quiet.removeHandler(collect)
+        for message in collect.messages:
+            found = _IGNORED_RE.search(message)
+            if found:
+                return "consumer" if found.group(1) == "consumer" else "producer"
+    return None
+
+
 def client_config(
-    settings: KafkaSettings, client: str = "sfa", defaults: dict[str, Any] | None = None
+    settings: KafkaSettings,
+    client: str = "sfa",
+    defaults: dict[str, Any] | None = None,
+    kind: Kind | None = None,
 ) -> dict[str, Any]:
-    """Shared defaults, then `defaults`, then the user's passthrough; with our logger."""
+    """Shared defaults, then `defaults`, then the user's passthrough (the properties a
+    `kind` of client uses); with our logger."""
     conf = _shared_defaults(settings, client)
     conf.update(defaults or {})
-    conf.update(_passthrough(settings))
+    conf.update(_passthrough(settings, kind))
     return with_logger(conf)
 
 
@@ -71,6 +128,7 @@ def consumer_config(settings: KafkaSettings, group_id: str | None = None) -> dic
     """The group member: read committed, sticky assignment, offsets only on request."""
     conf = client_config(
         settings,
+        kind="consumer",
         defaults={
             "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
@@ -111,6 +169,7 @@ def producer_config(settings: KafkaSettings) -> dict[str, Any]:
     """Output: a short linger and lz4 for batch bursts; idempotent, acks=all always."""
     conf = client_config(
         settings,
+        kind="producer",
         defaults={
             # A batch is produced in one burst; a short linger fills Kafka batches
             # without adding noticeable latency to the commit that follows.
@@ -127,7 +186,7 @@ def producer_config(settings: KafkaSettings) -> dict[str, Any]:
 
 def restore_config(settings: KafkaSettings) -> dict[str, Any]:
     """The state reader: assign, never subscribe; read committed; never commit."""
-    conf = client_config(settings, client="sfa-restore")
+    conf = client_config(settings, client="sfa-restore", kind="consumer")
     conf.update(
         {
             # librdkafka insists on a group.id. assign() never joins the group and nothing
@@ -148,7 +207,8 @@ def restore_config(settings: KafkaSettings) -> dict[str, Any]:
 
 
 def admin_config(settings: KafkaSettings) -> dict[str, Any]:
-    return client_config(settings, client="sfa-admin")
+    # An AdminClient is a producer instance to librdkafka: the same properties apply.
+    return client_config(settings, client="sfa-admin", kind="producer")
 
 
 _SILENT = logging.getLogger("service.kafka.librdkafka.config_check")

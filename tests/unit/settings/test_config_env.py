@@ -197,3 +197,46 @@ def test_no_dashboard_unless_asked_and_then_where_asked() -> None:
     asked = local_cluster_kwargs(load_settings({"SFA_DASK_DASHBOARD_ADDRESS": "0.0.0.0:8787"}).dask)
     assert asked["dashboard_address"] == "0.0.0.0:8787"
     assert asked["scheduler_kwargs"]["dashboard"] is True
+
+
+def test_a_property_goes_only_to_the_clients_that_use_it() -> None:
+    """A consumer property given to the producer and the admin client, or a producer one
+    given to the consumers, made each of those log a CONFWARN line at start."""
+    import logging
+
+    from confluent_kafka import Consumer, Producer
+
+    from service.kafka.config import admin_config, restore_config
+
+    env = {
+        "KAFKA_FETCH_MIN_BYTES": "5",  # consumers only
+        "KAFKA_LINGER_MS": "20",  # producers only (librdkafka warns under an alias)
+        "KAFKA_SOCKET_TIMEOUT_MS": "45000",  # both
+    }
+    kafka = load_settings(env).kafka
+    consumer, producer = consumer_config(kafka), producer_config(kafka)
+    restore, admin = restore_config(kafka), admin_config(kafka)
+    for conf in (consumer, restore):
+        assert conf["fetch.min.bytes"] == "5" and "linger.ms" not in conf
+    for conf in (producer, admin):
+        assert conf["linger.ms"] == "20" and "fetch.min.bytes" not in conf
+    assert {c["socket.timeout.ms"] for c in (consumer, producer, restore, admin)} == {"45000"}
+
+    heard: list[str] = []
+
+    class Hear(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record.getMessage())
+
+    log = logging.getLogger("test.confwarn")
+    log.propagate, hear = False, Hear()
+    log.addHandler(hear)
+    try:
+        for make, conf in ((Consumer, consumer), (Consumer, restore), (Producer, producer)):
+            client = make({**conf, "logger": log, "bootstrap.servers": "127.0.0.1:1"})
+            client.poll(0)
+            if make is Consumer:
+                client.close()
+    finally:
+        log.removeHandler(hear)
+    assert not [m for m in heard if "will be ignored" in m], heard
