@@ -247,7 +247,8 @@ def stack(
         stack.spawn(
             "scheduler",
             [dask, "scheduler", "--host", "127.0.0.1", "--port", scheduler.rsplit(":", 1)[1],
-             "--dashboard-address", stack.scheduler_http],
+             "--dashboard-address", stack.scheduler_http,
+             "--preload", "service.compute.preload"],
             base,
         )  # fmt: skip
         for i in range(2):

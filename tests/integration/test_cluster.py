@@ -265,7 +265,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start_remote(address: str) -> list[subprocess.Popen[bytes]]:
+def _start_remote(
+    address: str, scheduler_args: tuple[str, ...] = ()
+) -> list[subprocess.Popen[bytes]]:
     """`dask scheduler` at `address` and one `dask worker`, as real processes."""
     env = {
         **os.environ,
@@ -273,7 +275,10 @@ def _start_remote(address: str) -> list[subprocess.Popen[bytes]]:
     }
     common = ["--no-dashboard"]
     port = address.rsplit(":", 1)[1]
-    scheduler = [str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", port]
+    scheduler = [
+        *(str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", port),
+        *scheduler_args,
+    ]
     worker = [str(VENV_BIN / "dask"), "worker", address, "--nworkers", "1", "--nthreads", "1"]
     return [
         subprocess.Popen(
@@ -491,3 +496,59 @@ def test_a_long_stream_leaves_no_bookkeeping_per_batch(loop: LoopThread) -> None
         assert after[0] - before[0] < 20 and after[1:] == before[1:], message
     finally:
         loop.run(handle.close())
+
+
+def _remote_bookkeeping(loop: LoopThread, handle: ComputeHandle) -> tuple[int, int]:
+    """TaskGroups alive in the scheduler's process; the worker's metric entries."""
+
+    def groups(dask_scheduler: Any) -> int:
+        import gc
+
+        from distributed.scheduler import TaskGroup
+
+        return sum(isinstance(o, TaskGroup) for o in gc.get_objects())
+
+    def entries(dask_worker: Any) -> int:
+        return len(dask_worker.digests_total)
+
+    client = handle.client
+    assert client is not None
+
+    async def ask() -> tuple[int, int]:
+        per_worker = await client.run(entries)
+        return await client.run_on_scheduler(groups), sum(per_worker.values())
+
+    return loop.run(ask())
+
+
+def test_the_preload_keeps_a_remote_scheduler_from_growing_per_batch(loop: LoopThread) -> None:
+    """`dask scheduler --preload service.compute.preload`, as compose and Kubernetes run
+    it, with a worker started without it: more batches leave nothing behind on either."""
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    procs = _start_remote(address, ("--preload", "service.compute.preload"))
+    try:
+        _wait_listening(address)
+        handle = loop.run(
+            open_async(settings(dask_scheduler_address=address, dask_connect_timeout=20))
+        )
+        try:
+            assert handle.mode == "remote"
+            chunk = chunks_of(1, 2)
+
+            def stream(n: int) -> None:
+                for _ in range(n):
+                    loop.run(handle.run_chunks(chunk, PARAMS))
+                    time.sleep(0.005)
+
+            stream(120)
+            time.sleep(1.5)
+            before = _remote_bookkeeping(loop, handle)
+            stream(120)
+            time.sleep(1.5)
+            after = _remote_bookkeeping(loop, handle)
+            message = f"(scheduler task groups, worker metric entries): {before} -> {after}"
+            assert after[0] - before[0] < 20 and after[1] == before[1], message
+        finally:
+            loop.run(handle.close())
+    finally:
+        _stop(procs)
