@@ -57,6 +57,7 @@ class SfaProcess:
         self._is_run = tuple(args[:1]) == ("run",)
         self._new_session = new_session
         self._log = log_path.open("ab")
+        self._own_from = self._log.tell()  # a log may hold an earlier process's lines
         self.proc = subprocess.Popen(
             [*executable, *args],
             env=env,
@@ -161,11 +162,16 @@ class SfaProcess:
         return code, time.monotonic() - started
 
     def _wait_started(self, timeout: float) -> None:
+        """Reads only what this process wrote, and each byte once."""
         deadline = time.monotonic() + timeout
-        while self._is_run and self.proc.poll() is None and time.monotonic() < deadline:
-            if any(_is_starting(line) for line in self.lines()):
-                return
-            time.sleep(0.05)
+        pending = b""
+        with self.log_path.open("rb") as log:
+            log.seek(self._own_from)
+            while self._is_run and self.proc.poll() is None and time.monotonic() < deadline:
+                *whole, pending = (pending + log.read()).split(b"\n")
+                if any(_is_starting(line.decode(errors="replace")) for line in whole):
+                    return
+                time.sleep(0.05)
 
     def kill(self) -> None:
         """SIGKILL, as a crash; waits until it is gone."""
