@@ -157,7 +157,13 @@ def _sample(inst: Instance, t: float) -> Sample:
     )
 
 
-def _committed_results(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes]]:
+def _committed_results(bootstrap: str, topic: str) -> tuple[dict[str, dict[str, Any]], int, int]:
+    """Every symbol's last committed result (its `input` left out), the number of
+    duplicate (symbol, input) pairs, and how many results were read.
+
+    An hour's output is millions of results (16 GB at the feed rate of 2026-12-06): they
+    are folded as they arrive. Kept whole, they would need more memory than the machine.
+    """
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -171,22 +177,29 @@ def _committed_results(bootstrap: str, topic: str) -> list[tuple[bytes | None, b
     parts = [TopicPartition(topic, p) for p in meta.partitions]
     ends = {p.partition: consumer.get_watermark_offsets(p, timeout=10)[1] for p in parts}
     consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-    out: list[tuple[bytes | None, bytes]] = []
+    last: dict[str, dict[str, Any]] = {}
+    seen: set[tuple[str, bytes]] = set()
+    duplicates = read = 0
     done = {p for p, end in ends.items() if end == 0}
-    # An hour's output is millions of results: read to the end however long that takes,
-    # and give up only when nothing arrives for a minute (a partial read would compare
-    # old results with replay's last ones and call every symbol wrong).
+    # Read to the end however long that takes, and give up only when nothing arrives for
+    # a minute (a partial read would compare old results with replay's last ones and
+    # call every symbol wrong).
     idle_deadline = time.monotonic() + 60
     while len(done) < len(ends):
         if time.monotonic() > idle_deadline:
             consumer.close()
             behind = sorted(set(ends) - done)
-            raise RuntimeError(f"output read stalled: {len(out)} read, partitions {behind} short")
+            raise RuntimeError(f"output read stalled: {read} read, partitions {behind} short")
         for msg in consumer.consume(10_000, timeout=1.0):
             idle_deadline = time.monotonic() + 60
             if msg.error():
                 continue
-            out.append((msg.value(), orjson.dumps(orjson.loads(msg.value() or b"{}").get("input"))))
+            obj = orjson.loads(msg.value() or b"{}")
+            key = (obj["symbol"], orjson.dumps(obj.pop("input", None)))
+            duplicates += key in seen
+            seen.add(key)
+            last[obj["symbol"]] = obj
+            read += 1
             partition, offset = msg.partition() or 0, msg.offset() or 0
             if offset + 1 >= ends[partition]:
                 done.add(partition)
@@ -195,8 +208,27 @@ def _committed_results(bootstrap: str, topic: str) -> list[tuple[bytes | None, b
             if pos >= end:
                 done.add(p)
     consumer.close()
-    print(f"read {len(out):,} committed results up to the end of {topic}", flush=True)
-    return out
+    print(f"read {read:,} committed results up to the end of {topic}", flush=True)
+    return last, duplicates, read
+
+
+def _compare(bootstrap: str, topic: str, feed_path: Path) -> tuple[int, int, int]:
+    """(symbols equal to `sfa replay` of the fed records, symbols replayed, duplicates)."""
+    got, duplicates, _ = _committed_results(bootstrap, topic)
+    reference = OUT / "replay.jsonl"
+    subprocess.run(
+        [sys.executable, "-m", "service", "replay", str(feed_path), "--output", str(reference)],
+        check=True,
+        env={**os.environ, "SFA_LOG_LEVEL": "WARNING"},
+        stderr=subprocess.DEVNULL,
+    )
+    expected: dict[str, dict[str, Any]] = {}
+    for line in reference.read_bytes().splitlines():
+        obj = orjson.loads(line)
+        obj.pop("input", None)
+        expected[obj["symbol"]] = obj
+    matching = sum(got.get(s) == r for s, r in expected.items())
+    return matching, len(expected), duplicates
 
 
 def _plot(samples: list[Sample], path: Path) -> None:
@@ -227,14 +259,67 @@ def _plot(samples: list[Sample], path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def _rss_verdicts(samples: list[Sample]) -> list[tuple[int, float, float, float, float | None]]:
+    """The table of samples, then per instance: RSS growth over the plateau window (the
+    last 30 minutes, or the last half of a shorter soak: the first minutes warm caches,
+    pools and allocator arenas), the lag peaks of the first and last thirds, the worst p99."""
+    print("\n| t (min) | instance | RSS MiB | state MiB | lag | p99 s | fds | healthy |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in samples:
+        p99 = f"{row.p99_s:.2f}" if row.p99_s is not None else "-"
+        print(
+            f"| {row.t / 60:.1f} | sfa-{row.instance} | {row.rss_mb:.1f} | {row.state_mb:.1f} | "
+            f"{row.lag:.0f} | {p99} | {row.fds} | {'yes' if row.healthy else 'NO'} |"
+        )
+    verdicts = []
+    for i in (1, 2):
+        mine = [s for s in samples if s.instance == i]
+        end = mine[-1].t
+        window = [s for s in mine if s.t >= end - min(30 * 60, end / 2)] or mine
+        start_rss = statistics.median(s.rss_mb for s in window[:3])
+        end_rss = statistics.median(s.rss_mb for s in window[-3:])
+        growth = (end_rss / start_rss - 1) * 100
+        slope = (
+            float(np.polyfit([s.t / 60 for s in window], [s.rss_mb for s in window], 1)[0])
+            if len(window) > 2
+            else 0.0
+        )
+        third = max(1, len(mine) // 3)
+        lag_first = max(s.lag for s in mine[:third])
+        lag_last = max(s.lag for s in mine[-third:])
+        p99s = [s.p99_s for s in mine if s.p99_s is not None]
+        verdicts.append((i, growth, lag_first, lag_last, max(p99s) if p99s else None))
+        print(
+            f"sfa-{i}: RSS over the last {(end - window[0].t) / 60:.0f} min {growth:+.2f}% "
+            f"({start_rss:.1f} -> {end_rss:.1f} MiB, trend {slope:+.2f} MiB/min), "
+            f"lag peak first third {lag_first:.0f} / last third {lag_last:.0f}, worst interval p99 "
+            f"{max(p99s) if p99s else float('nan'):.2f} s",
+            flush=True,
+        )
+    return verdicts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=float(os.environ.get("SOAK_MINUTES", 10)))
     parser.add_argument("--symbols", type=int, default=int(os.environ.get("SOAK_SYMBOLS", 300)))
     parser.add_argument("--years", type=int, default=int(os.environ.get("SOAK_YEARS", 12)))
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--compare-run",
+        metavar="RUN_ID",
+        help="only compare the output of an earlier run (topics soak-*-RUN_ID, still on the "
+        "broker) with sfa replay of var/soak/fed.jsonl.gz, for a run whose harness died "
+        "after the feed",
+    )
     args = parser.parse_args(argv)
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    if args.compare_run:
+        matching, n_expected, duplicates = _compare(
+            bootstrap, f"soak-out-{args.compare_run}", OUT / "fed.jsonl.gz"
+        )
+        print(f"output: {matching}/{n_expected} symbols equal to replay, {duplicates} duplicates")
+        return 0 if matching == n_expected and duplicates == 0 else 1
     run_id = uuid.uuid4().hex[:8]
     topics = {n: f"soak-{n}-{run_id}" for n in ("in", "out", "dlq", "state", "rep")}
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -387,7 +472,10 @@ def main(argv: list[str] | None = None) -> int:
                 break
             time.sleep(1)
         time.sleep(3)
-        results = _committed_results(bootstrap, topics["out"])
+        # The memory verdict first: it needs only the samples.
+        _plot(samples, OUT / "soak.png")
+        verdicts = _rss_verdicts(samples)
+        matching, n_expected, duplicates = _compare(bootstrap, topics["out"], feed_path)
     finally:
         for inst in instances:
             inst.proc.send_signal(signal.SIGTERM)
@@ -399,65 +487,6 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(Exception):  # best effort: a leftover uuid topic harms nobody
             admin.delete_topics(list(topics.values()))
 
-    reference = OUT / "replay.jsonl"
-    subprocess.run(
-        [sys.executable, "-m", "service", "replay", str(feed_path), "--output", str(reference)],
-        check=True,
-        env={**os.environ, "SFA_LOG_LEVEL": "WARNING"},
-        stderr=subprocess.DEVNULL,
-    )
-    expected: dict[str, dict[str, Any]] = {}
-    for line in reference.read_bytes().splitlines():
-        obj = orjson.loads(line)
-        obj.pop("input", None)
-        expected[obj["symbol"]] = obj
-    got: dict[str, dict[str, Any]] = {}
-    seen: set[tuple[str, bytes]] = set()
-    duplicates = 0
-    for value, ref in results:
-        obj = orjson.loads(value or b"{}")
-        key = (obj["symbol"], ref)
-        duplicates += key in seen
-        seen.add(key)
-        obj.pop("input", None)
-        got[obj["symbol"]] = obj
-    matching = sum(got.get(s) == r for s, r in expected.items())
-
-    _plot(samples, OUT / "soak.png")
-    print("\n| t (min) | instance | RSS MiB | state MiB | lag | p99 s | fds | healthy |")
-    print("|---|---|---|---|---|---|---|---|")
-    for row in samples:
-        p99 = f"{row.p99_s:.2f}" if row.p99_s is not None else "-"
-        print(
-            f"| {row.t / 60:.1f} | sfa-{row.instance} | {row.rss_mb:.1f} | {row.state_mb:.1f} | "
-            f"{row.lag:.0f} | {p99} | {row.fds} | {'yes' if row.healthy else 'NO'} |"
-        )
-    verdicts = []
-    for i in (1, 2):
-        mine = [s for s in samples if s.instance == i]
-        # The plateau window: the last 30 minutes, or the last half of a shorter soak
-        # (the first minutes warm caches, pools and allocator arenas).
-        end = mine[-1].t
-        window = [s for s in mine if s.t >= end - min(30 * 60, end / 2)] or mine
-        start_rss = statistics.median(s.rss_mb for s in window[:3])
-        end_rss = statistics.median(s.rss_mb for s in window[-3:])
-        growth = (end_rss / start_rss - 1) * 100
-        slope = (
-            float(np.polyfit([s.t / 60 for s in window], [s.rss_mb for s in window], 1)[0])
-            if len(window) > 2
-            else 0.0
-        )
-        third = max(1, len(mine) // 3)
-        lag_first = max(s.lag for s in mine[:third])
-        lag_last = max(s.lag for s in mine[-third:])
-        p99s = [s.p99_s for s in mine if s.p99_s is not None]
-        verdicts.append((i, growth, lag_first, lag_last, max(p99s) if p99s else None))
-        print(
-            f"sfa-{i}: RSS over the last {(end - window[0].t) / 60:.0f} min {growth:+.2f}% "
-            f"({start_rss:.1f} -> {end_rss:.1f} MiB, trend {slope:+.2f} MiB/min), "
-            f"lag peak first third {lag_first:.0f} / last third {lag_last:.0f}, worst interval p99 "
-            f"{max(p99s) if p99s else float('nan'):.2f} s"
-        )
     day_records = 1 + max(1, args.symbols // 100)  # messages per fed day
     # Bounded: after the first minute the lag never holds more than 30 s of feed (a
     # backlog that accumulated would pass that within minutes at half capacity).
@@ -468,11 +497,11 @@ def main(argv: list[str] | None = None) -> int:
         and all(s.lag <= lag_bound for s in samples if s.t >= 60)
         and all(s.healthy for s in samples)
         and duplicates == 0
-        and matching == len(expected)
+        and matching == n_expected
     )
     print(f"lag bound after the first minute: {lag_bound:,.0f} (30 s of feed, in messages)")
     print(
-        f"output: {matching}/{len(expected)} symbols equal to replay, {duplicates} duplicates; "
+        f"output: {matching}/{n_expected} symbols equal to replay, {duplicates} duplicates; "
         f"plot {OUT / 'soak.png'}"
     )
     print(f"soak: {'PASS' if ok else 'FAIL'}")
