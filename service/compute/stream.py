@@ -40,7 +40,7 @@ from distributed.comm.core import CommClosedError
 from service.compute.config import (
     LOST_WORK_ERRORS,
     adapt_range,
-    dask_config,
+    cluster_config,
     local_cluster_kwargs,
     reason_of,
     want_processes,
@@ -175,6 +175,10 @@ class ComputeHandle:
             future = client.submit(
                 analyze_chunk, data, params, retries=self.settings.dask_task_retries, pure=False
             )
+        except KeyError as exc:
+            # The scheduler placed the chunk on a worker that an adaptive cluster retired
+            # meanwhile (its `update_data` looks the worker up): a lost worker, retried.
+            raise CommClosedError(f"scatter target left the cluster: {exc}") from exc
         except RuntimeError as exc:
             # distributed closes a client that lost its scheduler for a connect timeout;
             # its calls then raise RuntimeError ("ConnectionPool is closed"): the cluster
@@ -343,7 +347,7 @@ async def _watching(handle: ComputeHandle) -> ComputeHandle:
 async def open_async(settings: DaskSettings) -> ComputeHandle:
     """Connect as configured; on failure fall back to local work or raise (SFA_DASK_FALLBACK)."""
     scope = contextlib.ExitStack()
-    scope.enter_context(dask.config.set(dask_config(settings)))
+    scope.enter_context(dask.config.set(cluster_config(settings)))
     address = settings.dask_scheduler_address
     cluster: LocalCluster | None = None
     try:
