@@ -56,10 +56,14 @@ instances do not fence each other. With `SFA_METRICS_PORT=0` on both, set
 _FOOTER = """
 ## librdkafka properties
 
-Any other `KAFKA_SOME_PROPERTY` reaches every Kafka client as `some.property`
+Any other `KAFKA_SOME_PROPERTY` reaches the Kafka clients as `some.property`
 (`KAFKA_SECURITY_PROTOCOL=SASL_SSL` -> `security.protocol`), so TLS and SASL need no
-code. Each client config is built once at start without brokers: a property librdkafka
-does not know, or a value it refuses, is one line naming the variable (exit 2). What
+code. A property librdkafka keeps for one kind of client goes to that kind only:
+`KAFKA_FETCH_MIN_BYTES` to the consumers, `KAFKA_LINGER_MS` to the producer and the admin
+client (librdkafka itself is asked which kind a property is, so its other clients log no
+"will be ignored" warning). Each client config is built once at start without brokers:
+a property librdkafka does not know, or a value it refuses, is one line naming the
+variable (exit 2). What
 correctness needs is not overridable: `enable.auto.commit=false`, `isolation.level`
 read_committed, `enable.idempotence=true`, `acks=all`.
 
@@ -96,6 +100,14 @@ dashboard unless `SFA_DASK_DASHBOARD_ADDRESS` asks for one (then bound there, an
 address is logged); the HTTP servers distributed cannot do without listen on free
 loopback ports only. A refused scheduler port fails (or falls back, per
 `SFA_DASK_FALLBACK`) at once instead of after `DASK_CONNECT_TIMEOUT`.
+
+The LocalCluster is set up for a process that runs for months: no "spans" extension
+(distributed keeps every task group a span saw for the life of the scheduler), the
+workers' statistical profiler only with the dashboard that shows it (on a small machine
+the worker is threaded and the profiler sampled the service's own loop every 10 ms), and
+five minutes of host samples instead of an hour. A remote scheduler that serves the
+service gets the first with `dask scheduler --preload service.compute.preload`, as the
+compose and Kubernetes manifests do (docs/deploy.md).
 """
 
 

@@ -24,6 +24,7 @@ from service.settings import DaskSettings
 __all__ = [
     "LOST_WORK_ERRORS",
     "adapt_range",
+    "cluster_config",
     "dask_config",
     "default_n_workers",
     "local_cluster_kwargs",
@@ -72,6 +73,14 @@ def dask_config(settings: DaskSettings) -> dict[str, Any]:
         "distributed.worker.memory.terminate": settings.dask_memory_terminate_fraction,
         "distributed.comm.timeouts.connect": f"{settings.dask_connect_timeout}s",
         "distributed.comm.timeouts.tcp": f"{tcp}s",
+    }
+
+
+def cluster_config(settings: DaskSettings) -> dict[str, Any]:
+    """`dask_config` plus what the clusters the service itself starts need; scoped to
+    them, never set for a whole process (the original API's callers keep their own)."""
+    return {
+        **dask_config(settings),
         "distributed.admin.system-monitor.log-length": SYSTEM_MONITOR_SAMPLES,
         # The statistical profiler samples the worker's threads every 10 ms and keeps
         # a tree a second, for the dashboard's profile page. A threaded worker lives in

@@ -35,7 +35,7 @@ from typing import IO, Any
 import dask.config
 from distributed import Client, Future, LocalCluster, as_completed
 
-from service.compute.config import LOST_WORK_ERRORS, dask_config, local_cluster_kwargs, reason_of
+from service.compute.config import LOST_WORK_ERRORS, cluster_config, local_cluster_kwargs, reason_of
 from service.errors import SfaError
 from service.partitioned.blocks import BlockOutput, read_block
 from service.partitioned.merge import PartDirectory, ReplayTotals, merge_outputs
@@ -85,7 +85,7 @@ class PartitionedRun:
 
 @contextlib.contextmanager
 def _client(settings: Settings, workers: int | None) -> Iterator[tuple[Client, str]]:
-    with dask.config.set(dask_config(settings.dask)):
+    with dask.config.set(cluster_config(settings.dask)):
         address = settings.dask.dask_scheduler_address
         if address:
             try:

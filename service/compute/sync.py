@@ -19,7 +19,7 @@ from distributed import Client, LocalCluster
 from service.compute.config import (
     LOST_WORK_ERRORS,
     adapt_range,
-    dask_config,
+    cluster_config,
     local_cluster_kwargs,
     reason_of,
 )
@@ -144,7 +144,7 @@ def open_sync(settings: DaskSettings, start: SyncMode | None = None) -> Iterator
         chain = chain[chain.index(start) :] if start in chain else [start, "sequential"]
     reasons: list[str] = []
     with contextlib.ExitStack() as stack:
-        stack.enter_context(dask.config.set(dask_config(settings)))
+        stack.enter_context(dask.config.set(cluster_config(settings)))
         for mode in chain:
             attempt = contextlib.ExitStack()
             try:

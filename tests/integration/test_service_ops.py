@@ -511,9 +511,10 @@ def test_metrics_and_health_of_a_running_service(
             SFA_DASK_FALLBACK="local",
             DASK_CONNECT_TIMEOUT="1s",
             KAFKA_SASL_PASSWORD=SECRET,
-            # A consumer-only passthrough: librdkafka warns about it on the producer,
-            # and that warning must arrive as JSON like every other log line.
-            KAFKA_SESSION_TIMEOUT_MS="30000",
+            # A deprecated property: librdkafka warns about it in every client, and that
+            # warning must arrive as JSON like every other log line. (A consumer-only one
+            # no longer reaches the producer, so it no longer warns.)
+            KAFKA_SOCKET_BLOCKING_MAX_MS="100",
         )
     )
     _wait("/healthz 200", lambda: _get(port, "/healthz")[0] == 200, [service])
