@@ -71,7 +71,10 @@ class _AliasBar(_Bar, gc=False):
 
 _DECODE = msgspec.json.Decoder(list[_Bar]).decode
 _DECODE_ALIASED = msgspec.json.Decoder(list[_AliasBar]).decode
+_DECODE_LINES = msgspec.json.Decoder(_Bar).decode_lines
+_DECODE_LINES_ALIASED = msgspec.json.Decoder(_AliasBar).decode_lines
 _BRACE = ord("{")
+_CLOSING = ord("}")
 _NEWLINE = ord("\n")
 _ALIAS_FIELDS = attrgetter(
     "stock_code", "trade_date", "close_price", "open_price", "high_price", "low_price"
@@ -147,7 +150,8 @@ def decode_block(blob: bytes, max_message_bytes: int, expect: int | None = None)
         if lengths.max() > max_message_bytes:
             return None
     aliased = b"_" in blob  # every alias key has one; no canonical key has
-    parsed = _parse(blob, starts, aliased)
+    closed = raw[-1] == _CLOSING and bool((raw[starts - 2] == _CLOSING).all())
+    parsed = _parse(blob, starts, aliased, closed)
     if parsed is None:
         return None
     return _columns(blob, starts, parsed[0], parsed[1], aliased)
@@ -159,17 +163,35 @@ def _joined(blob: bytes) -> bytes:
     return b"[" + blob.replace(b"\n", b",\n") + b"]"
 
 
-def _parse(blob: bytes, starts: np.ndarray, aliased: bool) -> tuple[list[Any], list[int]] | None:
-    """One typed parse of `[m0,m1,...]`; messages it refuses are left as None rows and
+def _parse(
+    blob: bytes, starts: np.ndarray, aliased: bool, closed: bool = False
+) -> tuple[list[Any], list[int]] | None:
+    """One typed parse of the block; messages it refuses are left as None rows and
     listed for the exact path.
 
-    The joined text parses to exactly `count` objects when it parses at all (see
-    `service.decode.exact._parse_joined` for the proof), so row i is message i.
+    When every line ends with `}` (`closed`), the block is parsed as it is, as a stream
+    of values (msgspec's `decode_lines`), which spares building a joined copy (a tenth
+    of the decode). Row i is then message i whenever there are `count` values. Proof:
+    every line starts with `{` and there is no `[`, so after a line's final `}` comes a
+    newline and `{`; inside an object that is malformed (after a member comes `,` or
+    `}`), and a string cannot hold the newline. So every line ends at the top level, no
+    value spans lines, and each line holds at least one value: `count` values means one
+    a line. Otherwise the joined text `[m0,m1,...]` parses to exactly `count` objects
+    when it parses at all (see `service.decode.exact._parse_joined` for the proof).
     """
-    decode = _DECODE_ALIASED if aliased else _DECODE
     count = len(starts) + 1
+    bars: list[Any]
+    if closed:
+        try:
+            bars = (_DECODE_LINES_ALIASED if aliased else _DECODE_LINES)(blob)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            pass
+        else:
+            if len(bars) == count:
+                return bars, []
+    decode = _DECODE_ALIASED if aliased else _DECODE
     try:
-        bars: list[Any] = decode(_joined(blob))
+        bars = decode(_joined(blob))
     except (msgspec.DecodeError, UnicodeDecodeError):
         pass
     else:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import IO, Any
@@ -126,10 +126,11 @@ def _jsonl(path: str, batch_lines: int) -> Iterator[Batch[FileOrigin]]:
 
 def jsonl_batches(
     f: IO[bytes], path: str, batch_lines: int, line: int = 0
-) -> Iterator[Batch[FileOrigin]]:
+) -> Generator[Batch[FileOrigin], None, int]:
     """`batch_lines` file lines at a time, cut with one numpy pass per read chunk; `f`
     needs only `read1` (partitioned replay hands a byte range of the file, whose lines
-    are then counted from `line`).
+    are then counted from `line`). Returns the number of the last line read (blank ones
+    included), so a caller reading a range learns its line count without a rescan.
 
     Blank lines and CRs are dropped (see `_keep`); they only make a batch hold fewer
     messages, and then it is a list of values rather than a blob. When a read
@@ -174,6 +175,7 @@ def jsonl_batches(
         line += done
     if broken is not None:
         raise BrokenAt(line + 1, broken)
+    return line
 
 
 def _keep(parts: list[bytes], line: int) -> tuple[list[bytes], list[int]]:

@@ -68,16 +68,13 @@ class BlockOutput:
 
 
 class _Range(io.RawIOBase):
-    """Bytes [start, end) of an open file, with `read1` (what the JSONL reader calls);
-    counts newlines as they pass, so the block knows its line count without a rescan."""
+    """Bytes [start, end) of an open file, with `read1` (what the JSONL reader calls)."""
 
     def __init__(self, f: IO[bytes], start: int, end: int) -> None:
         super().__init__()
         f.seek(start)
         self._f = f
         self._left = end - start
-        self.newlines = 0
-        self.last = b""
 
     def readable(self) -> bool:
         return True
@@ -88,9 +85,6 @@ class _Range(io.RawIOBase):
         want = self._left if size < 0 else min(size, self._left)
         piece = self._f.read(want)
         self._left -= len(piece)
-        self.newlines += piece.count(b"\n")
-        if piece:
-            self.last = piece[-1:]
         return piece
 
 
@@ -112,9 +106,8 @@ def _range_batches(block: Block, batch_lines: int, counter: list[int]) -> Any:
         start = _snap(f, block.start, size)
         end = _snap(f, block.end, size)
         region = _Range(f, start, end)
-        yield from jsonl_batches(region, block.path, batch_lines)  # type: ignore[arg-type]
-        tail = 1 if end > start and region.last != b"\n" else 0
-        counter.append(region.newlines + tail)
+        lines = yield from jsonl_batches(region, block.path, batch_lines)  # type: ignore[arg-type]
+        counter.append(lines)
 
 
 def _row_group_batches(block: Block, batch_lines: int, counter: list[int]) -> Any:

@@ -54,6 +54,8 @@ tricky_objects = st.sampled_from(
         b'{"symbol":"A","date":"2021-02-03","close":1,"extra":{"nested":{"x":null}}}',
         b'{"symbol":"A","date":"2021-02-03","close":1,"note":"a\\nb"}',
         b'{"s":"}',
+        b'{"symbol":"A","date":"2021-02-03","close":1,"x":',  # completed by the next line?
+        b'{"close":2}}',
         b"{}",
         b"{",
     ]
@@ -103,6 +105,21 @@ def test_one_broken_message_costs_only_itself(
     assert exact_calls == [1]  # the broken message alone went the exact path
     assert len(out) == 999 and [r.index for r in out.rejects] == [where]
     assert out.message_index.tolist() == [i for i in range(1000) if i != where]
+
+
+def test_no_row_is_completed_by_the_line_after_it() -> None:
+    """Read as a stream of values, these three broken lines would make three valid
+    ones (the first completed by the second, two on the third): as many values as
+    lines, each on the wrong row. A line that does not end with `}` rules the
+    stream reading out."""
+    lines = [
+        b'{"symbol":"A","date":"2021-02-03","close":1,"x":',
+        b'{"close":2}}',
+        b'{"symbol":"B","date":"2021-02-03","close":1}{"symbol":"C","date":"2021-02-03","close":1}',
+    ]
+    out = decode_lines(b"\n".join(lines))
+    assert _as_reference(out) == _reference(lines, 1_048_576)
+    assert len(out) == 0 and [r.index for r in out.rejects] == [0, 1, 2]
 
 
 def test_preconditions_send_the_block_to_the_exact_path() -> None:
