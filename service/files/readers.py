@@ -125,12 +125,14 @@ def _jsonl(path: str, batch_lines: int) -> Iterator[Batch[FileOrigin]]:
 
 
 def jsonl_batches(
-    f: IO[bytes], path: str, batch_lines: int, line: int = 0
+    f: IO[bytes], path: str, batch_lines: int, line: int = 0, file_start: bool | None = None
 ) -> Generator[Batch[FileOrigin], None, int]:
     """`batch_lines` file lines at a time, cut with one numpy pass per read chunk; `f`
     needs only `read1` (partitioned replay hands a byte range of the file, whose lines
     are then counted from `line`). Returns the number of the last line read (blank ones
     included), so a caller reading a range learns its line count without a rescan.
+    `file_start` says whether `f` starts at the file's first byte (default: when
+    counting from line 0), since only there may a byte order mark be dropped.
 
     Blank lines and CRs are dropped (see `_keep`); they only make a batch hold fewer
     messages, and then it is a list of values rather than a blob. When a read
@@ -140,7 +142,7 @@ def jsonl_batches(
     data = b""  # unconsumed bytes: whole lines, then maybe a partial one
     eof = False
     broken: BaseException | None = None
-    first = line == 0  # a UTF-8 BOM can only start the file
+    first = line == 0 if file_start is None else file_start  # a BOM only starts a file
     while not eof:
         chunk, broken = read_chunk(f, _CHUNK_BYTES)
         if first:

@@ -106,7 +106,12 @@ def _range_batches(block: Block, batch_lines: int, counter: list[int]) -> Any:
         start = _snap(f, block.start, size)
         end = _snap(f, block.end, size)
         region = _Range(f, start, end)
-        lines = yield from jsonl_batches(region, block.path, batch_lines)  # type: ignore[arg-type]
+        lines = yield from jsonl_batches(
+            region,  # type: ignore[arg-type]
+            block.path,
+            batch_lines,
+            file_start=start == 0,
+        )
         counter.append(lines)
 
 

@@ -33,7 +33,7 @@ from service.partitioned import plan_blocks, run_inline
 from service.partitioned.blocks import BlockStatus, read_block, split_by_owner
 from service.partitioned.merge import PartDirectory
 from service.partitioned.owners import counted_blocks
-from service.partitioned.plan import check_inputs
+from service.partitioned.plan import Block, check_inputs
 from service.settings import load_settings
 
 SETTINGS = load_settings(
@@ -257,6 +257,23 @@ def test_ranges_own_every_line_once(tmp_path: Path) -> None:
         assert sum(o["meta"].n_lines for o in outs) == (300 if len(blocks) > 1 else 0)
         assert sum(o["meta"].n_messages for o in outs) == 300
         assert sum(len(o[0]) for o in outs) == 299  # the long line is a dead letter
+
+
+def test_a_byte_order_mark_counts_only_at_the_start_of_the_file(tmp_path: Path) -> None:
+    """A BOM opening a later line is invalid JSON there, as in the single-process
+    replay, even when a block starts at that line."""
+    first = b'{"symbol":"600000.SH","date":"2021-02-03","close":1.5}\n'
+    later = b'\xef\xbb\xbf{"symbol":"600000.SH","date":"2021-02-04","close":1.5}\n'
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + first + later)
+    size = path.stat().st_size
+    starts_file = read_block(Block(0, 0, str(path), "range", 0, 3), 1, 100, 1 << 20)
+    starts_later = read_block(
+        Block(1, 0, str(path), "range", 3 + len(first), size), 1, 100, 1 << 20
+    )
+    assert starts_file["meta"].n_bars == 1 and starts_file["meta"].rejects == []
+    assert starts_later["meta"].n_bars == 0
+    assert [r[2] for r in starts_later["meta"].rejects] == ["invalid_json"]
 
 
 def test_split_by_owner_keeps_order_and_uses_every_unique() -> None:
