@@ -127,6 +127,19 @@ def test_a_local_cluster_gives_the_single_process_output(
     assert last == final and batch.read_bytes().count(b"\n") > 3 * len(final)
 
 
+def test_the_local_cluster_hands_a_worker_its_next_block_only_when_it_is_free() -> None:
+    """Dask's default worker saturation lets a one-thread worker hold a second block
+    waiting, which left one of two workers idle for a block's time at the end."""
+    from service.compute.partitioned import _client
+    from service.settings import load_settings
+
+    with _client(load_settings({}), 1) as (client, mode):
+        saturation = client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.WORKER_SATURATION
+        )
+    assert mode == "local_cluster" and saturation == 1.0
+
+
 # --- a real scheduler and workers ---
 
 
