@@ -101,12 +101,13 @@ address is logged); the HTTP servers distributed cannot do without listen on fre
 loopback ports only. A refused scheduler port fails (or falls back, per
 `SFA_DASK_FALLBACK`) at once instead of after `DASK_CONNECT_TIMEOUT`.
 
-The LocalCluster is set up for a process that runs for months: no "spans" extension
-(distributed keeps every task group a span saw for the life of the scheduler), the
+The LocalCluster is set up for a process that runs for months: a scheduler "spans"
+extension that records nothing (distributed's keeps every task group a span saw for the
+life of the scheduler), the
 workers' statistical profiler only with the dashboard that shows it (on a small machine
 the worker is threaded and the profiler sampled the service's own loop every 10 ms), and
 five minutes of host samples instead of an hour. A remote scheduler that serves the
-service gets the first with `dask scheduler --preload service.compute.preload`, as the
+service gets the same stand-in with `dask scheduler --preload service.compute.preload`, as the
 compose and Kubernetes manifests do (docs/deploy.md).
 """
 

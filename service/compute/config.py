@@ -15,8 +15,8 @@ from distributed.client import FutureCancelledError
 from distributed.comm.core import CommClosedError
 from distributed.scheduler import DEFAULT_EXTENSIONS as SCHEDULER_EXTENSIONS
 from distributed.scheduler import KilledWorker
-from distributed.worker import DEFAULT_EXTENSIONS as WORKER_EXTENSIONS
 
+from service.compute.preload import NoSpans
 from service.host import usable_cores
 from service.logs import adopt_library_loggers
 from service.settings import DaskSettings
@@ -51,10 +51,6 @@ LOST_WORK_ERRORS: tuple[type[BaseException], ...] = (
 #: which a soak reads as growth. Five minutes is all the dashboard's plots need here;
 #: the service's own metrics go to Prometheus.
 SYSTEM_MONITOR_SAMPLES = 600
-
-
-def _without_spans(extensions: dict[str, Any]) -> dict[str, Any]:
-    return {name: ext for name, ext in extensions.items() if name != "spans"}
 
 
 def default_n_workers() -> int:
@@ -123,9 +119,8 @@ def local_cluster_kwargs(settings: DaskSettings, *, processes: bool = True) -> d
         "worker_dashboard_address": "127.0.0.1:0",
         "scheduler_kwargs": {
             "dashboard": settings.dask_dashboard_address is not None,
-            "extensions": _without_spans(SCHEDULER_EXTENSIONS),
+            "extensions": {**SCHEDULER_EXTENSIONS, "spans": NoSpans},
         },
-        "extensions": _without_spans(WORKER_EXTENSIONS),  # a worker keyword
     }
 
 

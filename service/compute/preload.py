@@ -6,14 +6,13 @@ per span id. A batch job never notices. A scheduler that serves `sfa run` for we
 does: every batch that finds the cluster idle opens a new span, and each batch leaves
 its groups behind, so the scheduler and its workers grow with the number of batches.
 
-The LocalCluster `sfa run` starts loads neither side's extension
-(`service.compute.config.local_cluster_kwargs`). A scheduler started by `dask scheduler`
-(compose, the Kubernetes `DaskCluster`) takes this module as a preload instead: the
-extension is replaced by one that records nothing. Tasks then carry no span, so the
-workers' metrics stay keyed by task prefix only; their own spans extension may stay (a
-worker started without the preload still heartbeats, and the stand-in ignores what it
-sends). Spans feed the dashboard's per-computation views, which a stream of identical
-batches does not need.
+The scheduler's extension is replaced by one that records nothing (`NoSpans`): the
+LocalCluster `sfa run` starts gets it as an argument
+(`service.compute.config.local_cluster_kwargs`), a scheduler started by `dask scheduler`
+(compose, the Kubernetes `DaskCluster`) from this module as a preload. Tasks then carry
+no span, so the workers' metrics stay keyed by task prefix only; their own spans
+extension may stay (the stand-in ignores what their heartbeats send). Spans feed the
+dashboard's per-computation views, which a stream of identical batches does not need.
 """
 
 from __future__ import annotations

@@ -453,18 +453,39 @@ def test_a_fallback_ends_without_traffic_and_the_listener_hears_both_flips(
         _stop(restarted)
 
 
-def _dask_bookkeeping(handle: ComputeHandle) -> tuple[int, int, int]:
-    """TaskGroups alive in this process, the workers' cumulative metric entries and
-    their profiler's history (a tree a second)."""
-    import gc
+def _stream(loop: LoopThread, handle: ComputeHandle, n: int) -> None:
+    """`n` one-chunk batches, idle between them: the scheduler forgets each."""
+    chunk = chunks_of(1, 2)
+    for _ in range(n):
+        loop.run(handle.run_chunks(chunk, PARAMS))
+        time.sleep(0.005)
 
-    from distributed.scheduler import TaskGroup
 
-    assert handle._cluster is not None
-    groups = sum(isinstance(o, TaskGroup) for o in gc.get_objects())
-    workers = handle._cluster.workers.values()
-    metrics = sum(len(w.digests_total) for w in workers)
-    return groups, metrics, sum(len(w.profile_history) for w in workers)
+def _bookkeeping(loop: LoopThread, handle: ComputeHandle) -> tuple[int, int, int]:
+    """TaskGroups alive in the scheduler's process, the workers' cumulative metric
+    entries and their profiler's history (a tree a second), after a worker heartbeat
+    has brought the last batch's metrics in."""
+
+    def groups(dask_scheduler: Any) -> int:
+        import gc
+
+        from distributed.scheduler import TaskGroup
+
+        return sum(isinstance(o, TaskGroup) for o in gc.get_objects())
+
+    def kept(dask_worker: Any) -> tuple[int, int]:
+        return len(dask_worker.digests_total), len(dask_worker.profile_history)
+
+    client = handle.client
+    assert client is not None
+
+    async def ask() -> tuple[int, int, int]:
+        per_worker = (await client.run(kept)).values()
+        scheduler = await client.run_on_scheduler(groups)
+        return scheduler, sum(m for m, _ in per_worker), sum(p for _, p in per_worker)
+
+    time.sleep(1.5)
+    return loop.run(ask())
 
 
 def test_a_long_stream_leaves_no_bookkeeping_per_batch(loop: LoopThread) -> None:
@@ -478,52 +499,21 @@ def test_a_long_stream_leaves_no_bookkeeping_per_batch(loop: LoopThread) -> None
     nothing behind: with spans each left at least one group and four metric entries."""
     handle = loop.run(open_async(settings(dask_enable_distributed=True, dask_processes=False)))
     try:
-        assert handle.mode == "local_cluster" and handle._cluster is not None
-        chunk = chunks_of(1, 2)
-
-        def stream(n: int) -> None:
-            for _ in range(n):
-                loop.run(handle.run_chunks(chunk, PARAMS))
-                time.sleep(0.005)  # idle between batches: the scheduler forgets them
-
-        stream(120)
-        time.sleep(1.5)  # a worker heartbeat: the last batch's metrics arrive
-        before = _dask_bookkeeping(handle)
-        stream(120)
-        time.sleep(1.5)
-        after = _dask_bookkeeping(handle)
+        assert handle.mode == "local_cluster"
+        _stream(loop, handle, 120)
+        before = _bookkeeping(loop, handle)
+        _stream(loop, handle, 120)
+        after = _bookkeeping(loop, handle)
         message = f"(task groups, worker metric entries, profiles): {before} -> {after}"
         assert after[0] - before[0] < 20 and after[1:] == before[1:], message
     finally:
         loop.run(handle.close())
 
 
-def _remote_bookkeeping(loop: LoopThread, handle: ComputeHandle) -> tuple[int, int]:
-    """TaskGroups alive in the scheduler's process; the worker's metric entries."""
-
-    def groups(dask_scheduler: Any) -> int:
-        import gc
-
-        from distributed.scheduler import TaskGroup
-
-        return sum(isinstance(o, TaskGroup) for o in gc.get_objects())
-
-    def entries(dask_worker: Any) -> int:
-        return len(dask_worker.digests_total)
-
-    client = handle.client
-    assert client is not None
-
-    async def ask() -> tuple[int, int]:
-        per_worker = await client.run(entries)
-        return await client.run_on_scheduler(groups), sum(per_worker.values())
-
-    return loop.run(ask())
-
-
 def test_the_preload_keeps_a_remote_scheduler_from_growing_per_batch(loop: LoopThread) -> None:
     """`dask scheduler --preload service.compute.preload`, as compose and Kubernetes run
-    it, with a worker started without it: more batches leave nothing behind on either."""
+    it, with a worker started without it: more batches leave nothing behind on either
+    (the worker's profiler is its own `dask worker` default, so not counted)."""
     address = f"tcp://127.0.0.1:{_free_port()}"
     procs = _start_remote(address, ("--preload", "service.compute.preload"))
     try:
@@ -533,19 +523,10 @@ def test_the_preload_keeps_a_remote_scheduler_from_growing_per_batch(loop: LoopT
         )
         try:
             assert handle.mode == "remote"
-            chunk = chunks_of(1, 2)
-
-            def stream(n: int) -> None:
-                for _ in range(n):
-                    loop.run(handle.run_chunks(chunk, PARAMS))
-                    time.sleep(0.005)
-
-            stream(120)
-            time.sleep(1.5)
-            before = _remote_bookkeeping(loop, handle)
-            stream(120)
-            time.sleep(1.5)
-            after = _remote_bookkeeping(loop, handle)
+            _stream(loop, handle, 120)
+            before = _bookkeeping(loop, handle)
+            _stream(loop, handle, 120)
+            after = _bookkeeping(loop, handle)
             message = f"(scheduler task groups, worker metric entries): {before} -> {after}"
             assert after[0] - before[0] < 20 and after[1] == before[1], message
         finally:
