@@ -497,7 +497,11 @@ def test_a_long_stream_leaves_no_bookkeeping_per_batch(loop: LoopThread) -> None
     longer than the scheduler's bounded history of computations (100 of them, about 200
     groups, which swings by a few as batches share groups), 120 more batches must leave
     nothing behind: with spans each left at least one group and four metric entries."""
-    handle = loop.run(open_async(settings(dask_enable_distributed=True, dask_processes=False)))
+    # The threaded worker's memory limit counts this whole pytest process: none here.
+    threaded = settings(
+        dask_enable_distributed=True, dask_processes=False, dask_memory_limit="auto"
+    )
+    handle = loop.run(open_async(threaded))
     try:
         assert handle.mode == "local_cluster"
         _stream(loop, handle, 120)
