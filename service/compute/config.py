@@ -95,13 +95,14 @@ def local_cluster_kwargs(settings: DaskSettings, *, processes: bool = True) -> d
     on free loopback ports, reachable from this host only (left to distributed, a
     threaded worker's listened on 0.0.0.0).
 
-    Neither the scheduler nor the workers load distributed's "spans" extension. A
+    The scheduler's "spans" extension is the stand-in that keeps nothing
+    (`service.compute.preload.NoSpans`, what a remote scheduler gets from the preload). A
     span keeps every TaskGroup it saw for the life of the scheduler (dask/distributed
     #7977, open), and a stream that goes idle between batches opens a new default span
-    each time; a worker keeps its cumulative metrics per span id. Every batch left two
-    TaskGroups and six metric entries behind in the service's process for good. Spans
-    serve the dashboard's per-computation views, which a stream of identical batches
-    does not need; the scheduler and the workers treat the extension as optional.
+    each time; a worker then keeps its cumulative metrics per span id. Every batch left
+    two TaskGroups and six metric entries behind in the service's process for good. With
+    no span on the tasks, the workers' metrics stay keyed by task prefix. Spans serve the
+    dashboard's per-computation views, which a stream of identical batches does not need.
     """
     n_workers = settings.dask_n_workers or default_n_workers()
     threads = settings.dask_threads_per_worker
