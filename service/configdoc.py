@@ -106,9 +106,14 @@ extension that records nothing (distributed's keeps every task group a span saw 
 life of the scheduler), the
 workers' statistical profiler only with the dashboard that shows it (on a small machine
 the worker is threaded and the profiler sampled the service's own loop every 10 ms), and
-five minutes of host samples instead of an hour. A remote scheduler that serves the
-service gets the same stand-in with `dask scheduler --preload service.compute.preload`, as the
-compose and Kubernetes manifests do (docs/deploy.md).
+five minutes of host samples instead of an hour. `DASK_MEMORY_LIMIT` and the memory
+fractions bound worker processes only: a threaded worker would measure the whole
+service's process, its state included, and past the pause fraction stop running the
+analyses for good, so it has no limit (the container's limit bounds that process).
+
+A remote scheduler that serves the service gets the same spans stand-in with
+`dask scheduler --preload service.compute.preload`, as the compose and Kubernetes
+manifests do (docs/deploy.md).
 """
 
 

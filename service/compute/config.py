@@ -103,6 +103,12 @@ def local_cluster_kwargs(settings: DaskSettings, *, processes: bool = True) -> d
     two TaskGroups and six metric entries behind in the service's process for good. With
     no span on the tasks, the workers' metrics stay keyed by task prefix. Spans serve the
     dashboard's per-computation views, which a stream of identical batches does not need.
+
+    DASK_MEMORY_LIMIT bounds worker processes only. A threaded worker measures its whole
+    process, which is the service's (or the original API caller's) with all its state:
+    past the pause fraction it stops running tasks for good, and every batch waits on it
+    (measured: a 100MB limit in a 200 MB process, no result in 20 s). Nothing it could
+    spill would help, so it gets no limit; the container's limit bounds that process.
     """
     n_workers = settings.dask_n_workers or default_n_workers()
     threads = settings.dask_threads_per_worker
@@ -114,7 +120,7 @@ def local_cluster_kwargs(settings: DaskSettings, *, processes: bool = True) -> d
     return {
         "n_workers": n_workers,
         "threads_per_worker": threads,
-        "memory_limit": settings.dask_memory_limit,
+        "memory_limit": settings.dask_memory_limit if processes else 0,
         "processes": processes,
         "dashboard_address": settings.dask_dashboard_address or "127.0.0.1:0",
         "worker_dashboard_address": "127.0.0.1:0",

@@ -93,10 +93,7 @@ def test_a_burst_scales_workers_up_idleness_down_and_results_do_not_change(
     loop: LoopThread,
 ) -> None:
     bursts = [chunks_of(60, 20, offset=2000 * b) for b in range(6)]
-    # Worker processes: a threaded worker's DASK_MEMORY_LIMIT counts this whole pytest
-    # process, which after the unit suite is past 1 GB, and a paused worker never answers.
-    reference = {**BASE, "DASK_N_WORKERS": "2", "SFA_DASK_PROCESSES": "true"}
-    fixed = loop.run(open_async(load_settings(reference).dask))
+    fixed = loop.run(open_async(load_settings({**BASE, "DASK_N_WORKERS": "2"}).dask))
     try:
         expected = [loop.run(fixed.run_chunks(chunks, PARAMS)) for chunks in bursts]
     finally:

@@ -453,6 +453,26 @@ def test_a_fallback_ends_without_traffic_and_the_listener_hears_both_flips(
         _stop(restarted)
 
 
+def test_a_threaded_worker_is_not_paused_by_its_process_memory(loop: LoopThread) -> None:
+    """A threaded worker's memory limit would count the service's whole process: with
+    100MB under this pytest process it paused at once and no batch ever came back."""
+    threaded = settings(dask_enable_distributed=True, dask_processes=False)
+    handle = loop.run(open_async(threaded.model_copy(update={"dask_memory_limit": "100MB"})))
+    try:
+        assert handle.mode == "local_cluster" and handle.client is not None
+        client = handle.client
+
+        async def limits_of_workers() -> dict[str, Any]:
+            return await client.run(lambda dask_worker: dask_worker.memory_manager.memory_limit)
+
+        limits = loop.run(limits_of_workers())
+        assert list(limits.values()) == [None]
+        got = loop.run(handle.run_chunks(chunks_of(1, 2), PARAMS), timeout=20)
+        assert [r.executed_by for r in got] == list(limits)
+    finally:
+        loop.run(handle.close())
+
+
 def _stream(loop: LoopThread, handle: ComputeHandle, n: int) -> None:
     """`n` one-chunk batches, idle between them: the scheduler forgets each."""
     chunk = chunks_of(1, 2)
@@ -497,11 +517,7 @@ def test_a_long_stream_leaves_no_bookkeeping_per_batch(loop: LoopThread) -> None
     longer than the scheduler's bounded history of computations (100 of them, about 200
     groups, which swings by a few as batches share groups), 120 more batches must leave
     nothing behind: with spans each left at least one group and four metric entries."""
-    # The threaded worker's memory limit counts this whole pytest process: none here.
-    threaded = settings(
-        dask_enable_distributed=True, dask_processes=False, dask_memory_limit="auto"
-    )
-    handle = loop.run(open_async(threaded))
+    handle = loop.run(open_async(settings(dask_enable_distributed=True, dask_processes=False)))
     try:
         assert handle.mode == "local_cluster"
         _stream(loop, handle, 120)
