@@ -37,7 +37,8 @@ class DaskSettings(Part):
     dask_memory_limit: str = env(
         "DASK_MEMORY_LIMIT",
         "2GB",
-        "Memory per LocalCluster worker: auto, or a size of at least 100MB (2GB, 512MiB, 2e9).",
+        "Memory per LocalCluster worker process (a threaded worker has none): auto, or a size"
+        " of at least 100MB (2GB, 512MiB, 2e9).",
         min_length=1,
         allowed="`auto`, or a size >= 100MB",
     )
