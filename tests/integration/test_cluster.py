@@ -508,6 +508,14 @@ def _bookkeeping(loop: LoopThread, handle: ComputeHandle) -> tuple[int, int, int
     return loop.run(ask())
 
 
+def _growth(loop: LoopThread, handle: ComputeHandle) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """`_bookkeeping` after 120 warm-up batches and after 120 more."""
+    _stream(loop, handle, 120)
+    before = _bookkeeping(loop, handle)
+    _stream(loop, handle, 120)
+    return before, _bookkeeping(loop, handle)
+
+
 def test_a_long_stream_leaves_no_bookkeeping_per_batch(loop: LoopThread) -> None:
     """The service's default cluster on a small machine runs the scheduler and a
     threaded worker in the service's process. With distributed's spans, every batch left
@@ -520,10 +528,7 @@ def test_a_long_stream_leaves_no_bookkeeping_per_batch(loop: LoopThread) -> None
     handle = loop.run(open_async(settings(dask_enable_distributed=True, dask_processes=False)))
     try:
         assert handle.mode == "local_cluster"
-        _stream(loop, handle, 120)
-        before = _bookkeeping(loop, handle)
-        _stream(loop, handle, 120)
-        after = _bookkeeping(loop, handle)
+        before, after = _growth(loop, handle)
         message = f"(task groups, worker metric entries, profiles): {before} -> {after}"
         assert after[0] - before[0] < 20 and after[1:] == before[1:], message
     finally:
@@ -543,10 +548,7 @@ def test_the_preload_keeps_a_remote_scheduler_from_growing_per_batch(loop: LoopT
         )
         try:
             assert handle.mode == "remote"
-            _stream(loop, handle, 120)
-            before = _bookkeeping(loop, handle)
-            _stream(loop, handle, 120)
-            after = _bookkeeping(loop, handle)
+            before, after = _growth(loop, handle)
             message = f"(scheduler task groups, worker metric entries): {before} -> {after}"
             assert after[0] - before[0] < 20 and after[1] == before[1], message
         finally:
