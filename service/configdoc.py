@@ -63,9 +63,9 @@ code. A property librdkafka keeps for one kind of client goes to that kind only:
 client (librdkafka itself is asked which kind a property is, so its other clients log no
 "will be ignored" warning). Each client config is built once at start without brokers:
 a property librdkafka does not know, or a value it refuses, is one line naming the
-variable (exit 2). What
-correctness needs is not overridable: `enable.auto.commit=false`, `isolation.level`
-read_committed, `enable.idempotence=true`, `acks=all`.
+variable (exit 2). What correctness needs is not overridable:
+`enable.auto.commit=false`, `isolation.level` read_committed, `enable.idempotence=true`,
+`acks=all`.
 
 Values whose name looks secret (`password`, `secret`, `key`, `token`, `credential`,
 `jaas`) are never shown: not in logs, errors, metrics or `repr`. Inside composite values
@@ -103,13 +103,13 @@ loopback ports only. A refused scheduler port fails (or falls back, per
 
 The LocalCluster is set up for a process that runs for months: a scheduler "spans"
 extension that records nothing (distributed's keeps every task group a span saw for the
-life of the scheduler), the
-workers' statistical profiler only with the dashboard that shows it (on a small machine
-the worker is threaded and the profiler sampled the service's own loop every 10 ms), and
-five minutes of host samples instead of an hour. `DASK_MEMORY_LIMIT` and the memory
-fractions bound worker processes only: a threaded worker would measure the whole
-service's process, its state included, and past the pause fraction stop running the
-analyses for good, so it has no limit (the container's limit bounds that process).
+life of the scheduler), the workers' statistical profiler only with the dashboard that
+shows it (on a small machine the worker is threaded and the profiler sampled the
+service's own loop every 10 ms), and five minutes of host samples instead of an hour.
+`DASK_MEMORY_LIMIT` and the memory fractions bound worker processes only: a threaded
+worker would measure the whole service's process, its state included, and past the
+pause fraction stop running the analyses for good, so it has no limit (the container's
+limit bounds that process).
 
 A remote scheduler that serves the service gets the same spans stand-in with
 `dask scheduler --preload service.compute.preload`, as the compose and Kubernetes
